@@ -1,0 +1,1 @@
+//! The synthetic vessel cohort. (Being written: see the helper's task.)
