@@ -4,3 +4,13 @@
 
 pub mod io;
 pub mod synth;
+pub mod failpoint;
+pub mod history;
+pub mod lock;
+pub mod store;
+pub mod version;
+pub mod cache;
+pub mod repo;
+pub mod progress;
+pub mod stages;
+pub mod cli;

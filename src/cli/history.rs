@@ -1,0 +1,344 @@
+//! Verbs about versions: init, status, log, show, diff, checkout, branch, tag.
+
+use super::{print_json, short};
+use crate::history::HeadTarget;
+use crate::repo::{Config, Repo};
+use crate::version::{counts, diff as version_diff, Changes, DatasetVersion, VersionDiff};
+use anyhow::{bail, Result};
+use clap::Args;
+use serde::Serialize;
+use std::path::Path;
+
+/// Create a repository (.biodc/) in the current folder.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  mkdir cohort && cd cohort && biodc init --patch 224")]
+pub struct InitArgs {
+    /// Default patch edge in pixels for imports.
+    #[arg(long, default_value_t = 224)]
+    pub patch: usize,
+}
+
+pub fn init(dir: &Path, a: InitArgs) -> Result<i32> {
+    std::fs::create_dir_all(dir)?;
+    let config = Config {
+        patch_size: a.patch,
+        ..Config::default()
+    };
+    let repo = Repo::init(dir, config)?;
+    println!(
+        "initialised biodc repository in {} (patch {}; version {})",
+        repo.dot().display(),
+        a.patch,
+        short(&repo.head()?)
+    );
+    Ok(0)
+}
+
+/// Show HEAD: branch, counts of stacks, patches, annotations and sets.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  biodc status --json | jq .counts.patches")]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Status {
+    branch: Option<String>,
+    head: String,
+    summary: String,
+    counts: crate::version::Counts,
+}
+
+pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let head = repo.head()?;
+    let info = repo.history.info(head)?;
+    let s = Status {
+        branch: repo.history.head_branch()?,
+        head: head.to_string(),
+        summary: info.message.lines().next().unwrap_or_default().to_string(),
+        counts: counts(&repo.history, head)?,
+    };
+    if a.json {
+        return print_json(&s);
+    }
+    match &s.branch {
+        Some(b) => println!("On branch {b} at {} — {}", short(&s.head), s.summary),
+        None => println!("HEAD detached at {} — {}", short(&s.head), s.summary),
+    }
+    let c = &s.counts;
+    println!(
+        "{} stacks, {} patches, {} annotations",
+        c.stacks, c.patches, c.annotations
+    );
+    if !c.sets.is_empty() {
+        println!("sets: {}", c.sets.join(", "));
+    }
+    if !c.other_manifests.is_empty() {
+        println!("other manifests: {}", c.other_manifests.join(", "));
+    }
+    Ok(0)
+}
+
+/// List versions from HEAD (or REV) back to the first.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc log --oneline\n  biodc log main~3 -n 5 --json")]
+pub struct LogArgs {
+    /// Start from this revision instead of HEAD.
+    pub rev: Option<String>,
+    /// One line per version.
+    #[arg(long)]
+    pub oneline: bool,
+    /// At most N versions.
+    #[arg(short = 'n', long)]
+    pub max: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn log(dir: &Path, a: LogArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let tip = match &a.rev {
+        Some(r) => repo.history.resolve(r)?,
+        None => repo.head()?,
+    };
+    let chain = repo.history.first_parent_chain(tip)?;
+    let infos = chain
+        .into_iter()
+        .take(a.max.unwrap_or(usize::MAX))
+        .map(|id| repo.history.info(id))
+        .collect::<Result<Vec<_>>>()?;
+    if a.json {
+        return print_json(&infos);
+    }
+    for info in infos {
+        let subject = info.message.lines().next().unwrap_or_default();
+        if a.oneline {
+            println!("{} {subject}", short(&info.id));
+        } else {
+            println!("version {}\nAuthor: {}\nDate:   {}\n\n    {subject}\n", info.id, info.author, format_time(info.time));
+        }
+    }
+    Ok(0)
+}
+
+fn format_time(secs: i64) -> String {
+    gix::date::Time::new(secs, 0).format_or_unix(gix::date::time::format::ISO8601)
+}
+
+/// Show one version: its stage record and what it holds.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc show\n  biodc show HEAD~1 --json")]
+pub struct ShowArgs {
+    /// Revision (default HEAD).
+    pub rev: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Shown {
+    commit: crate::history::CommitInfo,
+    stage: Option<crate::version::StageRecord>,
+    stacks: usize,
+    patches: usize,
+    annotations: usize,
+    sets: Vec<String>,
+}
+
+pub fn show(dir: &Path, a: ShowArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let (id, v): (_, DatasetVersion) = repo.version(a.rev.as_deref())?;
+    let shown = Shown {
+        commit: repo.history.info(id)?,
+        stage: v.stage.clone(),
+        stacks: v.stacks.len(),
+        patches: v.patch_count(),
+        annotations: v.annotations.len(),
+        sets: v.sets.keys().cloned().collect(),
+    };
+    if a.json {
+        return print_json(&shown);
+    }
+    println!("version {}", shown.commit.id);
+    if let Some(s) = &shown.stage {
+        println!("stage:   {} ({} threads, biodc {})", s.verb, s.threads, s.biodc_version);
+        println!("command: {}", s.argv.join(" "));
+        println!("params:  {}", serde_json::to_string(&s.params)?);
+        for (k, ms) in &s.timings_ms {
+            println!("time:    {k} {:.1} s", *ms as f64 / 1000.0);
+        }
+        println!("\n    {}\n", s.summary);
+    }
+    println!(
+        "{} stacks, {} patches, {} annotations; sets: {}",
+        shown.stacks,
+        shown.patches,
+        shown.annotations,
+        if shown.sets.is_empty() { "none".into() } else { shown.sets.join(", ") }
+    );
+    Ok(0)
+}
+
+/// What changed from version A to version B (default HEAD).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc diff HEAD~1 HEAD\n  biodc diff v1 --json")]
+pub struct DiffArgs {
+    pub a: String,
+    /// Default HEAD.
+    pub b: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn diff(dir: &Path, a: DiffArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let from = repo.history.resolve(&a.a)?;
+    let to = match &a.b {
+        Some(b) => repo.history.resolve(b)?,
+        None => repo.head()?,
+    };
+    let d: VersionDiff = version_diff(&repo.history, from, to)?;
+    if a.json {
+        return print_json(&d);
+    }
+    println!("diff {}..{}", short(&d.from), short(&d.to));
+    if d.is_empty() {
+        println!("no differences");
+    }
+    for (what, c) in [
+        ("stacks", &d.stacks),
+        ("patches", &d.patches),
+        ("annotations", &d.annotations),
+        ("sets", &d.sets),
+        ("other", &d.other),
+    ] {
+        print_changes(what, c);
+    }
+    Ok(0)
+}
+
+fn print_changes(what: &str, c: &Changes) {
+    if c.is_empty() {
+        return;
+    }
+    println!(
+        "{what}: +{} -{} ~{}",
+        c.added.len(),
+        c.removed.len(),
+        c.changed.len()
+    );
+    const SHOWN: usize = 20;
+    for (mark, names) in [("+", &c.added), ("-", &c.removed), ("~", &c.changed)] {
+        for n in names.iter().take(SHOWN) {
+            println!("  {mark} {n}");
+        }
+        if names.len() > SHOWN {
+            println!("  {mark} … and {} more", names.len() - SHOWN);
+        }
+    }
+}
+
+/// Move HEAD to a branch or (detached) to any version.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc checkout main\n  biodc checkout 3f2a9c1b   # detached: inspect or branch from an old version")]
+pub struct CheckoutArgs {
+    pub target: String,
+}
+
+pub fn checkout(dir: &Path, a: CheckoutArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let _lock = repo.lock()?;
+    let branch_ref = format!("refs/heads/{}", a.target);
+    let is_branch = repo.history.refs()?.iter().any(|(n, _)| *n == branch_ref);
+    if is_branch {
+        repo.history.set_head(HeadTarget::Branch(a.target.clone()))?;
+        println!("switched to branch {}", a.target);
+    } else {
+        let id = repo.history.resolve(&a.target)?;
+        repo.history.set_head(HeadTarget::Detached(id))?;
+        println!("HEAD detached at {}", short(&id));
+    }
+    Ok(0)
+}
+
+/// List, create or delete branches.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc branch\n  biodc branch relabel-round2 HEAD~1\n  biodc branch -d relabel-round2")]
+pub struct BranchArgs {
+    /// Branch to create (lists branches when omitted).
+    pub name: Option<String>,
+    /// Where it starts (default HEAD).
+    pub start: Option<String>,
+    /// Delete the branch NAME.
+    #[arg(short = 'd', long)]
+    pub delete: bool,
+}
+
+pub fn branch(dir: &Path, a: BranchArgs) -> Result<i32> {
+    named_refs(dir, "branch", "refs/heads/", a.name, a.start, a.delete)
+}
+
+/// List, create or delete tags (names for versions).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc tag\n  biodc tag core-annotated\n  biodc tag -d core-annotated")]
+pub struct TagArgs {
+    /// Tag to create (lists tags when omitted).
+    pub name: Option<String>,
+    /// Version it names (default HEAD).
+    pub rev: Option<String>,
+    /// Delete the tag NAME.
+    #[arg(short = 'd', long)]
+    pub delete: bool,
+}
+
+pub fn tag(dir: &Path, a: TagArgs) -> Result<i32> {
+    named_refs(dir, "tag", "refs/tags/", a.name, a.rev, a.delete)
+}
+
+fn named_refs(
+    dir: &Path,
+    kind: &str,
+    prefix: &str,
+    name: Option<String>,
+    rev: Option<String>,
+    delete: bool,
+) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let Some(name) = name else {
+        if delete {
+            bail!("-d needs the {kind} name");
+        }
+        let current = repo.history.head_branch()?;
+        for (full, id) in repo.history.refs()? {
+            if let Some(n) = full.strip_prefix(prefix) {
+                let mark = if current.as_deref() == Some(n) && kind == "branch" { "*" } else { " " };
+                println!("{mark} {n} {}", short(&id));
+            }
+        }
+        return Ok(0);
+    };
+    crate::history::check_ref_name(kind, &name)?;
+    let _lock = repo.lock()?;
+    let full = format!("{prefix}{name}");
+    if delete {
+        if kind == "branch" && repo.history.head_branch()?.as_deref() == Some(name.as_str()) {
+            bail!("cannot delete branch {name}: HEAD is on it");
+        }
+        repo.history.delete_ref(&full)?;
+        println!("deleted {kind} {name}");
+    } else {
+        let target = match &rev {
+            Some(r) => repo.history.resolve(r)?,
+            None => repo.head()?,
+        };
+        repo.history.create_ref(&full, target)?;
+        println!("created {kind} {name} at {}", short(&target));
+    }
+    Ok(0)
+}

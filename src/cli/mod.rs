@@ -1,0 +1,88 @@
+//! Command-line arguments and output. Each verb parses here and calls one library function;
+//! what is printed (human text or `--json`) is decided here too, nothing else.
+
+mod data;
+mod history;
+mod maintenance;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// biodc: git for data-centric bioimage AI.
+///
+/// Versions every patch, annotation, set, embedding, model and metric of a microscopy cohort
+/// in a content-addressed store with git history, and runs each stage of the BioData-Centric
+/// loop (pretrain → assess → hunt for mistakes → monitor) as a recorded transition.
+#[derive(Debug, Parser)]
+#[command(name = "biodc", version, propagate_version = true)]
+#[command(after_help = "Start here:\n  biodc demo                 run the whole loop on a synthetic cohort\n  biodc init && biodc import stacks/ --condition control")]
+pub struct Cli {
+    /// Run as if started in DIR.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    Init(history::InitArgs),
+    Import(data::ImportArgs),
+    Status(history::StatusArgs),
+    Log(history::LogArgs),
+    Show(history::ShowArgs),
+    Diff(history::DiffArgs),
+    Checkout(history::CheckoutArgs),
+    Branch(history::BranchArgs),
+    Tag(history::TagArgs),
+    Export(data::ExportArgs),
+    Fsck(maintenance::FsckArgs),
+    Gc(maintenance::GcArgs),
+    Synth(data::SynthArgs),
+}
+
+/// Runs the parsed command; returns the process exit status.
+pub fn run(cli: Cli) -> Result<i32> {
+    let dir = cli.dir.unwrap_or_else(|| PathBuf::from("."));
+    match cli.verb {
+        Verb::Init(a) => history::init(&dir, a),
+        Verb::Import(a) => data::import(&dir, a),
+        Verb::Status(a) => history::status(&dir, a),
+        Verb::Log(a) => history::log(&dir, a),
+        Verb::Show(a) => history::show(&dir, a),
+        Verb::Diff(a) => history::diff(&dir, a),
+        Verb::Checkout(a) => history::checkout(&dir, a),
+        Verb::Branch(a) => history::branch(&dir, a),
+        Verb::Tag(a) => history::tag(&dir, a),
+        Verb::Export(a) => data::export(&dir, a),
+        Verb::Fsck(a) => maintenance::fsck(&dir, a),
+        Verb::Gc(a) => maintenance::gc(&dir, a),
+        Verb::Synth(a) => data::synth(a),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> Result<i32> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(0)
+}
+
+/// First 12 hex digits of a commit id.
+fn short(id: &impl std::fmt::Display) -> String {
+    id.to_string().chars().take(12).collect()
+}
+
+/// Parses "A,B,C" into three numbers.
+fn parse_triple<T: std::str::FromStr>(s: &str) -> std::result::Result<[T; 3], String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let bad = || format!("expected three comma-separated numbers like 7,1024,1024, got {s:?}");
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(3);
+    for p in parts {
+        out.push(p.parse::<T>().map_err(|_| bad())?);
+    }
+    out.try_into().map_err(|_| bad())
+}

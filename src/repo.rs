@@ -1,0 +1,174 @@
+//! A biodc project on disk: the `.biodc/` folder with its object store, git history, caches,
+//! config and lock.
+
+use crate::history::{CommitId, History};
+use crate::lock::RepoLock;
+use crate::store::Store;
+use crate::version::{DatasetVersion, StageRecord};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Name of the folder that holds a project's repository.
+pub const DOT: &str = ".biodc";
+
+/// `.biodc/config.toml`: user settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Default patch edge for `import`.
+    pub patch_size: usize,
+    /// Default model preset for `pretrain`.
+    pub model_preset: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            patch_size: 224,
+            model_preset: "tiny".into(),
+        }
+    }
+}
+
+/// An open biodc repository.
+pub struct Repo {
+    dot: PathBuf,
+    pub store: Store,
+    pub history: History,
+    pub config: Config,
+}
+
+impl Repo {
+    /// Creates a repository in `dir` and commits the empty first version.
+    pub fn init(dir: &Path, config: Config) -> Result<Repo> {
+        let dot = dir.join(DOT);
+        if dot.exists() {
+            bail!("{} already holds a biodc repository", dir.display());
+        }
+        std::fs::create_dir_all(&dot).with_context(|| format!("creating {}", dot.display()))?;
+        std::fs::write(dot.join("config.toml"), toml::to_string_pretty(&config)?)?;
+        let history = History::init(&dot.join("git"))?;
+        let store = Store::open(&dot.join("objects"))?;
+        let repo = Repo {
+            dot,
+            store,
+            history,
+            config,
+        };
+        let version = DatasetVersion::empty(repo.config.patch_size);
+        let stage = repo.stage_record("init", serde_json::json!({}), None, "init: empty dataset");
+        repo.commit(None, &version, &stage)?;
+        Ok(repo)
+    }
+
+    /// Opens the repository of `start` or of the nearest parent folder that has one.
+    pub fn discover(start: &Path) -> Result<Repo> {
+        let start = start
+            .canonicalize()
+            .with_context(|| format!("{} does not exist", start.display()))?;
+        for dir in start.ancestors() {
+            if dir.join(DOT).join("git").is_dir() {
+                return Repo::open(&dir.join(DOT));
+            }
+        }
+        bail!(
+            "not a biodc repository (nor any parent): {} — run `biodc init` first",
+            start.display()
+        )
+    }
+
+    fn open(dot: &Path) -> Result<Repo> {
+        let config_path = dot.join("config.toml");
+        let config = match std::fs::read_to_string(&config_path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("{}: malformed config", config_path.display()))?,
+            Err(_) => Config::default(),
+        };
+        Ok(Repo {
+            dot: dot.to_path_buf(),
+            store: Store::open(&dot.join("objects"))?,
+            history: History::open(&dot.join("git"))?,
+            config,
+        })
+    }
+
+    /// The `.biodc` folder.
+    pub fn dot(&self) -> &Path {
+        &self.dot
+    }
+
+    /// The project folder (parent of `.biodc`).
+    pub fn root(&self) -> &Path {
+        self.dot.parent().expect(".biodc has a parent")
+    }
+
+    /// Takes the write lock (and clears git lock files a killed writer may have left).
+    pub fn lock(&self) -> Result<RepoLock> {
+        let lock = RepoLock::acquire(&self.dot.join("lock"))?;
+        self.history.clear_stale_locks()?;
+        Ok(lock)
+    }
+
+    /// HEAD's commit; every repository has one from `init` on.
+    pub fn head(&self) -> Result<CommitId> {
+        self.history
+            .head()?
+            .context("HEAD has no commit: the repository was not initialised by biodc")
+    }
+
+    /// The dataset version at `rev` (default HEAD).
+    pub fn version(&self, rev: Option<&str>) -> Result<(CommitId, DatasetVersion)> {
+        let id = match rev {
+            Some(r) => self.history.resolve(r)?,
+            None => self.head()?,
+        };
+        Ok((id, DatasetVersion::load(&self.history, id)?))
+    }
+
+    /// A stage record for `verb` with this process's argv, threads and version filled in.
+    pub fn stage_record(
+        &self,
+        verb: &str,
+        params: serde_json::Value,
+        seed: Option<u64>,
+        summary: &str,
+    ) -> StageRecord {
+        StageRecord {
+            verb: verb.into(),
+            argv: std::env::args().collect(),
+            params,
+            parent: None,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            seed,
+            threads: rayon::current_num_threads(),
+            biodc_version: env!("CARGO_PKG_VERSION").into(),
+            timings_ms: Default::default(),
+            summary: summary.into(),
+        }
+    }
+
+    /// Commits `version` on top of `parent` with `stage` as its record: makes the new objects
+    /// durable, writes the tree and commit, moves HEAD last.
+    pub fn commit(
+        &self,
+        parent: Option<CommitId>,
+        version: &DatasetVersion,
+        stage: &StageRecord,
+    ) -> Result<CommitId> {
+        let mut stage = stage.clone();
+        stage.parent = parent.map(|p| p.to_string());
+        let files = version.to_files(&stage)?;
+        self.store.sync()?;
+        crate::failpoint::hit("repo:before-commit");
+        let message = format!(
+            "{}\n\n{}",
+            stage.summary,
+            serde_json::to_string_pretty(&stage.params)?
+        );
+        let id = self.history.commit(&files, &message, parent)?;
+        self.store.keep_created();
+        Ok(id)
+    }
+}

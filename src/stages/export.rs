@@ -1,0 +1,59 @@
+//! `export`: patches of a set as one TIFF each, named by patch id, in the source dtype.
+
+use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
+use crate::repo::Repo;
+use crate::store::Store;
+use crate::version::DatasetVersion;
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use std::path::Path;
+
+/// The patch ids of `set` ("all" = every patch) in `version`.
+pub fn set_members(version: &DatasetVersion, set: &str) -> Result<Vec<String>> {
+    if set == "all" {
+        return Ok(version.all_patches().map(|(_, p)| p.id.clone()).collect());
+    }
+    match version.sets.get(set) {
+        Some(s) => Ok(s.patches.clone()),
+        None => {
+            let known: Vec<&str> = version.sets.keys().map(String::as_str).collect();
+            bail!(
+                "no set named {set:?} in this version (sets: {}; or `all`)",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )
+        }
+    }
+}
+
+/// Reads one patch's pixels from the store.
+pub fn patch_plane(store: &Store, version: &DatasetVersion, id: &str) -> Result<(StackInfo, Plane)> {
+    let (stack, patch) = version
+        .patch(id)
+        .with_context(|| format!("patch {id} is not in this version"))?;
+    let raw = store.get(&patch.tile)?;
+    let plane = Plane::from_le_bytes(stack.dtype, &raw)?;
+    let info = StackInfo {
+        shape: [1, stack.tile, stack.tile],
+        dtype: stack.dtype,
+        voxel_size: stack.voxel_size,
+    };
+    Ok((info, plane))
+}
+
+/// Writes every patch of `set` to `dir/<patch id>.tif`; returns how many.
+pub fn export_set(repo: &Repo, version: &DatasetVersion, set: &str, dir: &Path) -> Result<usize> {
+    let ids = set_members(version, set)?;
+    let store = &repo.store;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pb = crate::progress::bar(ids.len() as u64, "export", false);
+    ids.par_iter().try_for_each(|id| -> Result<()> {
+        let (info, plane) = patch_plane(store, version, id)?;
+        let path = dir.join(format!("{id}.tif"));
+        write_stack(&path, &Stack { info, planes: vec![plane] })
+            .with_context(|| format!("writing {}", path.display()))?;
+        pb.inc(1);
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    Ok(ids.len())
+}

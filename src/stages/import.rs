@@ -1,0 +1,366 @@
+//! `import`: TIFF z-stacks → tiles in the store + `stacks/` and `patches/` manifests.
+//!
+//! Streams: one plane of one file is in memory at a time (peak memory does not grow with the
+//! cohort). Tiles of a plane are hashed and compressed in parallel; identical tiles are stored
+//! once, and a file whose bytes did not change since the last import is not read again.
+
+use super::Next;
+use crate::cache::Cache;
+use crate::history::CommitId;
+use crate::io::tiff::TiffStackReader;
+use crate::io::{Dtype, Plane, StackInfo};
+use crate::repo::Repo;
+use crate::store::{Filter, Kind, Store};
+use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord, SourceFile};
+use crate::version::StackManifest;
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to import and how.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportParams {
+    /// Files and folders (walked for .tif/.tiff).
+    pub paths: Vec<PathBuf>,
+    /// Condition tag for every imported stack.
+    pub condition: Option<String>,
+    /// Tag each stack with the name of the folder it is in.
+    pub condition_from_dir: bool,
+    /// Voxel size (Z, Y, X) in µm, overriding the files' metadata.
+    pub voxel_size: Option<[f64; 3]>,
+    /// Tile edge (default: the repository's patch size).
+    pub patch: Option<usize>,
+}
+
+/// What `import` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    pub new_stacks: Vec<String>,
+    pub changed_stacks: Vec<String>,
+    pub unchanged_stacks: usize,
+    pub patches: usize,
+    pub new_objects: usize,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub seconds: f64,
+}
+
+/// One input file, validated before any pixel is read.
+struct Input {
+    path: PathBuf,
+    name: String,
+    conditions: Vec<String>,
+    info: StackInfo,
+}
+
+/// Imports `params.paths` into the next version.
+pub fn import(
+    repo: &Repo,
+    _head: CommitId,
+    mut version: DatasetVersion,
+    params: &ImportParams,
+) -> Result<(Next, ImportReport)> {
+    let started = Instant::now();
+    let tile = params.patch.unwrap_or(version.meta.patch_size);
+    anyhow::ensure!(tile >= 8, "--patch {tile} is too small (at least 8 pixels)");
+    let inputs = collect_inputs(params, tile)?;
+    let cache = Cache::open(&repo.dot().join("cache.sled"))?;
+    let total: u64 = inputs.iter().map(|i| raw_len(&i.info)).sum();
+    let pb = crate::progress::bar(total, "import", true);
+    let mut report = ImportReport::default();
+    let mut record_inputs = BTreeMap::new();
+    for input in &inputs {
+        let source = source_file(&cache, &input.path)?;
+        record_inputs.insert(input.name.clone(), source.blake3.clone());
+        let manifest = StackManifest {
+            name: input.name.clone(),
+            source,
+            shape: input.info.shape,
+            dtype: input.info.dtype,
+            voxel_size: params.voxel_size.or(input.info.voxel_size),
+            conditions: input.conditions.clone(),
+            tile,
+        };
+        let previous = version.stacks.get(&input.name);
+        if previous == Some(&manifest) {
+            report.unchanged_stacks += 1;
+            pb.inc(raw_len(&input.info));
+            continue;
+        }
+        if previous.is_some() {
+            report.changed_stacks.push(input.name.clone());
+        } else {
+            report.new_stacks.push(input.name.clone());
+        }
+        let patches = tile_stack(repo, input, tile, &pb, &mut report)
+            .with_context(|| format!("{}: import failed", input.path.display()))?;
+        version.patches.insert(input.name.clone(), patches);
+        version.stacks.insert(input.name.clone(), manifest);
+    }
+    pb.finish_and_clear();
+    cache.flush();
+    report.patches = version.patch_count();
+    report.seconds = started.elapsed().as_secs_f64();
+    if report.new_stacks.is_empty() && report.changed_stacks.is_empty() {
+        return Ok((None, report));
+    }
+    let summary = format!(
+        "import: {} new, {} changed, {} unchanged stacks; {} new objects",
+        report.new_stacks.len(),
+        report.changed_stacks.len(),
+        report.unchanged_stacks,
+        report.new_objects
+    );
+    let mut record = repo.stage_record("import", serde_json::to_value(params)?, None, &summary);
+    record.inputs = record_inputs;
+    record.outputs = report
+        .new_stacks
+        .iter()
+        .chain(&report.changed_stacks)
+        .map(|s| (format!("stacks/{s}"), "imported".to_string()))
+        .collect();
+    record
+        .timings_ms
+        .insert("import".into(), started.elapsed().as_millis() as u64);
+    Ok((Some((version, record)), report))
+}
+
+/// Finds the files, names the stacks and checks every header before anything is written.
+fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
+    if params.paths.is_empty() {
+        bail!("nothing to import: give one or more TIFF files or folders");
+    }
+    let mut files = Vec::new();
+    for path in &params.paths {
+        if !path.exists() {
+            bail!("{}: no such file or folder", path.display());
+        }
+        if path.is_dir() {
+            let before = files.len();
+            for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+                let entry = entry.with_context(|| format!("walking {}", path.display()))?;
+                if entry.file_type().is_file() && is_tiff_name(entry.path()) {
+                    files.push(entry.into_path());
+                }
+            }
+            if files.len() == before {
+                bail!("{}: folder has no .tif/.tiff files", path.display());
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut inputs = Vec::new();
+    let mut problems = Vec::new();
+    for path in files {
+        let name = stack_name(&path);
+        if let Some(other) = by_name.insert(name.clone(), path.clone()) {
+            problems.push(format!(
+                "{} and {} would both be stack {name:?}: rename one",
+                other.display(),
+                path.display()
+            ));
+            continue;
+        }
+        match TiffStackReader::open(&path) {
+            Err(e) => problems.push(format!("{e:#}")),
+            Ok(reader) => {
+                let info = reader.info().clone();
+                let [_, h, w] = info.shape;
+                if h < tile || w < tile {
+                    problems.push(format!(
+                        "{}: planes are {h}×{w}, smaller than the {tile}×{tile} patch; \
+                         import with a smaller --patch",
+                        path.display()
+                    ));
+                }
+                let conditions = conditions_of(params, &path);
+                inputs.push(Input {
+                    path,
+                    name,
+                    conditions,
+                    info,
+                });
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "cannot import; nothing was written:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(inputs)
+}
+
+fn conditions_of(params: &ImportParams, path: &Path) -> Vec<String> {
+    let mut out: Vec<String> = params.condition.iter().cloned().collect();
+    if params.condition_from_dir {
+        if let Some(dir) = path.parent().and_then(|p| p.file_name()) {
+            out.push(dir.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+fn is_tiff_name(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| e == "tif" || e == "tiff")
+}
+
+/// The stack name of a file: its name without `.ome.tif`/`.tif`/`.tiff`, other characters than
+/// letters, digits, `_`, `.` and `-` replaced by `_`.
+pub fn stack_name(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lower = file.to_ascii_lowercase();
+    let stem_len = [".ome.tiff", ".ome.tif", ".tiff", ".tif"]
+        .iter()
+        .find(|s| lower.ends_with(*s))
+        .map_or(file.len(), |s| file.len() - s.len());
+    file[..stem_len]
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn raw_len(info: &StackInfo) -> u64 {
+    (info.shape.iter().product::<usize>() * info.dtype.size()) as u64
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatEntry {
+    len: u64,
+    mtime_ns: i128,
+    blake3: String,
+}
+
+/// The source file's size and blake3, from the stat cache when size and mtime match.
+fn source_file(cache: &Cache, path: &Path) -> Result<SourceFile> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    let mtime_ns = meta
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let key = path.canonicalize()?.to_string_lossy().into_owned();
+    let cached: Option<StatEntry> = cache.get("import-stat", key.as_bytes());
+    let blake3 = match cached {
+        Some(e) if e.len == meta.len() && e.mtime_ns == mtime_ns => e.blake3,
+        _ => {
+            let mut hasher = blake3::Hasher::new();
+            hasher
+                .update_reader(std::fs::File::open(path)?)
+                .with_context(|| format!("{}: reading", path.display()))?;
+            let hex = hasher.finalize().to_hex().to_string();
+            let entry = StatEntry {
+                len: meta.len(),
+                mtime_ns,
+                blake3: hex.clone(),
+            };
+            cache.put("import-stat", key.as_bytes(), &entry);
+            hex
+        }
+    };
+    Ok(SourceFile {
+        file: path.to_string_lossy().into_owned(),
+        blake3,
+        bytes: meta.len(),
+    })
+}
+
+/// Reads the stack plane by plane and stores its tiles; returns its patch records.
+fn tile_stack(
+    repo: &Repo,
+    input: &Input,
+    tile: usize,
+    pb: &indicatif::ProgressBar,
+    report: &mut ImportReport,
+) -> Result<Vec<PatchRecord>> {
+    let [depth, h, w] = input.info.shape;
+    let mut reader = TiffStackReader::open(&input.path)?;
+    let ys = tile_starts(h, tile);
+    let xs = tile_starts(w, tile);
+    let grid: Vec<(usize, usize)> = ys
+        .iter()
+        .flat_map(|&y| xs.iter().map(move |&x| (y, x)))
+        .collect();
+    let mut patches = Vec::with_capacity(depth * grid.len());
+    for z in 0..depth {
+        let plane = reader.read_plane(z)?;
+        anyhow::ensure!(
+            plane.len() == h * w,
+            "plane {z} has {} pixels, expected {h}×{w}",
+            plane.len()
+        );
+        let store = &repo.store;
+        let stored: Vec<_> = grid
+            .par_iter()
+            .map(|&(y, x)| store_tile(store, &plane, w, y, x, tile))
+            .collect::<Result<_>>()?;
+        for ((y, x), (id, new, stored_len)) in grid.iter().zip(stored) {
+            if new {
+                report.new_objects += 1;
+                report.stored_bytes += stored_len;
+            }
+            patches.push(PatchRecord {
+                id: patch_id(&input.name, z, *y, *x),
+                z,
+                y: *y,
+                x: *x,
+                tile: id,
+            });
+        }
+        let plane_bytes = (h * w * input.info.dtype.size()) as u64;
+        report.raw_bytes += plane_bytes;
+        pb.inc(plane_bytes);
+        crate::failpoint::hit("import:after-plane");
+    }
+    Ok(patches)
+}
+
+fn store_tile(
+    store: &Store,
+    plane: &Plane,
+    width: usize,
+    y: usize,
+    x: usize,
+    tile: usize,
+) -> Result<(crate::store::ObjectId, bool, u64)> {
+    let raw = plane.crop(width, y, x, tile, tile).to_le_bytes();
+    let filter = match plane.dtype() {
+        Dtype::U8 => Filter::None,
+        d => Filter::Shuffle(d.size() as u8),
+    };
+    let (id, new) = store.put(Kind::Tile, filter, &raw)?;
+    let len = if new {
+        std::fs::metadata(store.path_of(&id))?.len()
+    } else {
+        0
+    };
+    Ok((id, new, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_names() {
+        assert_eq!(stack_name(Path::new("a/b/c0_s001.tif")), "c0_s001");
+        assert_eq!(stack_name(Path::new("x.OME.TIF")), "x");
+        assert_eq!(stack_name(Path::new("my stack (2).tiff")), "my_stack__2_");
+    }
+}

@@ -1,0 +1,182 @@
+//! The byte layout of one object file: a 16-byte header, then one zstd frame.
+//!
+//! ```text
+//! 0..4   magic "BDC1"
+//! 4      kind (see Kind)
+//! 5      filter: 0 none, 1 byte shuffle
+//! 6      element size of the shuffle (1..=8)
+//! 7      reserved, 0
+//! 8..16  raw length, u64 little-endian
+//! ```
+
+use anyhow::{bail, ensure, Result};
+
+pub const HEADER_LEN: usize = 16;
+const MAGIC: &[u8; 4] = b"BDC1";
+
+/// What an object holds; informational (the key does not depend on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Pixel data of one patch.
+    Tile = 1,
+    /// A segmentation mask.
+    Mask = 2,
+    /// A dense numeric matrix (embeddings, uncertainty maps).
+    Matrix = 3,
+    /// A model checkpoint (safetensors).
+    Checkpoint = 4,
+    /// A JSON document.
+    Json = 5,
+    /// Anything else.
+    Blob = 6,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Result<Kind> {
+        Ok(match b {
+            1 => Kind::Tile,
+            2 => Kind::Mask,
+            3 => Kind::Matrix,
+            4 => Kind::Checkpoint,
+            5 => Kind::Json,
+            6 => Kind::Blob,
+            _ => bail!("unknown object kind {b}"),
+        })
+    }
+}
+
+/// A reversible transform applied before compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    None,
+    /// Byte shuffle with this element size: all first bytes, then all second bytes, … (as Blosc
+    /// does), so the slowly varying high bytes of 16-bit pixels compress well.
+    Shuffle(u8),
+}
+
+/// The parsed header of an object file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub filter: Filter,
+    pub raw_len: u64,
+}
+
+impl Header {
+    pub fn parse(bytes: &[u8]) -> Result<Header> {
+        ensure!(bytes.len() >= HEADER_LEN, "shorter than its header");
+        ensure!(&bytes[..4] == MAGIC, "bad magic");
+        let kind = Kind::from_u8(bytes[4])?;
+        let filter = match (bytes[5], bytes[6]) {
+            (0, 0) => Filter::None,
+            (1, n @ 1..=8) => Filter::Shuffle(n),
+            (f, n) => bail!("unknown filter {f}/{n}"),
+        };
+        ensure!(bytes[7] == 0, "bad reserved byte");
+        let raw_len = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        Ok(Header {
+            kind,
+            filter,
+            raw_len,
+        })
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(MAGIC);
+        out.push(self.kind as u8);
+        match self.filter {
+            Filter::None => out.extend_from_slice(&[0, 0]),
+            Filter::Shuffle(n) => out.extend_from_slice(&[1, n]),
+        }
+        out.push(0);
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+    }
+}
+
+/// Encodes `raw` as an object file's bytes.
+pub fn encode(kind: Kind, filter: Filter, raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    let filter = match filter {
+        Filter::Shuffle(n) if n > 1 && raw.len() % n as usize == 0 => filter,
+        _ => Filter::None,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + raw.len() / 2);
+    Header {
+        kind,
+        filter,
+        raw_len: raw.len() as u64,
+    }
+    .write(&mut out);
+    let compressed = match filter {
+        Filter::None => zstd::bulk::compress(raw, level)?,
+        Filter::Shuffle(n) => zstd::bulk::compress(&shuffle(raw, n as usize), level)?,
+    };
+    out.extend_from_slice(&compressed);
+    Ok(out)
+}
+
+/// Decodes an object file's bytes into its header and raw content.
+pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
+    let header = Header::parse(bytes)?;
+    ensure!(
+        header.raw_len <= 1 << 40,
+        "implausible raw length {}",
+        header.raw_len
+    );
+    let data = zstd::bulk::decompress(&bytes[HEADER_LEN..], header.raw_len as usize)
+        .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
+    ensure!(
+        data.len() as u64 == header.raw_len,
+        "decompressed to {} bytes, header says {}",
+        data.len(),
+        header.raw_len
+    );
+    let raw = match header.filter {
+        Filter::None => data,
+        Filter::Shuffle(n) => unshuffle(&data, n as usize),
+    };
+    Ok((header, raw))
+}
+
+fn shuffle(raw: &[u8], n: usize) -> Vec<u8> {
+    let count = raw.len() / n;
+    let mut out = vec![0u8; raw.len()];
+    for (i, elem) in raw.chunks_exact(n).enumerate() {
+        for (b, &byte) in elem.iter().enumerate() {
+            out[b * count + i] = byte;
+        }
+    }
+    out
+}
+
+fn unshuffle(data: &[u8], n: usize) -> Vec<u8> {
+    let count = data.len() / n;
+    let mut out = vec![0u8; data.len()];
+    for (i, elem) in out.chunks_exact_mut(n).enumerate() {
+        for (b, byte) in elem.iter_mut().enumerate() {
+            *byte = data[b * count + i];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_round_trips() {
+        let raw: Vec<u8> = (0..=255u8).cycle().take(4 * 99).collect();
+        for n in [2, 4] {
+            assert_eq!(unshuffle(&shuffle(&raw, n), n), raw);
+            let enc = encode(Kind::Tile, Filter::Shuffle(n as u8), &raw, 1).unwrap();
+            assert_eq!(decode(&enc).unwrap().1, raw);
+        }
+    }
+
+    #[test]
+    fn odd_length_falls_back_to_no_filter() {
+        let enc = encode(Kind::Blob, Filter::Shuffle(2), b"abc", 1).unwrap();
+        let (h, raw) = decode(&enc).unwrap();
+        assert_eq!((h.filter, raw.as_slice()), (Filter::None, &b"abc"[..]));
+    }
+}

@@ -1,0 +1,166 @@
+//! What changed between two dataset versions. Only manifests whose git blob ids differ are
+//! parsed, so diffing two versions of a 100,000-patch repository that differ in one stack reads
+//! one stack's manifests.
+
+use super::{parse_json, parse_jsonl, split_manifest_path, AnnotationRecord, PatchRecord};
+use super::{PatchSet, StackManifest};
+use crate::history::{BlobId, CommitId, History};
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Names added, removed and changed in one kind of item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    fn from_maps<T: PartialEq>(a: &BTreeMap<String, T>, b: &BTreeMap<String, T>) -> Changes {
+        let mut c = Changes::default();
+        for (k, va) in a {
+            match b.get(k) {
+                None => c.removed.push(k.clone()),
+                Some(vb) if vb != va => c.changed.push(k.clone()),
+                Some(_) => {}
+            }
+        }
+        c.added = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
+        c
+    }
+
+    fn extend(&mut self, other: Changes) {
+        self.added.extend(other.added);
+        self.removed.extend(other.removed);
+        self.changed.extend(other.changed);
+    }
+}
+
+/// The difference between version `a` and version `b`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VersionDiff {
+    pub from: String,
+    pub to: String,
+    pub stacks: Changes,
+    pub patches: Changes,
+    /// Patch ids whose current mask was added, removed or replaced.
+    pub annotations: Changes,
+    pub sets: Changes,
+    /// Other manifests (models, embeddings, qc, metrics) by path.
+    pub other: Changes,
+}
+
+impl VersionDiff {
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.stacks,
+            &self.patches,
+            &self.annotations,
+            &self.sets,
+            &self.other,
+        ]
+        .iter()
+        .all(|c| c.is_empty())
+    }
+}
+
+/// Diffs the versions committed as `a` and `b`.
+pub fn diff(history: &History, a: CommitId, b: CommitId) -> Result<VersionDiff> {
+    let ta = history.tree_of(a)?;
+    let tb = history.tree_of(b)?;
+    let mut d = VersionDiff {
+        from: a.to_string(),
+        to: b.to_string(),
+        ..Default::default()
+    };
+    let paths: BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
+    for path in paths {
+        let (ba, bb) = (ta.get(path), tb.get(path));
+        if ba == bb {
+            continue;
+        }
+        let read = |blob: Option<&BlobId>| -> Result<Option<Vec<u8>>> {
+            blob.map(|b| history.blob(*b)).transpose()
+        };
+        let (xa, xb) = (read(ba)?, read(bb)?);
+        match split_manifest_path(path) {
+            ("stage.json" | "biodc.json", _) => {}
+            ("stacks", Some(name)) => d.stacks.extend(one::<StackManifest>(path, name, xa, xb)?),
+            ("sets", Some(name)) => d.sets.extend(one::<PatchSet>(path, name, xa, xb)?),
+            ("patches", Some(_)) => {
+                let by_id = |x: Option<Vec<u8>>| -> Result<BTreeMap<String, PatchRecord>> {
+                    Ok(lines::<PatchRecord>(path, x)?
+                        .into_iter()
+                        .map(|p| (p.id.clone(), p))
+                        .collect())
+                };
+                d.patches
+                    .extend(Changes::from_maps(&by_id(xa)?, &by_id(xb)?));
+            }
+            ("annotations.jsonl", _) => {
+                // The current mask of each patch is its last line.
+                let latest = |x: Option<Vec<u8>>| -> Result<BTreeMap<String, AnnotationRecord>> {
+                    Ok(lines::<AnnotationRecord>(path, x)?
+                        .into_iter()
+                        .map(|a| (a.patch.clone(), a))
+                        .collect())
+                };
+                let (la, lb) = (latest(xa)?, latest(xb)?);
+                let masks = |m: &BTreeMap<String, AnnotationRecord>| {
+                    m.iter()
+                        .map(|(k, a)| (k.clone(), a.mask))
+                        .collect::<BTreeMap<_, _>>()
+                };
+                d.annotations = Changes::from_maps(&masks(&la), &masks(&lb));
+            }
+            _ => d.other.extend(presence(path, ba.is_some(), bb.is_some())),
+        }
+    }
+    Ok(d)
+}
+
+fn one<T: serde::de::DeserializeOwned + PartialEq>(
+    path: &str,
+    name: &str,
+    a: Option<Vec<u8>>,
+    b: Option<Vec<u8>>,
+) -> Result<Changes> {
+    let parse = |x: Option<Vec<u8>>| -> Result<BTreeMap<String, T>> {
+        Ok(x.map(|bytes| parse_json::<T>(path, &bytes))
+            .transpose()?
+            .map(|v| (name.to_string(), v))
+            .into_iter()
+            .collect())
+    };
+    Ok(Changes::from_maps(&parse(a)?, &parse(b)?))
+}
+
+fn lines<T: serde::de::DeserializeOwned>(path: &str, x: Option<Vec<u8>>) -> Result<Vec<T>> {
+    x.map(|bytes| parse_jsonl(path, &bytes))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+fn presence(path: &str, in_a: bool, in_b: bool) -> Changes {
+    let p = vec![path.to_string()];
+    match (in_a, in_b) {
+        (false, true) => Changes {
+            added: p,
+            ..Default::default()
+        },
+        (true, false) => Changes {
+            removed: p,
+            ..Default::default()
+        },
+        _ => Changes {
+            changed: p,
+            ..Default::default()
+        },
+    }
+}

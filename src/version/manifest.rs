@@ -1,0 +1,161 @@
+//! The typed manifests of a dataset version (see docs/FORMAT.md).
+
+use crate::io::Dtype;
+use crate::store::ObjectId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the on-disk format written by this biodc.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `biodc.json`: repository-wide conventions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoMeta {
+    pub format: u32,
+    /// Default patch (tile) edge in pixels for imports.
+    pub patch_size: usize,
+    pub pixel_conventions: String,
+}
+
+impl RepoMeta {
+    pub fn new(patch_size: usize) -> RepoMeta {
+        RepoMeta {
+            format: FORMAT_VERSION,
+            patch_size,
+            pixel_conventions:
+                "tiles are row-major little-endian pixels of the stack's dtype; axes (z, y, x); \
+                 edge tiles overlap inward so no tile is padded"
+                    .into(),
+        }
+    }
+}
+
+/// Where a stack's pixels came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// The path as given to `import`.
+    pub file: String,
+    /// blake3 of the whole source file.
+    pub blake3: String,
+    pub bytes: u64,
+}
+
+/// `stacks/<name>.json`: one imported z-stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StackManifest {
+    pub name: String,
+    pub source: SourceFile,
+    /// (Z, Y, X).
+    pub shape: [usize; 3],
+    pub dtype: Dtype,
+    /// (Z, Y, X) in micrometres, when known.
+    pub voxel_size: Option<[f64; 3]>,
+    #[serde(default)]
+    pub conditions: Vec<String>,
+    /// Tile edge in pixels; the tile grid follows from `shape` and `tile` (see [`tile_starts`]).
+    pub tile: usize,
+}
+
+/// One line of `patches/<stack>.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchRecord {
+    pub id: String,
+    pub z: usize,
+    pub y: usize,
+    pub x: usize,
+    /// The tile object: `tile`×`tile` pixels (the stack's tile size and dtype).
+    pub tile: ObjectId,
+}
+
+/// Where annotations came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Core,
+    Critical,
+    Manual,
+}
+
+/// One line of `annotations.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationRecord {
+    pub patch: String,
+    pub mask: ObjectId,
+    pub round: String,
+    pub origin: Origin,
+    pub annotator: String,
+    /// Seconds since the Unix epoch.
+    pub time: i64,
+}
+
+/// `sets/<name>.json`: a named set of patches and how it was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchSet {
+    pub name: String,
+    pub method: String,
+    #[serde(default)]
+    pub params: serde_json::Value,
+    pub patches: Vec<String>,
+    /// Per-pick scores (e.g. marginal gains, uncertainty), parallel to `patches`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<f64>,
+    /// Method-specific results (objective value, coverage per condition, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `stage.json`: the transition that made this version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub verb: String,
+    pub argv: Vec<String>,
+    pub params: serde_json::Value,
+    pub parent: Option<String>,
+    /// Inputs the stage read beyond the parent version (e.g. source files with their blake3).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Objects or manifests the stage produced, by role.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    pub seed: Option<u64>,
+    pub threads: usize,
+    pub biodc_version: String,
+    /// Wall time of each step in milliseconds.
+    #[serde(default)]
+    pub timings_ms: BTreeMap<String, u64>,
+    /// One line for humans, also the commit message's first line.
+    pub summary: String,
+}
+
+/// Tile origins along one axis of length `len` for tile edge `tile`: a regular grid, plus one
+/// last tile flush with the far edge when the grid does not reach it (overlapping inward, never
+/// padded). Empty when `len < tile`.
+pub fn tile_starts(len: usize, tile: usize) -> Vec<usize> {
+    if len < tile || tile == 0 {
+        return Vec::new();
+    }
+    let mut starts: Vec<usize> = (0..=len - tile).step_by(tile).collect();
+    if starts.last().map(|s| s + tile) != Some(len) {
+        starts.push(len - tile);
+    }
+    starts
+}
+
+/// The stable, human-readable id of a patch, e.g. `c0_s003-z2-y0224-x0448`.
+pub fn patch_id(stack: &str, z: usize, y: usize, x: usize) -> String {
+    format!("{stack}-z{z}-y{y:04}-x{x:04}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_without_padding() {
+        assert_eq!(tile_starts(1024, 224), vec![0, 224, 448, 672, 800]);
+        assert_eq!(tile_starts(448, 224), vec![0, 224]);
+        assert_eq!(tile_starts(224, 224), vec![0]);
+        assert_eq!(tile_starts(256, 224), vec![0, 32]);
+        assert!(tile_starts(100, 224).is_empty());
+    }
+}
