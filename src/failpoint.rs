@@ -6,6 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static HITS: AtomicUsize = AtomicUsize::new(0);
 
+/// Returns an error if `BIODC_FAIL_WITH_ERROR=<name>` is set: lets tests check that a verb
+/// failing midway (after it wrote objects) removes what it wrote.
+pub fn error(name: &str) -> anyhow::Result<()> {
+    match std::env::var("BIODC_FAIL_WITH_ERROR") {
+        Ok(armed) if armed == name => anyhow::bail!("failpoint {name} fired"),
+        _ => Ok(()),
+    }
+}
+
 /// Kills the process if the failpoint `name` is armed.
 pub fn hit(name: &str) {
     let Ok(spec) = std::env::var("BIODC_FAILPOINT") else {

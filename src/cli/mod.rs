@@ -5,7 +5,7 @@ mod data;
 mod history;
 mod maintenance;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 #[command(name = "biodc", version, propagate_version = true)]
 #[command(after_help = "Start here:\n  biodc demo                 run the whole loop on a synthetic cohort\n  biodc init && biodc import stacks/ --condition control")]
 pub struct Cli {
-    /// Run as if started in DIR.
+    /// Run as if started in DIR (relative paths are then relative to DIR, as with git -C).
     #[arg(short = 'C', global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -44,7 +44,11 @@ pub enum Verb {
 
 /// Runs the parsed command; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
-    let dir = cli.dir.unwrap_or_else(|| PathBuf::from("."));
+    if let Some(dir) = &cli.dir {
+        std::env::set_current_dir(dir)
+            .with_context(|| format!("-C {}: cannot enter folder", dir.display()))?;
+    }
+    let dir = PathBuf::from(".");
     match cli.verb {
         Verb::Init(a) => history::init(&dir, a),
         Verb::Import(a) => data::import(&dir, a),

@@ -327,6 +327,7 @@ fn tile_stack(
         report.raw_bytes += plane_bytes;
         pb.inc(plane_bytes);
         crate::failpoint::hit("import:after-plane");
+        crate::failpoint::error("import:after-plane")?;
     }
     Ok(patches)
 }
