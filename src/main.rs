@@ -1,5 +1,9 @@
 use clap::Parser;
 
+// candle on CPU spends ~40 % of training time in the system allocator (DESIGN.md §8).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = biodc::cli::Cli::parse();
     let code = match biodc::cli::run(cli) {
