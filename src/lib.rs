@@ -14,3 +14,4 @@ pub mod repo;
 pub mod progress;
 pub mod stages;
 pub mod cli;
+pub mod select;

@@ -14,6 +14,7 @@ pub struct Locked {
 }
 
 /// Held while a verb writes; released on drop.
+#[derive(Debug)]
 pub struct RepoLock {
     path: PathBuf,
 }

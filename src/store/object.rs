@@ -117,12 +117,18 @@ pub fn encode(kind: Kind, filter: Filter, raw: &[u8], level: i32) -> Result<Vec<
 /// Decodes an object file's bytes into its header and raw content.
 pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
     let header = Header::parse(bytes)?;
+    let frame = &bytes[HEADER_LEN..];
+    let declared = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten();
     ensure!(
-        header.raw_len <= 1 << 40,
-        "implausible raw length {}",
+        declared == Some(header.raw_len),
+        "header says {} bytes, zstd frame says {declared:?}",
         header.raw_len
     );
-    let data = zstd::bulk::decompress(&bytes[HEADER_LEN..], header.raw_len as usize)
+    let mut data = Vec::new();
+    data.try_reserve_exact(header.raw_len as usize)
+        .map_err(|_| anyhow::anyhow!("cannot allocate {} bytes", header.raw_len))?;
+    zstd::bulk::Decompressor::new()?
+        .decompress_to_buffer(frame, &mut data)
         .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
     ensure!(
         data.len() as u64 == header.raw_len,

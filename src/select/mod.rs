@@ -1,0 +1,4 @@
+//! Choosing patches from their embeddings: exact k-nearest neighbours and max K-cover.
+
+pub mod cover;
+pub mod knn;
