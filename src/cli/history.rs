@@ -76,6 +76,12 @@ pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
     if !c.sets.is_empty() {
         println!("sets: {}", c.sets.join(", "));
     }
+    if !c.models.is_empty() {
+        println!("models: {}", c.models.join(", "));
+    }
+    if !c.embeddings.is_empty() {
+        println!("embeddings: {}", c.embeddings.join(", "));
+    }
     if !c.other_manifests.is_empty() {
         println!("other manifests: {}", c.other_manifests.join(", "));
     }
@@ -216,6 +222,8 @@ pub fn diff(dir: &Path, a: DiffArgs) -> Result<i32> {
         ("patches", &d.patches),
         ("annotations", &d.annotations),
         ("sets", &d.sets),
+        ("models", &d.models),
+        ("embeddings", &d.embeddings),
         ("other", &d.other),
     ] {
         print_changes(what, c);

@@ -3,7 +3,7 @@
 //! one stack's manifests.
 
 use super::{parse_json, parse_jsonl, split_manifest_path, AnnotationRecord, PatchRecord};
-use super::{PatchSet, StackManifest};
+use super::{EmbeddingManifest, ModelManifest, PatchSet, StackManifest};
 use crate::history::{BlobId, CommitId, History};
 use anyhow::Result;
 use serde::Serialize;
@@ -52,7 +52,9 @@ pub struct VersionDiff {
     /// Patch ids whose current mask was added, removed or replaced.
     pub annotations: Changes,
     pub sets: Changes,
-    /// Other manifests (models, embeddings, qc, metrics) by path.
+    pub models: Changes,
+    pub embeddings: Changes,
+    /// Other manifests (qc, metrics) by path.
     pub other: Changes,
 }
 
@@ -63,6 +65,8 @@ impl VersionDiff {
             &self.patches,
             &self.annotations,
             &self.sets,
+            &self.models,
+            &self.embeddings,
             &self.other,
         ]
         .iter()
@@ -93,6 +97,10 @@ pub fn diff(history: &History, a: CommitId, b: CommitId) -> Result<VersionDiff> 
             ("stage.json" | "biodc.json", _) => {}
             ("stacks", Some(name)) => d.stacks.extend(one::<StackManifest>(path, name, xa, xb)?),
             ("sets", Some(name)) => d.sets.extend(one::<PatchSet>(path, name, xa, xb)?),
+            ("models", Some(name)) => d.models.extend(one::<ModelManifest>(path, name, xa, xb)?),
+            ("embeddings", Some(name)) => {
+                d.embeddings.extend(one::<EmbeddingManifest>(path, name, xa, xb)?)
+            }
             ("patches", Some(_)) => {
                 let by_id = |x: Option<Vec<u8>>| -> Result<BTreeMap<String, PatchRecord>> {
                     Ok(lines::<PatchRecord>(path, x)?

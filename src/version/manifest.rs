@@ -104,6 +104,43 @@ pub struct PatchSet {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// `models/<name>.json`: a trained network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub name: String,
+    /// `mae` (pretrained encoder + decoder) or `segmenter`.
+    pub kind: String,
+    /// The architecture, as a Hugging Face-like config.
+    pub architecture: serde_json::Value,
+    /// safetensors object of the weights.
+    pub checkpoint: ObjectId,
+    /// The model this one was initialised from (`name@checkpoint`), if any.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// What it was trained on and with which parameters.
+    pub training: serde_json::Value,
+    /// (step, training loss).
+    #[serde(default)]
+    pub loss_curve: Vec<(u64, f32)>,
+    /// Named scalar results (held-out loss, Dice, …).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// `embeddings/<model>.json`: one vector per patch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingManifest {
+    pub model: String,
+    /// The checkpoint that computed them.
+    pub checkpoint: ObjectId,
+    /// rows × dim little-endian f32 matrix object.
+    pub matrix: ObjectId,
+    pub rows: usize,
+    pub dim: usize,
+    /// Patch id of each row.
+    pub patches: Vec<String>,
+}
+
 /// `stage.json`: the transition that made this version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {

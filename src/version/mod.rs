@@ -22,6 +22,9 @@ pub struct DatasetVersion {
     pub patches: BTreeMap<String, Vec<PatchRecord>>,
     pub annotations: Vec<AnnotationRecord>,
     pub sets: BTreeMap<String, PatchSet>,
+    pub models: BTreeMap<String, ModelManifest>,
+    /// Embeddings by model name.
+    pub embeddings: BTreeMap<String, EmbeddingManifest>,
     /// Manifests this biodc does not interpret (written by later stages); passed on unchanged.
     pub other: BTreeMap<String, Vec<u8>>,
     /// The stage that made this version (not carried to the next one).
@@ -37,6 +40,8 @@ impl DatasetVersion {
             patches: BTreeMap::new(),
             annotations: Vec::new(),
             sets: BTreeMap::new(),
+            models: BTreeMap::new(),
+            embeddings: BTreeMap::new(),
             other: BTreeMap::new(),
             stage: None,
         }
@@ -70,6 +75,12 @@ impl DatasetVersion {
                 ("sets", Some(name)) => {
                     v.sets.insert(name.into(), parse_json(&path, &bytes)?);
                 }
+                ("models", Some(name)) => {
+                    v.models.insert(name.into(), parse_json(&path, &bytes)?);
+                }
+                ("embeddings", Some(name)) => {
+                    v.embeddings.insert(name.into(), parse_json(&path, &bytes)?);
+                }
                 _ => {
                     v.other.insert(path, bytes);
                 }
@@ -95,6 +106,12 @@ impl DatasetVersion {
         }
         for (name, s) in &self.sets {
             files.insert(format!("sets/{name}.json"), to_json(s)?);
+        }
+        for (name, m) in &self.models {
+            files.insert(format!("models/{name}.json"), to_json(m)?);
+        }
+        for (name, e) in &self.embeddings {
+            files.insert(format!("embeddings/{name}.json"), to_json(e)?);
         }
         Ok(files)
     }
@@ -128,6 +145,16 @@ impl DatasetVersion {
             self.annotations
                 .iter()
                 .map(|a| (format!("annotations.jsonl: {}", a.patch), a.mask)),
+        );
+        out.extend(
+            self.models
+                .iter()
+                .map(|(n, m)| (format!("models/{n}.json"), m.checkpoint)),
+        );
+        out.extend(
+            self.embeddings
+                .iter()
+                .map(|(n, e)| (format!("embeddings/{n}.json"), e.matrix)),
         );
         out
     }
@@ -193,6 +220,8 @@ pub struct Counts {
     pub patches: usize,
     pub annotations: usize,
     pub sets: Vec<String>,
+    pub models: Vec<String>,
+    pub embeddings: Vec<String>,
     pub other_manifests: Vec<String>,
 }
 
@@ -206,6 +235,8 @@ pub fn counts(history: &History, commit: CommitId) -> Result<Counts> {
             ("patches", Some(_)) => c.patches += count_lines(&history.blob(*blob)?),
             ("annotations.jsonl", _) => c.annotations = count_lines(&history.blob(*blob)?),
             ("sets", Some(name)) => c.sets.push(name.to_string()),
+            ("models", Some(name)) => c.models.push(name.to_string()),
+            ("embeddings", Some(name)) => c.embeddings.push(name.to_string()),
             ("biodc.json" | "stage.json", _) => {}
             _ => c.other_manifests.push(path.clone()),
         }
