@@ -35,28 +35,105 @@ impl Neighbours {
 
 const BLOCK: usize = 256;
 
+/// The running top-k of one row: (id, sim) sorted by sim descending, then id ascending, so the
+/// result does not depend on the order candidates arrive in (ties included).
+#[derive(Clone)]
+struct TopK {
+    items: Vec<(u32, f32)>,
+}
+
+impl TopK {
+    fn beats(a: (u32, f32), b: (u32, f32)) -> bool {
+        a.1 > b.1 || (a.1 == b.1 && a.0 < b.0)
+    }
+
+    /// Inserts `cand` if it ranks in the top k; returns the new admission floor (the k-th
+    /// similarity, or -inf while fewer than k are held).
+    fn offer(&mut self, k: usize, cand: (u32, f32)) -> f32 {
+        if self.items.len() < k || Self::beats(cand, self.items[k - 1]) {
+            let pos = self.items.partition_point(|&it| Self::beats(it, cand));
+            self.items.insert(pos, cand);
+            self.items.truncate(k);
+        }
+        if self.items.len() == k {
+            self.items[k - 1].1
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
+}
+
+/// The rows of one block: their running top-k and, apart, each one's admission floor, so the
+/// hot loop is one comparison per similarity.
+struct BlockTops {
+    tops: Vec<TopK>,
+    floors: Vec<f32>,
+}
+
 /// Top-`k` neighbours of each of the `n` rows of `x` (row-major, `d` columns).
+///
+/// Similarity is symmetric, so only blocks (I, J) with J ≥ I are multiplied, and each product
+/// updates the rows of both blocks: half the arithmetic of the full N × N product.
 pub fn exact_knn(x: &[f32], n: usize, d: usize, k: usize) -> Neighbours {
     assert_eq!(x.len(), n * d);
     let k = k.min(n).max(1);
-    let mut ids = vec![0u32; n * k];
-    let mut sims = vec![0f32; n * k];
-    ids.par_chunks_mut(BLOCK * k)
-        .zip(sims.par_chunks_mut(BLOCK * k))
-        .enumerate()
-        .for_each(|(b, (ids, sims))| {
-            let start = b * BLOCK;
-            let rows = (n - start).min(BLOCK);
-            let block = similarity_block(&x[start * d..(start + rows) * d], x, rows, n, d);
-            for r in 0..rows {
-                let top = top_k(&block[r * n..(r + 1) * n], k);
-                for (j, (id, s)) in top.into_iter().enumerate() {
-                    ids[r * k + j] = id;
-                    sims[r * k + j] = s;
+    let blocks = n.div_ceil(BLOCK);
+    let tops: Vec<std::sync::Mutex<BlockTops>> = (0..blocks)
+        .map(|b| {
+            let rows = rows_of(b, n).len();
+            std::sync::Mutex::new(BlockTops {
+                tops: vec![TopK { items: Vec::with_capacity(k + 1) }; rows],
+                floors: vec![f32::NEG_INFINITY; rows],
+            })
+        })
+        .collect();
+    let pairs: Vec<(usize, usize)> = (0..blocks)
+        .flat_map(|i| (i..blocks).map(move |j| (i, j)))
+        .collect();
+    pairs.par_iter().for_each(|&(bi, bj)| {
+        let (ri, rj) = (rows_of(bi, n), rows_of(bj, n));
+        let a = &x[ri.start * d..ri.end * d];
+        let b = &x[rj.start * d..rj.end * d];
+        let (ni, nj) = (ri.len(), rj.len());
+        let s = similarity_block(a, b, ni, nj, d);
+        {
+            let mut guard = tops[bi].lock().unwrap();
+            let bt = &mut *guard;
+            for r in 0..ni {
+                let mut floor = bt.floors[r];
+                for (c, &v) in s[r * nj..(r + 1) * nj].iter().enumerate() {
+                    if v >= floor {
+                        floor = bt.tops[r].offer(k, ((rj.start + c) as u32, v));
+                    }
+                }
+                bt.floors[r] = floor;
+            }
+        }
+        if bi != bj {
+            let mut guard = tops[bj].lock().unwrap();
+            let bt = &mut *guard;
+            for r in 0..ni {
+                for (c, &v) in s[r * nj..(r + 1) * nj].iter().enumerate() {
+                    if v >= bt.floors[c] {
+                        bt.floors[c] = bt.tops[c].offer(k, ((ri.start + r) as u32, v));
+                    }
                 }
             }
-        });
+        }
+    });
+    let mut ids = Vec::with_capacity(n * k);
+    let mut sims = Vec::with_capacity(n * k);
+    for block in tops {
+        for t in block.into_inner().unwrap().tops {
+            ids.extend(t.items.iter().map(|i| i.0));
+            sims.extend(t.items.iter().map(|i| i.1));
+        }
+    }
     Neighbours { k, ids, sims }
+}
+
+fn rows_of(block: usize, n: usize) -> std::ops::Range<usize> {
+    block * BLOCK..((block + 1) * BLOCK).min(n)
 }
 
 /// `a` (rows × d) times `b`ᵀ (n × d): rows × n similarities.
@@ -83,24 +160,6 @@ fn similarity_block(a: &[f32], b: &[f32], rows: usize, n: usize, d: usize) -> Ve
         );
     }
     out
-}
-
-/// The `k` largest entries of `row` as (index, value), largest first, ties by lower index.
-fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-    let mut floor = f32::NEG_INFINITY;
-    for (i, &s) in row.iter().enumerate() {
-        if top.len() == k && s <= floor {
-            continue;
-        }
-        let pos = top.partition_point(|&(_, t)| t >= s);
-        top.insert(pos, (i as u32, s));
-        top.truncate(k);
-        if top.len() == k {
-            floor = top[k - 1].1;
-        }
-    }
-    top
 }
 
 /// Seeded, L2-normalised test points in `clusters` tight clusters: (data, n, d).
@@ -144,13 +203,5 @@ mod tests {
             }
             assert_eq!(got[0].0, i as u32, "a point is its own nearest neighbour");
         }
-    }
-
-    #[test]
-    fn top_k_keeps_largest_in_order() {
-        assert_eq!(
-            top_k(&[0.1, 0.9, 0.5, 0.9, -1.0], 3),
-            vec![(1, 0.9), (3, 0.9), (2, 0.5)]
-        );
     }
 }
