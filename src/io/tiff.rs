@@ -1,28 +1,413 @@
-//! TIFF reading and writing. (Being written: see the helper's task.)
-use super::{Plane, Stack, StackInfo};
-use std::path::Path;
+//! TIFF z-stacks in and out: single- and multi-page files, 8/16-bit unsigned and 32-bit float
+//! grayscale, ImageJ hyperstacks (time points are flattened into Z in file order) and
+//! single-channel OME-TIFF. Every error names the file and says what is wrong with it.
+
+use super::{Dtype, Plane, Stack, StackInfo};
+use anyhow::{anyhow, bail, Context, Result};
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use tiff::decoder::{Decoder, DecodingResult};
+use tiff::tags::Tag;
+use tiff::ColorType;
 
 /// Streams a TIFF z-stack one plane at a time.
 pub struct TiffStackReader {
-    _info: StackInfo,
+    path: PathBuf,
+    info: StackInfo,
+    decoder: Decoder<BufReader<File>>,
+}
+
+fn open_decoder(path: &Path) -> Result<(Decoder<BufReader<File>>, u64)> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = file.metadata()?.len();
+    let decoder = guarded(|| Decoder::new(BufReader::new(file)))
+        .map_err(|e| anyhow!("{}: not a readable TIFF file ({e})", path.display()))?;
+    Ok((decoder, len))
+}
+
+/// Runs a decoder call, turning a panic on malformed input into an error.
+fn guarded<T>(f: impl FnOnce() -> tiff::TiffResult<T>) -> std::result::Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            if e.contains("fill whole buffer") || e.contains("UnexpectedEof") {
+                Err(format!("truncated file ({e})"))
+            } else {
+                Err(e)
+            }
+        }
+        Err(_) => Err("the decoder crashed on malformed data".into()),
+    }
 }
 
 impl TiffStackReader {
-    pub fn open(_path: &Path) -> anyhow::Result<Self> {
-        todo!()
+    /// Opens `path` and checks every page's header (shape, sample format, that its pixel data
+    /// lies inside the file) without decoding pixels.
+    pub fn open(path: &Path) -> Result<Self> {
+        let (mut decoder, file_len) = open_decoder(path)?;
+        let here = |msg: String| anyhow!("{}: {msg}", path.display());
+        let description = decoder
+            .get_tag_ascii_string(Tag::ImageDescription)
+            .unwrap_or_default();
+        let meta = Metadata::parse(&description).map_err(here)?;
+        let mut shape: Option<(usize, usize, Dtype)> = None;
+        let mut pages = 0usize;
+        loop {
+            let (w, h) = guarded(|| decoder.dimensions()).map_err(|e| here(e))?;
+            let dtype = page_dtype(&mut decoder).map_err(|e| here(format!("page {pages}: {e}")))?;
+            check_inside_file(&mut decoder, file_len)
+                .map_err(|e| here(format!("page {pages}: {e}")))?;
+            let this = (h as usize, w as usize, dtype);
+            match shape {
+                None => shape = Some(this),
+                Some(first) if first != this => {
+                    return Err(here(format!(
+                        "page {pages} is {}×{} {:?} but page 0 is {}×{} {:?}: \
+                         pages of one stack must match",
+                        this.0, this.1, this.2, first.0, first.1, first.2
+                    )))
+                }
+                Some(_) => {}
+            }
+            pages += 1;
+            if !decoder.more_images() {
+                break;
+            }
+            guarded(|| decoder.next_image()).map_err(|e| here(format!("page {pages}: {e}")))?;
+        }
+        let (h, w, dtype) = shape.ok_or_else(|| here("no pages".into()))?;
+        let x_res = resolution_um(&mut decoder, Tag::XResolution);
+        let y_res = resolution_um(&mut decoder, Tag::YResolution);
+        let voxel_size = meta.voxel_size(x_res, y_res);
+        guarded(|| decoder.seek_to_image(0)).map_err(here)?;
+        Ok(TiffStackReader {
+            path: path.to_path_buf(),
+            info: StackInfo {
+                shape: [pages, h, w],
+                dtype,
+                voxel_size,
+            },
+            decoder,
+        })
     }
+
     pub fn info(&self) -> &StackInfo {
-        &self._info
+        &self.info
     }
-    pub fn read_plane(&mut self, _z: usize) -> anyhow::Result<Plane> {
-        todo!()
+
+    /// Decodes plane `z` (0-based).
+    pub fn read_plane(&mut self, z: usize) -> Result<Plane> {
+        let path = self.path.display();
+        anyhow::ensure!(z < self.info.shape[0], "{path}: no plane {z}");
+        let decoder = &mut self.decoder;
+        guarded(|| decoder.seek_to_image(z)).map_err(|e| anyhow!("{path}: page {z}: {e}"))?;
+        let data = guarded(|| decoder.read_image()).map_err(|e| {
+            anyhow!("{path}: page {z}: truncated or corrupt pixel data ({e})")
+        })?;
+        let plane = match data {
+            DecodingResult::U8(v) => Plane::U8(v),
+            DecodingResult::U16(v) => Plane::U16(v),
+            DecodingResult::F32(v) => Plane::F32(v),
+            _ => bail!("{path}: page {z}: unexpected sample type"),
+        };
+        let [_, h, w] = self.info.shape;
+        anyhow::ensure!(
+            plane.len() == h * w,
+            "{path}: page {z}: truncated pixel data ({} of {} pixels)",
+            plane.len(),
+            h * w
+        );
+        Ok(plane)
     }
 }
 
-pub fn read_stack(_path: &Path) -> anyhow::Result<Stack> {
-    todo!()
+/// The dtype of the current page, or why it is not supported.
+fn page_dtype(decoder: &mut Decoder<BufReader<File>>) -> std::result::Result<Dtype, String> {
+    let color = guarded(|| decoder.colortype())?;
+    let format = decoder
+        .find_tag_unsigned::<u16>(Tag::SampleFormat)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
+    let kind = match format {
+        1 => "unsigned integer",
+        2 => "signed integer",
+        3 => "floating point",
+        _ => "unknown",
+    };
+    match (color, format) {
+        (ColorType::Gray(8), 1) => Ok(Dtype::U8),
+        (ColorType::Gray(16), 1) => Ok(Dtype::U16),
+        (ColorType::Gray(32), 3) => Ok(Dtype::F32),
+        (ColorType::Gray(bits), _) => Err(format!(
+            "unsupported sample format: {bits}-bit {kind} (supported: 8/16-bit unsigned, \
+             32-bit float)"
+        )),
+        (other, _) => Err(format!(
+            "unsupported sample format: {other:?} pixels (only single-channel grayscale is \
+             supported)"
+        )),
+    }
 }
 
-pub fn write_stack(_path: &Path, _stack: &Stack) -> anyhow::Result<()> {
-    todo!()
+/// Errors if the page's strips or tiles point past the end of the file (a truncated file).
+fn check_inside_file(
+    decoder: &mut Decoder<BufReader<File>>,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    let pairs = [
+        (Tag::StripOffsets, Tag::StripByteCounts),
+        (Tag::TileOffsets, Tag::TileByteCounts),
+    ];
+    for (off_tag, len_tag) in pairs {
+        let offsets = decoder.find_tag_unsigned_vec::<u64>(off_tag).ok().flatten();
+        let counts = decoder.find_tag_unsigned_vec::<u64>(len_tag).ok().flatten();
+        if let (Some(offsets), Some(counts)) = (offsets, counts) {
+            let end = offsets
+                .iter()
+                .zip(&counts)
+                .map(|(o, c)| o.saturating_add(*c))
+                .max()
+                .unwrap_or(0);
+            if end > file_len {
+                return Err(format!(
+                    "truncated file: pixel data runs to byte {end} but the file has {file_len} bytes"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pixel size in µm from a resolution tag (pixels per unit), if given and plausible.
+fn resolution_um(decoder: &mut Decoder<BufReader<File>>, tag: Tag) -> Option<f64> {
+    let v = decoder.find_tag(tag).ok().flatten()?;
+    let per_unit = match v {
+        tiff::decoder::ifd::Value::Rational(n, d) if n > 0 && d > 0 => n as f64 / d as f64,
+        other => other.into_f64().ok().filter(|x| *x > 0.0)?,
+    };
+    let unit = decoder
+        .find_tag_unsigned::<u16>(Tag::ResolutionUnit)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
+    // ImageJ writes unit 1 (none) with pixels per µm; 3 = centimetre, 2 = inch.
+    match unit {
+        3 => Some(1e4 / per_unit),
+        2 => Some(25_400.0 / per_unit),
+        _ => Some(1.0 / per_unit),
+    }
+}
+
+/// What ImageJ or OME metadata says about the stack.
+#[derive(Debug, Default, PartialEq)]
+struct Metadata {
+    /// Z spacing (ImageJ `spacing=`).
+    spacing: Option<f64>,
+    /// OME physical sizes (Z, Y, X).
+    physical: [Option<f64>; 3],
+    imagej: bool,
+}
+
+impl Metadata {
+    fn parse(description: &str) -> std::result::Result<Metadata, String> {
+        let mut m = Metadata::default();
+        if description.starts_with("ImageJ=") {
+            m.imagej = true;
+            for line in description.lines() {
+                let Some((key, value)) = line.split_once('=') else { continue };
+                match key.trim() {
+                    "channels" if value.trim().parse::<usize>().unwrap_or(1) > 1 => {
+                        return Err(format!(
+                            "multi-channel hyperstacks are not supported ({} channels)",
+                            value.trim()
+                        ))
+                    }
+                    "spacing" => m.spacing = value.trim().parse().ok(),
+                    _ => {}
+                }
+            }
+        } else if description.contains("<OME") {
+            if let Some(c) = xml_attr(description, "SizeC").and_then(|c| c.parse::<usize>().ok()) {
+                if c > 1 {
+                    return Err(format!(
+                        "multi-channel OME-TIFF is not supported ({c} channels)"
+                    ));
+                }
+            }
+            for (i, key) in ["PhysicalSizeZ", "PhysicalSizeY", "PhysicalSizeX"]
+                .iter()
+                .enumerate()
+            {
+                m.physical[i] = xml_attr(description, key).and_then(|v| v.parse().ok());
+            }
+        }
+        Ok(m)
+    }
+
+    /// Voxel size (Z, Y, X) in µm, when the metadata gives the lateral size.
+    fn voxel_size(&self, x_res: Option<f64>, y_res: Option<f64>) -> Option<[f64; 3]> {
+        if let [z, Some(y), Some(x)] = self.physical {
+            return Some([z.unwrap_or(1.0), y, x]);
+        }
+        if self.imagej {
+            let (x, y) = (x_res?, y_res.or(x_res)?);
+            return Some([self.spacing.unwrap_or(1.0), y, x]);
+        }
+        None
+    }
+}
+
+/// The value of the first `key="value"` attribute in an XML text.
+fn xml_attr<'a>(xml: &'a str, key: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("{key}=\""))? + key.len() + 2;
+    let end = xml[start..].find('"')? + start;
+    Some(&xml[start..end])
+}
+
+/// Reads a whole stack into memory.
+pub fn read_stack(path: &Path) -> Result<Stack> {
+    let mut reader = TiffStackReader::open(path)?;
+    let planes = (0..reader.info.shape[0])
+        .map(|z| reader.read_plane(z))
+        .collect::<Result<_>>()?;
+    Ok(Stack {
+        info: reader.info.clone(),
+        planes,
+    })
+}
+
+/// Writes a multi-page grayscale TIFF (one page per z) in the stack's dtype, with ImageJ
+/// metadata (`images`, `slices`, `spacing`, `unit=micron`) and resolution tags when the voxel
+/// size is known, so Fiji and tifffile open it as a z-stack. Written to a temp file beside the
+/// target and renamed: a crash never leaves half a file.
+pub fn write_stack(path: &Path, stack: &Stack) -> Result<()> {
+    let [depth, h, w] = stack.info.shape;
+    anyhow::ensure!(stack.planes.len() == depth, "stack has {} planes, shape says {depth}", stack.planes.len());
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".tif")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    {
+        let mut enc = tiff::encoder::TiffEncoder::new(BufWriter::new(tmp.as_file()))
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let mut description = format!("ImageJ=1.11a\nimages={depth}\nslices={depth}\n");
+        if let Some([z, _, _]) = stack.info.voxel_size {
+            description.push_str(&format!("unit=micron\nspacing={z}\n"));
+        }
+        for plane in &stack.planes {
+            anyhow::ensure!(plane.len() == h * w, "plane has {} pixels, expected {h}×{w}", plane.len());
+            write_page(&mut enc, plane, w as u32, h as u32, &description, stack.info.voxel_size)
+                .map_err(|e| anyhow!("{}: writing: {e}", path.display()))?;
+        }
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("{}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+fn write_page<W: std::io::Write + std::io::Seek>(
+    enc: &mut tiff::encoder::TiffEncoder<W>,
+    plane: &Plane,
+    w: u32,
+    h: u32,
+    description: &str,
+    voxel_size: Option<[f64; 3]>,
+) -> tiff::TiffResult<()> {
+    use tiff::encoder::colortype::{Gray16, Gray32Float, Gray8};
+    macro_rules! page {
+        ($color:ty, $data:expr) => {{
+            let mut img = enc.new_image::<$color>(w, h)?;
+            img.encoder().write_tag(Tag::ImageDescription, description)?;
+            if let Some([_, y, x]) = voxel_size {
+                img.resolution_unit(tiff::tags::ResolutionUnit::None);
+                img.x_resolution(rational(1.0 / x));
+                img.y_resolution(rational(1.0 / y));
+            }
+            img.write_data($data)
+        }};
+    }
+    match plane {
+        Plane::U8(v) => page!(Gray8, v),
+        Plane::U16(v) => page!(Gray16, v),
+        Plane::F32(v) => page!(Gray32Float, v),
+    }
+}
+
+/// A rational close to `x` (pixels per µm).
+fn rational(x: f64) -> tiff::encoder::Rational {
+    let d = 1_000_000u32;
+    tiff::encoder::Rational {
+        n: (x * d as f64).round().clamp(1.0, u32::MAX as f64) as u32,
+        d,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagej_and_ome_metadata() {
+        let m = Metadata::parse("ImageJ=1.53\nimages=6\nslices=3\nframes=2\nspacing=2.5\n").unwrap();
+        assert_eq!(m.voxel_size(Some(0.5), None), Some([2.5, 0.5, 0.5]));
+        assert!(Metadata::parse("ImageJ=1.53\nchannels=2\n").unwrap_err().contains("2 channels"));
+        let ome = r#"<OME><Image><Pixels SizeC="1" SizeZ="4" PhysicalSizeX="0.3" PhysicalSizeY="0.3" PhysicalSizeZ="1.5"/></Image></OME>"#;
+        assert_eq!(Metadata::parse(ome).unwrap().voxel_size(None, None), Some([1.5, 0.3, 0.3]));
+        assert!(Metadata::parse(&ome.replace("SizeC=\"1\"", "SizeC=\"3\"")).is_err());
+    }
+
+    #[test]
+    fn round_trip_every_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let planes = |f: &dyn Fn(usize) -> Plane| (0..3).map(f).collect::<Vec<_>>();
+        let cases = [
+            (Dtype::U8, planes(&|z| Plane::U8((0..35).map(|i| (i * 7 + z) as u8).collect()))),
+            (Dtype::U16, planes(&|z| Plane::U16((0..35).map(|i| (i * 1999 + z) as u16).collect()))),
+            (Dtype::F32, planes(&|z| Plane::F32((0..35).map(|i| i as f32 * -0.37 + z as f32).collect()))),
+        ];
+        for (dtype, planes) in cases {
+            let stack = Stack {
+                info: StackInfo { shape: [3, 5, 7], dtype, voxel_size: Some([2.0, 0.25, 0.25]) },
+                planes,
+            };
+            let path = dir.path().join(format!("{dtype:?}.tif"));
+            write_stack(&path, &stack).unwrap();
+            let back = read_stack(&path).unwrap();
+            assert_eq!(back.planes, stack.planes);
+            assert_eq!(back.info.shape, stack.info.shape);
+            let v = back.info.voxel_size.unwrap();
+            assert!((v[0] - 2.0).abs() < 1e-9 && (v[2] - 0.25).abs() < 1e-6, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.tif");
+        std::fs::write(&junk, b"this is not a tiff at all").unwrap();
+        let e = format!("{:#}", TiffStackReader::open(&junk).err().unwrap());
+        assert!(e.contains("junk.tif") && e.contains("not a readable TIFF"), "{e}");
+
+        let good = dir.path().join("good.tif");
+        let stack = Stack {
+            info: StackInfo { shape: [2, 64, 64], dtype: Dtype::U16, voxel_size: None },
+            planes: vec![Plane::U16(vec![7; 4096]), Plane::U16(vec![9; 4096])],
+        };
+        write_stack(&good, &stack).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        let cut = dir.path().join("cut.tif");
+        std::fs::write(&cut, &bytes[..bytes.len() - 3000]).unwrap();
+        let e = match TiffStackReader::open(&cut) {
+            Err(e) => format!("{e:#}"),
+            Ok(mut r) => format!("{:#}", (0..2).map(|z| r.read_plane(z)).find_map(Result::err).unwrap()),
+        };
+        assert!(e.contains("cut.tif") && e.contains("truncated"), "{e}");
+    }
 }

@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests: run the biodc binary in a temp project.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+
+/// `biodc` with `-C dir`.
+pub fn biodc(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("biodc").unwrap();
+    cmd.arg("-C").arg(dir).env_remove("BIODC_FAILPOINT");
+    cmd
+}
+
+/// Runs biodc and returns stdout, panicking with stderr on failure.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = biodc(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "biodc {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs biodc with `--json` output parsed.
+pub fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(dir, args)).unwrap()
+}
+
+pub fn head(dir: &Path) -> String {
+    json(dir, &["status", "--json"])["head"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Object files in the store (excluding temp files).
+pub fn object_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir.join(".biodc/objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().parent() != Some(&dir.join(".biodc/objects")))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp"))
+        .map(|e| e.into_path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// A fresh project with a small synthetic cohort written beside it: (tempdir, project, cohort).
+pub fn project_with_cohort(stacks: usize, shape: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    let cohort = tmp.path().join("cohort");
+    std::fs::create_dir_all(&project).unwrap();
+    ok(&project, &["init"]);
+    ok(
+        tmp.path(),
+        &[
+            "synth",
+            "--out",
+            cohort.to_str().unwrap(),
+            "--stacks",
+            &stacks.to_string(),
+            "--shape",
+            shape,
+            "--seed",
+            "3",
+        ],
+    );
+    (tmp, project, cohort)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
