@@ -119,7 +119,24 @@ pub struct SynthArgs {
 }
 
 pub fn synth(a: SynthArgs) -> Result<i32> {
-    // TODO(synth helper): wire to crate::synth::write_cohort once it lands.
-    let _ = a;
-    anyhow::bail!("synth is not built yet")
+    let mut params = crate::synth::SynthParams::default();
+    if let Some(n) = a.stacks {
+        params.stacks = n;
+    }
+    if let Some(s) = a.shape {
+        params.shape = s;
+    }
+    if let Some(s) = a.seed {
+        params.seed = s;
+    }
+    params.defects = !a.no_defects;
+    let manifest = crate::synth::write_cohort(&a.out, &params)?;
+    println!(
+        "wrote {} synthetic stacks of {:?} to {} ({} planted defects listed in manifest.json)",
+        params.stacks,
+        params.shape,
+        a.out.display(),
+        manifest.defect_count()
+    );
+    Ok(0)
 }
