@@ -76,7 +76,7 @@ N=$("$B" -C p_big status --json | python3 -c 'import json,sys; print(json.load(s
 F=$(find small/images -name '*.tif' | sort | head -1)
 python3 - "$F" <<'PY'
 import sys
-p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[-10] ^= 1; open(p, 'wb').write(b)
+p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 1; open(p, 'wb').write(b)  # a pixel, not the IFD at the end
 PY
 "$B" -C p_big import ../small/images >/dev/null
 echo "patches: $N"

@@ -7,6 +7,7 @@ pub mod synth;
 pub mod failpoint;
 pub mod history;
 pub mod lock;
+pub mod nn;
 pub mod store;
 pub mod version;
 pub mod cache;

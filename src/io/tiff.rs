@@ -32,7 +32,13 @@ fn guarded<T>(f: impl FnOnce() -> tiff::TiffResult<T>) -> std::result::Result<T,
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            let e = e.to_string();
+            let mut e = e.to_string();
+            if e.len() > 300 {
+                // Some decoder errors print whole tag arrays of a corrupt header.
+                let cut = (0..=300).rev().find(|&i| e.is_char_boundary(i)).unwrap_or(0);
+                e.truncate(cut);
+                e.push_str(" …");
+            }
             if e.contains("fill whole buffer") || e.contains("UnexpectedEof") {
                 Err(format!("truncated file ({e})"))
             } else {

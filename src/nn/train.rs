@@ -1,0 +1,131 @@
+//! Training: AdamW with warmup + cosine learning rate, all randomness from one ChaCha RNG, and
+//! a state (weights, optimiser moments, step, RNG) that saves to bytes and resumes bit-exactly.
+
+use super::checkpoint::{from_safetensors, to_safetensors};
+use super::mae::{Mae, MaeConfig};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Optimiser settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub betas: (f64, f64),
+    /// Linear warm-up steps, then cosine decay to 10 % of `lr` at `total_steps`.
+    pub warmup: u64,
+    pub total_steps: u64,
+}
+
+impl TrainConfig {
+    pub fn new(lr: f64, total_steps: u64) -> TrainConfig {
+        TrainConfig { lr, weight_decay: 0.05, betas: (0.9, 0.95), warmup: (total_steps / 20).max(1), total_steps }
+    }
+
+    fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = self.total_steps.saturating_sub(self.warmup).max(1) as f64;
+        let t = ((step - self.warmup) as f64 / span).min(1.0);
+        self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+    }
+}
+
+/// An MAE being trained.
+pub struct Trainer {
+    pub mae: Mae,
+    pub cfg: TrainConfig,
+    pub step: u64,
+    rng: ChaCha8Rng,
+    moments: BTreeMap<String, (Tensor, Tensor)>,
+}
+
+impl Trainer {
+    /// A fresh model and optimiser; every random number comes from `seed`.
+    pub fn new(model: &MaeConfig, cfg: TrainConfig, seed: u64, dev: &Device) -> Result<Trainer> {
+        let mae = Mae::new(model, seed, dev)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(1);
+        let moments = mae
+            .params
+            .vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), (v.zeros_like()?, v.zeros_like()?))))
+            .collect::<Result<_>>()?;
+        Ok(Trainer { mae, cfg, step: 0, rng, moments })
+    }
+
+    /// The trainer's RNG (data order is drawn from it too, so a resumed run sees the same data).
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    /// One AdamW step on `batch`; returns the loss before the step.
+    pub fn step(&mut self, batch: &Tensor) -> Result<f32> {
+        let loss = self.mae.loss(batch, &mut self.rng, true)?;
+        let grads = loss.backward()?;
+        let lr = self.cfg.lr_at(self.step);
+        self.step += 1;
+        let (b1, b2) = self.cfg.betas;
+        let t = self.step as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        for (name, var) in &self.mae.params.vars {
+            let Some(g) = grads.get(var) else { continue };
+            let (m, v) = self.moments.get_mut(name).expect("moments for every parameter");
+            *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
+            *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let mut update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + 1e-8)?)?;
+            if var.rank() >= 2 {
+                update = (update + (var.as_tensor() * self.cfg.weight_decay)?)?;
+            }
+            var.set(&(var.as_tensor() - (update * lr)?)?)?;
+        }
+        Ok(loss.to_scalar::<f32>()?)
+    }
+
+    /// Saves weights, moments, step and RNG state (safetensors bytes).
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let dev = Device::Cpu;
+        let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
+        for (name, var) in &self.mae.params.vars {
+            let (m, v) = &self.moments[name];
+            t.insert(format!("w/{name}"), var.as_tensor().clone());
+            t.insert(format!("m/{name}"), m.clone());
+            t.insert(format!("v/{name}"), v.clone());
+        }
+        let mut rng_state = self.rng.get_seed().to_vec();
+        rng_state.extend(self.rng.get_stream().to_le_bytes());
+        rng_state.extend(self.rng.get_word_pos().to_le_bytes());
+        let len = rng_state.len();
+        t.insert("rng".into(), Tensor::from_vec(rng_state, len, &dev)?);
+        t.insert("step".into(), Tensor::from_vec(vec![self.step as u32], 1, &dev)?);
+        to_safetensors(&t)
+    }
+
+    /// Restores a state saved by [`Trainer::save_state`] for the same model and settings.
+    pub fn load_state(model: &MaeConfig, cfg: TrainConfig, bytes: &[u8], dev: &Device) -> Result<Trainer> {
+        let t = from_safetensors(bytes, dev)?;
+        let mut trainer = Trainer::new(model, cfg, 0, dev)?;
+        let get = |k: &str| t.get(k).with_context(|| format!("training state lacks {k}"));
+        for (name, var) in &trainer.mae.params.vars {
+            var.set(get(&format!("w/{name}"))?)?;
+        }
+        for (name, (m, v)) in trainer.moments.iter_mut() {
+            *m = get(&format!("m/{name}"))?.clone();
+            *v = get(&format!("v/{name}"))?.clone();
+        }
+        let rng: Vec<u8> = get("rng")?.to_dtype(DType::U8)?.to_vec1()?;
+        anyhow::ensure!(rng.len() == 56, "training state has a malformed RNG");
+        let mut r = ChaCha8Rng::from_seed(rng[..32].try_into().unwrap());
+        r.set_stream(u64::from_le_bytes(rng[32..40].try_into().unwrap()));
+        r.set_word_pos(u128::from_le_bytes(rng[40..56].try_into().unwrap()));
+        trainer.rng = r;
+        trainer.step = get("step")?.to_vec1::<u32>()?[0] as u64;
+        Ok(trainer)
+    }
+}
