@@ -20,13 +20,18 @@ fn as_f64(p: &Plane, i: usize) -> f64 {
 }
 
 fn check(name: &str, shape: [usize; 3], dtype: Dtype, modulo: usize, scale: f64) {
-    let stack = read_stack(&fixture(&format!("tiff/{name}"))).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let stack =
+        read_stack(&fixture(&format!("tiff/{name}"))).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     assert_eq!(stack.info.shape, shape, "{name}");
     assert_eq!(stack.info.dtype, dtype, "{name}");
     let [_, h, w] = shape;
     for (z, plane) in stack.planes.iter().enumerate() {
         for (y, x) in [(0, 0), (h - 1, w - 1), (h / 2, w / 3)] {
-            assert_eq!(as_f64(plane, y * w + x), value(z, y, x, modulo) * scale, "{name} at {z},{y},{x}");
+            assert_eq!(
+                as_f64(plane, y * w + x),
+                value(z, y, x, modulo) * scale,
+                "{name} at {z},{y},{x}"
+            );
         }
     }
 }
@@ -35,7 +40,13 @@ fn check(name: &str, shape: [usize; 3], dtype: Dtype, modulo: usize, scale: f64)
 fn supported_files_read_with_shape_dtype_and_values() {
     check("u8_single.tif", [1, 20, 30], Dtype::U8, 256, 1.0);
     check("u16_multipage.tif", [3, 20, 30], Dtype::U16, 65536, 1.0);
-    check("f32_multipage.tif", [3, 20, 30], Dtype::F32, 65536, 1.0 / 8.0);
+    check(
+        "f32_multipage.tif",
+        [3, 20, 30],
+        Dtype::F32,
+        65536,
+        1.0 / 8.0,
+    );
     check("u16_bigendian.tif", [3, 20, 30], Dtype::U16, 65536, 1.0);
     check("u16_lzw.tif", [3, 20, 30], Dtype::U16, 65536, 1.0);
     check("u16_tiled.tif", [2, 40, 48], Dtype::U16, 65536, 1.0);
@@ -48,7 +59,10 @@ fn supported_files_read_with_shape_dtype_and_values() {
 fn voxel_sizes_from_imagej_and_ome_metadata() {
     let ij = TiffStackReader::open(&fixture("tiff/imagej_hyperstack.tif")).unwrap();
     let v = ij.info().voxel_size.unwrap();
-    assert!((v[0] - 2.0).abs() < 1e-9 && (v[1] - 0.5).abs() < 1e-6 && (v[2] - 0.5).abs() < 1e-6, "{v:?}");
+    assert!(
+        (v[0] - 2.0).abs() < 1e-9 && (v[1] - 0.5).abs() < 1e-6 && (v[2] - 0.5).abs() < 1e-6,
+        "{v:?}"
+    );
     let ome = TiffStackReader::open(&fixture("tiff/ome_zstack.ome.tif")).unwrap();
     assert_eq!(ome.info().voxel_size, Some([1.5, 0.3, 0.3]));
     let plain = TiffStackReader::open(&fixture("tiff/u16_multipage.tif")).unwrap();
@@ -71,6 +85,9 @@ fn unsupported_and_broken_files_name_the_file_and_the_reason() {
             Err(e) => format!("{e:#}"),
         };
         assert!(err.contains(name), "{name}: {err}");
-        assert!(err.to_lowercase().contains(&reason.to_lowercase()), "{name}: expected {reason:?} in {err}");
+        assert!(
+            err.to_lowercase().contains(&reason.to_lowercase()),
+            "{name}: expected {reason:?} in {err}"
+        );
     }
 }

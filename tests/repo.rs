@@ -16,7 +16,15 @@ fn tile_hashes(project: &Path) -> BTreeSet<String> {
     assert!(files > 0);
     let mut out = BTreeSet::new();
     let tree = std::process::Command::new("git")
-        .args(["--git-dir", ".biodc/git", "ls-tree", "-r", "--name-only", "HEAD", "patches/"])
+        .args([
+            "--git-dir",
+            ".biodc/git",
+            "ls-tree",
+            "-r",
+            "--name-only",
+            "HEAD",
+            "patches/",
+        ])
         .current_dir(project)
         .output()
         .unwrap();
@@ -38,7 +46,10 @@ fn tile_hashes(project: &Path) -> BTreeSet<String> {
 fn import_status_reimport_and_diff_of_a_changed_file() {
     let (_tmp, project, cohort) = project_with_cohort(6, "3,256,300");
     let images = cohort.join("images");
-    let out = ok(&project, &["import", images.to_str().unwrap(), "--condition-from-dir"]);
+    let out = ok(
+        &project,
+        &["import", images.to_str().unwrap(), "--condition-from-dir"],
+    );
     assert!(out.contains("6 new"), "{out}");
 
     // git itself sees the version.
@@ -59,8 +70,14 @@ fn import_status_reimport_and_diff_of_a_changed_file() {
     // Importing the same files again writes nothing and says so.
     let before = object_files(&project);
     let head_before = head(&project);
-    let out = ok(&project, &["import", images.to_str().unwrap(), "--condition-from-dir"]);
-    assert!(out.contains("nothing new") && out.contains("no object written"), "{out}");
+    let out = ok(
+        &project,
+        &["import", images.to_str().unwrap(), "--condition-from-dir"],
+    );
+    assert!(
+        out.contains("nothing new") && out.contains("no object written"),
+        "{out}"
+    );
     assert_eq!(object_files(&project), before);
     assert_eq!(head(&project), head_before);
 
@@ -80,21 +97,38 @@ fn import_status_reimport_and_diff_of_a_changed_file() {
     }
     biodc::io::tiff::write_stack(&file, &stack).unwrap();
     let name = biodc::stages::import::stack_name(&file);
-    ok(&project, &["import", images.to_str().unwrap(), "--condition-from-dir"]);
+    ok(
+        &project,
+        &["import", images.to_str().unwrap(), "--condition-from-dir"],
+    );
     let d = json(&project, &["diff", "HEAD~1", "HEAD", "--json"]);
     assert_eq!(d["stacks"]["changed"], serde_json::json!([name]));
     assert_eq!(d["stacks"]["added"], serde_json::json!([]));
-    assert_eq!(d["patches"]["changed"], serde_json::json!([format!("{name}-z1-y0000-x0000")]));
+    assert_eq!(
+        d["patches"]["changed"],
+        serde_json::json!([format!("{name}-z1-y0000-x0000")])
+    );
     assert_eq!(d["patches"]["added"].as_array().unwrap().len(), 0);
 }
 
 #[test]
 fn export_then_reimport_is_pixel_identical() {
     let (tmp, project, cohort) = project_with_cohort(4, "2,224,240");
-    ok(&project, &["import", cohort.join("images").to_str().unwrap()]);
+    ok(
+        &project,
+        &["import", cohort.join("images").to_str().unwrap()],
+    );
     let exported = tmp.path().join("exported");
-    ok(&project, &["export", "--set", "all", "--to", exported.to_str().unwrap()]);
-    let first = std::fs::read_dir(&exported).unwrap().next().unwrap().unwrap().path();
+    ok(
+        &project,
+        &["export", "--set", "all", "--to", exported.to_str().unwrap()],
+    );
+    let first = std::fs::read_dir(&exported)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let stack = biodc::io::tiff::read_stack(&first).unwrap();
     assert_eq!(stack.info.dtype, biodc::io::Dtype::U16);
     assert_eq!(stack.info.shape, [1, 224, 224]);
@@ -113,22 +147,36 @@ fn export_then_reimport_is_pixel_identical() {
 #[test]
 fn fsck_names_a_flipped_byte_and_a_missing_object() {
     let (_tmp, project, cohort) = project_with_cohort(3, "1,224,224");
-    ok(&project, &["import", cohort.join("images").to_str().unwrap()]);
+    ok(
+        &project,
+        &["import", cohort.join("images").to_str().unwrap()],
+    );
     ok(&project, &["fsck"]);
     let objects = object_files(&project);
     let mut rng = 12345u64;
     for path in objects.iter().take(6) {
         let original = std::fs::read(path).unwrap();
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let at = (rng >> 33) as usize % original.len();
         let mut bytes = original.clone();
         bytes[at] ^= 0x01;
         std::fs::write(path, &bytes).unwrap();
         let out = biodc(&project).arg("fsck").output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "flip at {at} of {} not detected", path.display());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "flip at {at} of {} not detected",
+            path.display()
+        );
         let name = format!(
             "{}{}",
-            path.parent().unwrap().file_name().unwrap().to_string_lossy(),
+            path.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy(),
             path.file_name().unwrap().to_string_lossy()
         );
         let text = String::from_utf8_lossy(&out.stdout);
@@ -195,8 +243,16 @@ fn kill_at_random_times_never_damages_the_repository() {
         child.kill().ok();
         child.wait().unwrap();
         let fsck = json(&project, &["fsck", "--json"]);
-        assert_eq!(fsck["corrupt"], serde_json::json!([]), "killed after {delay_ms} ms");
-        assert_eq!(fsck["missing"], serde_json::json!([]), "killed after {delay_ms} ms");
+        assert_eq!(
+            fsck["corrupt"],
+            serde_json::json!([]),
+            "killed after {delay_ms} ms"
+        );
+        assert_eq!(
+            fsck["missing"],
+            serde_json::json!([]),
+            "killed after {delay_ms} ms"
+        );
         let h = head(&project);
         if h != head0 {
             // The import finished before the kill: it must be a complete version.
@@ -217,7 +273,10 @@ fn assert_fails_cleanly(project: &Path, path: &Path, reason: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     let name = path.file_name().unwrap().to_string_lossy();
     assert!(err.contains(&*name), "error does not name {name}: {err}");
-    assert!(err.to_lowercase().contains(reason), "error does not say {reason:?}: {err}");
+    assert!(
+        err.to_lowercase().contains(reason),
+        "error does not say {reason:?}: {err}"
+    );
     assert_eq!(head(project), head0);
     assert_eq!(object_files(project), objects0, "objects left behind");
     ok(project, &["fsck"]);
@@ -226,7 +285,10 @@ fn assert_fails_cleanly(project: &Path, path: &Path, reason: &str) {
 #[test]
 fn bad_input_gives_one_clear_error_and_changes_nothing() {
     let (tmp, project, cohort) = project_with_cohort(2, "1,224,224");
-    ok(&project, &["import", cohort.join("images").to_str().unwrap()]);
+    ok(
+        &project,
+        &["import", cohort.join("images").to_str().unwrap()],
+    );
     assert_fails_cleanly(&project, &fixture("tiff/truncated.tif"), "truncated");
     assert_fails_cleanly(&project, &fixture("tiff/int16.tif"), "sample format");
     assert_fails_cleanly(&project, &tmp.path().join("does-not-exist"), "no such file");
@@ -236,7 +298,21 @@ fn bad_input_gives_one_clear_error_and_changes_nothing() {
 
     // A verb that fails after writing objects removes them again.
     let more = tmp.path().join("more");
-    ok(tmp.path(), &["synth", "--out", more.to_str().unwrap(), "--stacks", "2", "--shape", "2,300,300", "--seed", "99", "--no-defects"]);
+    ok(
+        tmp.path(),
+        &[
+            "synth",
+            "--out",
+            more.to_str().unwrap(),
+            "--stacks",
+            "2",
+            "--shape",
+            "2,300,300",
+            "--seed",
+            "99",
+            "--no-defects",
+        ],
+    );
     let head0 = head(&project);
     let objects0 = object_files(&project);
     let out = biodc(&project)
@@ -246,7 +322,10 @@ fn bad_input_gives_one_clear_error_and_changes_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("import failed") && err.contains("removed the"), "{err}");
+    assert!(
+        err.contains("import failed") && err.contains("removed the"),
+        "{err}"
+    );
     assert_eq!(head(&project), head0);
     assert_eq!(object_files(&project), objects0);
     ok(&project, &["fsck"]);
@@ -263,22 +342,34 @@ fn second_writer_is_refused_with_the_holders_pid() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("repository is locked by pid {pid}")), "{err}");
+    assert!(
+        err.contains(&format!("repository is locked by pid {pid}")),
+        "{err}"
+    );
     std::fs::remove_file(project.join(".biodc/lock")).unwrap();
-    ok(&project, &["import", cohort.join("images").to_str().unwrap()]);
+    ok(
+        &project,
+        &["import", cohort.join("images").to_str().unwrap()],
+    );
 }
 
 #[test]
 fn branches_tags_checkout_and_log() {
     let (_tmp, project, cohort) = project_with_cohort(2, "1,224,224");
     let v0 = head(&project);
-    ok(&project, &["import", cohort.join("images").to_str().unwrap()]);
+    ok(
+        &project,
+        &["import", cohort.join("images").to_str().unwrap()],
+    );
     let v1 = head(&project);
     ok(&project, &["tag", "imported"]);
     ok(&project, &["branch", "experiment", &v0]);
     ok(&project, &["checkout", "experiment"]);
     assert_eq!(head(&project), v0);
-    assert_eq!(json(&project, &["status", "--json"])["branch"], "experiment");
+    assert_eq!(
+        json(&project, &["status", "--json"])["branch"],
+        "experiment"
+    );
     ok(&project, &["checkout", "imported"]);
     assert_eq!(head(&project), v1);
     assert!(json(&project, &["status", "--json"])["branch"].is_null());
@@ -288,7 +379,10 @@ fn branches_tags_checkout_and_log() {
     assert!(ok(&project, &["log", "--oneline"]).lines().count() == 2);
     let shown = json(&project, &["show", "--json"]);
     assert_eq!(shown["stage"]["verb"], "import");
-    for verb in ["init", "import", "status", "log", "show", "diff", "checkout", "branch", "tag", "export", "fsck", "gc", "synth"] {
+    for verb in [
+        "init", "import", "status", "log", "show", "diff", "checkout", "branch", "tag", "export",
+        "fsck", "gc", "synth",
+    ] {
         let help = ok(&project, &[verb, "--help"]);
         assert!(help.contains("Example"), "{verb} --help has no example");
     }

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 /// stored once by content. Files whose bytes did not change are skipped; a changed file
 /// replaces its stack.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  biodc import raw/ --condition-from-dir\n  biodc import ctrl_01.tif ctrl_02.tif --condition control --voxel-size 2,0.5,0.5")]
+#[command(
+    after_help = "Examples:\n  biodc import raw/ --condition-from-dir\n  biodc import ctrl_01.tif ctrl_02.tif --condition control --voxel-size 2,0.5,0.5"
+)]
 pub struct ImportArgs {
     /// TIFF files or folders (walked for .tif/.tiff).
     #[arg(required = true)]
@@ -44,8 +46,9 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
         voxel_size: a.voxel_size,
         patch: a.patch,
     };
-    let (commit, report) =
-        stages::run(&repo, |repo, head, v| stages::import::import(repo, head, v, &params))?;
+    let (commit, report) = stages::run(&repo, |repo, head, v| {
+        stages::import::import(repo, head, v, &params)
+    })?;
     if a.json {
         let mut value = serde_json::to_value(&report)?;
         value["commit"] = serde_json::json!(commit.map(|c| c.to_string()));
@@ -76,7 +79,9 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
 
 /// Write the patches of a set as TIFFs named by patch id.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2")]
+#[command(
+    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2"
+)]
 pub struct ExportArgs {
     /// `all`, or the name of a set (e.g. coreset, candidates-1).
     #[arg(long, default_value = "all")]
@@ -99,7 +104,9 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
 
 /// Write a synthetic vessel cohort (16-bit z-stacks + ground-truth masks + defects manifest).
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  biodc synth --out cohort --stacks 12 --shape 3,256,256 --seed 7\n  biodc import cohort/images --condition-from-dir")]
+#[command(
+    after_help = "Example:\n  biodc synth --out cohort --stacks 12 --shape 3,256,256 --seed 7\n  biodc import cohort/images --condition-from-dir"
+)]
 pub struct SynthArgs {
     /// Output folder.
     #[arg(long)]

@@ -125,7 +125,12 @@ pub fn log(dir: &Path, a: LogArgs) -> Result<i32> {
         if a.oneline {
             println!("{} {subject}", short(&info.id));
         } else {
-            println!("version {}\nAuthor: {}\nDate:   {}\n\n    {subject}\n", info.id, info.author, format_time(info.time));
+            println!(
+                "version {}\nAuthor: {}\nDate:   {}\n\n    {subject}\n",
+                info.id,
+                info.author,
+                format_time(info.time)
+            );
         }
     }
     Ok(0)
@@ -172,7 +177,10 @@ pub fn show(dir: &Path, a: ShowArgs) -> Result<i32> {
     }
     println!("version {}", shown.commit.id);
     if let Some(s) = &shown.stage {
-        println!("stage:   {} ({} threads, biodc {})", s.verb, s.threads, s.biodc_version);
+        println!(
+            "stage:   {} ({} threads, biodc {})",
+            s.verb, s.threads, s.biodc_version
+        );
         println!("command: {}", s.argv.join(" "));
         println!("params:  {}", serde_json::to_string(&s.params)?);
         for (k, ms) in &s.timings_ms {
@@ -180,14 +188,48 @@ pub fn show(dir: &Path, a: ShowArgs) -> Result<i32> {
         }
         println!("\n    {}\n", s.summary);
     }
+    if let Some(s) = &shown.stage {
+        for name in s.outputs.keys().filter_map(|k| k.strip_prefix("models/")) {
+            if let Some(m) = v.models.get(name) {
+                print_loss_curve(name, &m.loss_curve);
+                for (k, val) in &m.metrics {
+                    println!("  {k}: {val:.4}");
+                }
+                println!();
+            }
+        }
+    }
     println!(
         "{} stacks, {} patches, {} annotations; sets: {}",
         shown.stacks,
         shown.patches,
         shown.annotations,
-        if shown.sets.is_empty() { "none".into() } else { shown.sets.join(", ") }
+        if shown.sets.is_empty() {
+            "none".into()
+        } else {
+            shown.sets.join(", ")
+        }
     );
     Ok(0)
+}
+
+/// A text chart of a loss curve: up to 12 rows of step, loss and a bar.
+fn print_loss_curve(name: &str, curve: &[(u64, f32)]) {
+    if curve.is_empty() {
+        return;
+    }
+    println!("loss curve of {name} (step, mean training loss):");
+    let max = curve
+        .iter()
+        .map(|c| c.1)
+        .fold(f32::MIN, f32::max)
+        .max(1e-12);
+    let rows = curve.len().min(12);
+    for r in 0..rows {
+        let (step, loss) = curve[r * (curve.len() - 1) / (rows - 1).max(1)];
+        let bar = "#".repeat(((loss / max) * 40.0).round().max(0.0) as usize);
+        println!("  {step:>7} {loss:>9.4} {bar}");
+    }
 }
 
 /// What changed from version A to version B (default HEAD).
@@ -254,7 +296,9 @@ fn print_changes(what: &str, c: &Changes) {
 
 /// Move HEAD to a branch or (detached) to any version.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  biodc checkout main\n  biodc checkout 3f2a9c1b   # detached: inspect or branch from an old version")]
+#[command(
+    after_help = "Examples:\n  biodc checkout main\n  biodc checkout 3f2a9c1b   # detached: inspect or branch from an old version"
+)]
 pub struct CheckoutArgs {
     pub target: String,
 }
@@ -265,7 +309,8 @@ pub fn checkout(dir: &Path, a: CheckoutArgs) -> Result<i32> {
     let branch_ref = format!("refs/heads/{}", a.target);
     let is_branch = repo.history.refs()?.iter().any(|(n, _)| *n == branch_ref);
     if is_branch {
-        repo.history.set_head(HeadTarget::Branch(a.target.clone()))?;
+        repo.history
+            .set_head(HeadTarget::Branch(a.target.clone()))?;
         println!("switched to branch {}", a.target);
     } else {
         let id = repo.history.resolve(&a.target)?;
@@ -277,7 +322,9 @@ pub fn checkout(dir: &Path, a: CheckoutArgs) -> Result<i32> {
 
 /// List, create or delete branches.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  biodc branch\n  biodc branch relabel-round2 HEAD~1\n  biodc branch -d relabel-round2")]
+#[command(
+    after_help = "Examples:\n  biodc branch\n  biodc branch relabel-round2 HEAD~1\n  biodc branch -d relabel-round2"
+)]
 pub struct BranchArgs {
     /// Branch to create (lists branches when omitted).
     pub name: Option<String>,
@@ -294,7 +341,9 @@ pub fn branch(dir: &Path, a: BranchArgs) -> Result<i32> {
 
 /// List, create or delete tags (names for versions).
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  biodc tag\n  biodc tag core-annotated\n  biodc tag -d core-annotated")]
+#[command(
+    after_help = "Examples:\n  biodc tag\n  biodc tag core-annotated\n  biodc tag -d core-annotated"
+)]
 pub struct TagArgs {
     /// Tag to create (lists tags when omitted).
     pub name: Option<String>,
@@ -325,7 +374,11 @@ fn named_refs(
         let current = repo.history.head_branch()?;
         for (full, id) in repo.history.refs()? {
             if let Some(n) = full.strip_prefix(prefix) {
-                let mark = if current.as_deref() == Some(n) && kind == "branch" { "*" } else { " " };
+                let mark = if current.as_deref() == Some(n) && kind == "branch" {
+                    "*"
+                } else {
+                    " "
+                };
                 println!("{mark} {n} {}", short(&id));
             }
         }

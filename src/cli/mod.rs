@@ -3,6 +3,7 @@
 
 mod data;
 mod history;
+mod learn;
 mod maintenance;
 
 use anyhow::{Context, Result};
@@ -16,7 +17,9 @@ use std::path::PathBuf;
 /// loop (pretrain → assess → hunt for mistakes → monitor) as a recorded transition.
 #[derive(Debug, Parser)]
 #[command(name = "biodc", version, propagate_version = true)]
-#[command(after_help = "Start here:\n  biodc demo                 run the whole loop on a synthetic cohort\n  biodc init && biodc import stacks/ --condition control")]
+#[command(
+    after_help = "Start here:\n  biodc demo                 run the whole loop on a synthetic cohort\n  biodc init && biodc import stacks/ --condition control"
+)]
 pub struct Cli {
     /// Run as if started in DIR (relative paths are then relative to DIR, as with git -C).
     #[arg(short = 'C', global = true, value_name = "DIR")]
@@ -40,6 +43,9 @@ pub enum Verb {
     Fsck(maintenance::FsckArgs),
     Gc(maintenance::GcArgs),
     Synth(data::SynthArgs),
+    Pretrain(learn::PretrainArgs),
+    Embed(learn::EmbedArgs),
+    Coreset(learn::CoresetArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -63,6 +69,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Fsck(a) => maintenance::fsck(&dir, a),
         Verb::Gc(a) => maintenance::gc(&dir, a),
         Verb::Synth(a) => data::synth(a),
+        Verb::Pretrain(a) => learn::pretrain(&dir, a),
+        Verb::Embed(a) => learn::embed(&dir, a),
+        Verb::Coreset(a) => learn::coreset(&dir, a),
     }
 }
 

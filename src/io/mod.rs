@@ -91,7 +91,14 @@ impl Plane {
 
     /// Copy the `h`×`w` window at (`y`, `x`) out of a plane of width `width`.
     pub fn crop(&self, width: usize, y: usize, x: usize, h: usize, w: usize) -> Plane {
-        fn crop_vec<T: Copy>(v: &[T], width: usize, y: usize, x: usize, h: usize, w: usize) -> Vec<T> {
+        fn crop_vec<T: Copy>(
+            v: &[T],
+            width: usize,
+            y: usize,
+            x: usize,
+            h: usize,
+            w: usize,
+        ) -> Vec<T> {
             let mut out = Vec::with_capacity(h * w);
             for row in y..y + h {
                 out.extend_from_slice(&v[row * width + x..row * width + x + w]);

@@ -6,7 +6,8 @@ use std::io::BufWriter;
 use std::path::Path;
 
 fn write(path: &Path, w: usize, h: usize, color: png::ColorType, pixels: &[u8]) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
     enc.set_color(color);
     enc.set_depth(png::BitDepth::Eight);
@@ -23,17 +24,24 @@ pub fn write_gray8(path: &Path, w: usize, h: usize, pixels: &[u8]) -> Result<()>
 
 /// Writes an 8-bit RGB PNG (`pixels` interleaved RGB).
 pub fn write_rgb8(path: &Path, w: usize, h: usize, pixels: &[u8]) -> Result<()> {
-    anyhow::ensure!(pixels.len() == w * h * 3, "{} bytes for {w}×{h} RGB", pixels.len());
+    anyhow::ensure!(
+        pixels.len() == w * h * 3,
+        "{} bytes for {w}×{h} RGB",
+        pixels.len()
+    );
     write(path, w, h, png::ColorType::Rgb, pixels)
 }
 
 /// Reads an 8- or 16-bit grey PNG (RGB/RGBA only when all colour channels are equal):
 /// (height, width, pixels).
 pub fn read_gray(path: &Path) -> Result<(usize, usize, Plane)> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     dec.set_transformations(png::Transformations::EXPAND);
-    let mut reader = dec.read_info().map_err(|e| anyhow!("{}: not a readable PNG ({e})", path.display()))?;
+    let mut reader = dec
+        .read_info()
+        .map_err(|e| anyhow!("{}: not a readable PNG ({e})", path.display()))?;
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
     let info = reader
         .next_frame(&mut buf)
@@ -57,7 +65,10 @@ pub fn read_gray(path: &Path) -> Result<(usize, usize, Plane)> {
     for p in 0..w * h {
         let first = sample(p * channels);
         if (1..colour).any(|c| sample(p * channels + c) != first) {
-            bail!("{}: colour PNG (channels differ): a mask must be grey", path.display());
+            bail!(
+                "{}: colour PNG (channels differ): a mask must be grey",
+                path.display()
+            );
         }
         out.push(first);
     }

@@ -35,7 +35,10 @@ fn guarded<T>(f: impl FnOnce() -> tiff::TiffResult<T>) -> std::result::Result<T,
             let mut e = e.to_string();
             if e.len() > 300 {
                 // Some decoder errors print whole tag arrays of a corrupt header.
-                let cut = (0..=300).rev().find(|&i| e.is_char_boundary(i)).unwrap_or(0);
+                let cut = (0..=300)
+                    .rev()
+                    .find(|&i| e.is_char_boundary(i))
+                    .unwrap_or(0);
                 e.truncate(cut);
                 e.push_str(" …");
             }
@@ -110,9 +113,8 @@ impl TiffStackReader {
         anyhow::ensure!(z < self.info.shape[0], "{path}: no plane {z}");
         let decoder = &mut self.decoder;
         guarded(|| decoder.seek_to_image(z)).map_err(|e| anyhow!("{path}: page {z}: {e}"))?;
-        let data = guarded(|| decoder.read_image()).map_err(|e| {
-            anyhow!("{path}: page {z}: truncated or corrupt pixel data ({e})")
-        })?;
+        let data = guarded(|| decoder.read_image())
+            .map_err(|e| anyhow!("{path}: page {z}: truncated or corrupt pixel data ({e})"))?;
         let plane = match data {
             DecodingResult::U8(v) => Plane::U8(v),
             DecodingResult::U16(v) => Plane::U16(v),
@@ -224,7 +226,9 @@ impl Metadata {
         if description.starts_with("ImageJ=") {
             m.imagej = true;
             for line in description.lines() {
-                let Some((key, value)) = line.split_once('=') else { continue };
+                let Some((key, value)) = line.split_once('=') else {
+                    continue;
+                };
                 match key.trim() {
                     "channels" if value.trim().parse::<usize>().unwrap_or(1) > 1 => {
                         return Err(format!(
@@ -292,8 +296,15 @@ pub fn read_stack(path: &Path) -> Result<Stack> {
 /// target and renamed: a crash never leaves half a file.
 pub fn write_stack(path: &Path, stack: &Stack) -> Result<()> {
     let [depth, h, w] = stack.info.shape;
-    anyhow::ensure!(stack.planes.len() == depth, "stack has {} planes, shape says {depth}", stack.planes.len());
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    anyhow::ensure!(
+        stack.planes.len() == depth,
+        "stack has {} planes, shape says {depth}",
+        stack.planes.len()
+    );
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .suffix(".tif")
@@ -307,9 +318,20 @@ pub fn write_stack(path: &Path, stack: &Stack) -> Result<()> {
             description.push_str(&format!("unit=micron\nspacing={z}\n"));
         }
         for plane in &stack.planes {
-            anyhow::ensure!(plane.len() == h * w, "plane has {} pixels, expected {h}×{w}", plane.len());
-            write_page(&mut enc, plane, w as u32, h as u32, &description, stack.info.voxel_size)
-                .map_err(|e| anyhow!("{}: writing: {e}", path.display()))?;
+            anyhow::ensure!(
+                plane.len() == h * w,
+                "plane has {} pixels, expected {h}×{w}",
+                plane.len()
+            );
+            write_page(
+                &mut enc,
+                plane,
+                w as u32,
+                h as u32,
+                &description,
+                stack.info.voxel_size,
+            )
+            .map_err(|e| anyhow!("{}: writing: {e}", path.display()))?;
         }
     }
     tmp.as_file().sync_all()?;
@@ -330,7 +352,8 @@ fn write_page<W: std::io::Write + std::io::Seek>(
     macro_rules! page {
         ($color:ty, $data:expr) => {{
             let mut img = enc.new_image::<$color>(w, h)?;
-            img.encoder().write_tag(Tag::ImageDescription, description)?;
+            img.encoder()
+                .write_tag(Tag::ImageDescription, description)?;
             if let Some([_, y, x]) = voxel_size {
                 img.resolution_unit(tiff::tags::ResolutionUnit::None);
                 img.x_resolution(rational(1.0 / x));
@@ -361,11 +384,17 @@ mod tests {
 
     #[test]
     fn imagej_and_ome_metadata() {
-        let m = Metadata::parse("ImageJ=1.53\nimages=6\nslices=3\nframes=2\nspacing=2.5\n").unwrap();
+        let m =
+            Metadata::parse("ImageJ=1.53\nimages=6\nslices=3\nframes=2\nspacing=2.5\n").unwrap();
         assert_eq!(m.voxel_size(Some(0.5), None), Some([2.5, 0.5, 0.5]));
-        assert!(Metadata::parse("ImageJ=1.53\nchannels=2\n").unwrap_err().contains("2 channels"));
+        assert!(Metadata::parse("ImageJ=1.53\nchannels=2\n")
+            .unwrap_err()
+            .contains("2 channels"));
         let ome = r#"<OME><Image><Pixels SizeC="1" SizeZ="4" PhysicalSizeX="0.3" PhysicalSizeY="0.3" PhysicalSizeZ="1.5"/></Image></OME>"#;
-        assert_eq!(Metadata::parse(ome).unwrap().voxel_size(None, None), Some([1.5, 0.3, 0.3]));
+        assert_eq!(
+            Metadata::parse(ome).unwrap().voxel_size(None, None),
+            Some([1.5, 0.3, 0.3])
+        );
         assert!(Metadata::parse(&ome.replace("SizeC=\"1\"", "SizeC=\"3\"")).is_err());
     }
 
@@ -374,13 +403,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let planes = |f: &dyn Fn(usize) -> Plane| (0..3).map(f).collect::<Vec<_>>();
         let cases = [
-            (Dtype::U8, planes(&|z| Plane::U8((0..35).map(|i| (i * 7 + z) as u8).collect()))),
-            (Dtype::U16, planes(&|z| Plane::U16((0..35).map(|i| (i * 1999 + z) as u16).collect()))),
-            (Dtype::F32, planes(&|z| Plane::F32((0..35).map(|i| i as f32 * -0.37 + z as f32).collect()))),
+            (
+                Dtype::U8,
+                planes(&|z| Plane::U8((0..35).map(|i| (i * 7 + z) as u8).collect())),
+            ),
+            (
+                Dtype::U16,
+                planes(&|z| Plane::U16((0..35).map(|i| (i * 1999 + z) as u16).collect())),
+            ),
+            (
+                Dtype::F32,
+                planes(&|z| Plane::F32((0..35).map(|i| i as f32 * -0.37 + z as f32).collect())),
+            ),
         ];
         for (dtype, planes) in cases {
             let stack = Stack {
-                info: StackInfo { shape: [3, 5, 7], dtype, voxel_size: Some([2.0, 0.25, 0.25]) },
+                info: StackInfo {
+                    shape: [3, 5, 7],
+                    dtype,
+                    voxel_size: Some([2.0, 0.25, 0.25]),
+                },
                 planes,
             };
             let path = dir.path().join(format!("{dtype:?}.tif"));
@@ -389,7 +431,10 @@ mod tests {
             assert_eq!(back.planes, stack.planes);
             assert_eq!(back.info.shape, stack.info.shape);
             let v = back.info.voxel_size.unwrap();
-            assert!((v[0] - 2.0).abs() < 1e-9 && (v[2] - 0.25).abs() < 1e-6, "{v:?}");
+            assert!(
+                (v[0] - 2.0).abs() < 1e-9 && (v[2] - 0.25).abs() < 1e-6,
+                "{v:?}"
+            );
         }
     }
 
@@ -399,11 +444,18 @@ mod tests {
         let junk = dir.path().join("junk.tif");
         std::fs::write(&junk, b"this is not a tiff at all").unwrap();
         let e = format!("{:#}", TiffStackReader::open(&junk).err().unwrap());
-        assert!(e.contains("junk.tif") && e.contains("not a readable TIFF"), "{e}");
+        assert!(
+            e.contains("junk.tif") && e.contains("not a readable TIFF"),
+            "{e}"
+        );
 
         let good = dir.path().join("good.tif");
         let stack = Stack {
-            info: StackInfo { shape: [2, 64, 64], dtype: Dtype::U16, voxel_size: None },
+            info: StackInfo {
+                shape: [2, 64, 64],
+                dtype: Dtype::U16,
+                voxel_size: None,
+            },
             planes: vec![Plane::U16(vec![7; 4096]), Plane::U16(vec![9; 4096])],
         };
         write_stack(&good, &stack).unwrap();
@@ -412,7 +464,13 @@ mod tests {
         std::fs::write(&cut, &bytes[..bytes.len() - 3000]).unwrap();
         let e = match TiffStackReader::open(&cut) {
             Err(e) => format!("{e:#}"),
-            Ok(mut r) => format!("{:#}", (0..2).map(|z| r.read_plane(z)).find_map(Result::err).unwrap()),
+            Ok(mut r) => format!(
+                "{:#}",
+                (0..2)
+                    .map(|z| r.read_plane(z))
+                    .find_map(Result::err)
+                    .unwrap()
+            ),
         };
         assert!(e.contains("cut.tif") && e.contains("truncated"), "{e}");
     }

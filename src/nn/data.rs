@@ -8,12 +8,19 @@ use candle_core::{Device, Tensor};
 pub fn normalize_patch(pixels: &[f32]) -> Vec<f32> {
     let n = pixels.len().max(1) as f64;
     let mean = pixels.iter().map(|&p| p as f64).sum::<f64>() / n;
-    let var = pixels.iter().map(|&p| (p as f64 - mean).powi(2)).sum::<f64>() / n;
+    let var = pixels
+        .iter()
+        .map(|&p| (p as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
     let std = var.sqrt();
     if std < 1e-6 * mean.abs().max(1.0) {
         return vec![0.0; pixels.len()];
     }
-    pixels.iter().map(|&p| ((p as f64 - mean) / std) as f32).collect()
+    pixels
+        .iter()
+        .map(|&p| ((p as f64 - mean) / std) as f32)
+        .collect()
 }
 
 /// Stacks normalised `size`×`size` patches into a (B, 1, size, size) tensor.

@@ -94,9 +94,22 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(p: &mut Params, rng: &mut ChaCha8Rng, dev: &Device, name: &str, inp: usize, out: usize) -> Result<Linear> {
+    pub fn new(
+        p: &mut Params,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+        name: &str,
+        inp: usize,
+        out: usize,
+    ) -> Result<Linear> {
         Ok(Linear {
-            w: p.make(rng, dev, &format!("{name}.weight"), &[out, inp], Init::Xavier)?,
+            w: p.make(
+                rng,
+                dev,
+                &format!("{name}.weight"),
+                &[out, inp],
+                Init::Xavier,
+            )?,
             b: p.make(rng, dev, &format!("{name}.bias"), &[out], Init::Zeros)?,
         })
     }
@@ -124,7 +137,13 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(p: &mut Params, rng: &mut ChaCha8Rng, dev: &Device, name: &str, dim: usize) -> Result<LayerNorm> {
+    pub fn new(
+        p: &mut Params,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+        name: &str,
+        dim: usize,
+    ) -> Result<LayerNorm> {
         Ok(LayerNorm {
             w: p.make(rng, dev, &format!("{name}.weight"), &[dim], Init::Ones)?,
             b: p.make(rng, dev, &format!("{name}.bias"), &[dim], Init::Zeros)?,
@@ -148,7 +167,13 @@ pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut ChaCha8Rng>) -> Result<Tenso
     }
     let keep = 1.0 - p;
     let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+        .map(|_| {
+            if rng.random::<f32>() < keep {
+                1.0 / keep
+            } else {
+                0.0
+            }
+        })
         .collect();
     Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
 }
@@ -164,7 +189,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(p: &mut Params, rng: &mut ChaCha8Rng, dev: &Device, name: &str, dim: usize, heads: usize) -> Result<Attention> {
+    pub fn new(
+        p: &mut Params,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+        name: &str,
+        dim: usize,
+        heads: usize,
+    ) -> Result<Attention> {
         Ok(Attention {
             q: Linear::new(p, rng, dev, &format!("{name}.attention.query"), dim, dim)?,
             k: Linear::new(p, rng, dev, &format!("{name}.attention.key"), dim, dim)?,
@@ -178,14 +210,20 @@ impl Attention {
         let (b, n, d) = x.dims3()?;
         let hd = d / self.heads;
         let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
+            Ok(t.reshape((b, n, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
         let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let y = attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, n, d))?;
+        let y = attn
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, d))?;
         self.out.forward(&y)
     }
 }
@@ -204,7 +242,16 @@ pub struct Block {
 
 impl Block {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(p: &mut Params, rng: &mut ChaCha8Rng, dev: &Device, name: &str, dim: usize, heads: usize, mlp: usize, dropout: f32) -> Result<Block> {
+    pub fn new(
+        p: &mut Params,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+        name: &str,
+        dim: usize,
+        heads: usize,
+        mlp: usize,
+        dropout: f32,
+    ) -> Result<Block> {
         Ok(Block {
             norm1: LayerNorm::new(p, rng, dev, &format!("{name}.layernorm_before"), dim)?,
             attn: Attention::new(p, rng, dev, &format!("{name}.attention"), dim, heads)?,

@@ -34,7 +34,14 @@ impl MaeConfig {
             "small" => (256, 4, 8),
             _ => (512, 8, 16),
         };
-        Ok(MaeConfig { encoder, decoder_dim, decoder_depth, decoder_heads, mask_ratio: 0.75, norm_pix_loss: true })
+        Ok(MaeConfig {
+            encoder,
+            decoder_dim,
+            decoder_depth,
+            decoder_heads,
+            mask_ratio: 0.75,
+            norm_pix_loss: true,
+        })
     }
 
     /// A Hugging Face ViTMAEConfig-like description of the architecture.
@@ -89,14 +96,33 @@ impl Mae {
         let encoder = Encoder::new(e, &mut p, &mut rng, dev)?;
         let dd = cfg.decoder_dim;
         let decoder_embed = Linear::new(&mut p, &mut rng, dev, "decoder.decoder_embed", e.dim, dd)?;
-        let mask_token = p.make(&mut rng, dev, "decoder.mask_token", &[1, 1, dd], Init::Normal(0.02))?;
+        let mask_token = p.make(
+            &mut rng,
+            dev,
+            "decoder.mask_token",
+            &[1, 1, dd],
+            Init::Normal(0.02),
+        )?;
         let decoder_blocks = (0..cfg.decoder_depth)
-            .map(|i| Block::new(&mut p, &mut rng, dev, &format!("decoder.decoder_layers.{i}"), dd, cfg.decoder_heads, dd * 4, 0.0))
+            .map(|i| {
+                Block::new(
+                    &mut p,
+                    &mut rng,
+                    dev,
+                    &format!("decoder.decoder_layers.{i}"),
+                    dd,
+                    cfg.decoder_heads,
+                    dd * 4,
+                    0.0,
+                )
+            })
             .collect::<Result<_>>()?;
         let decoder_norm = LayerNorm::new(&mut p, &mut rng, dev, "decoder.decoder_norm", dd)?;
         let out = e.patch_size * e.patch_size * e.channels;
         let decoder_pred = Linear::new(&mut p, &mut rng, dev, "decoder.decoder_pred", dd, out)?;
-        let projection = (e.dim != EMBED_DIM).then(|| fixed_projection(e.dim, dev)).transpose()?;
+        let projection = (e.dim != EMBED_DIM)
+            .then(|| fixed_projection(e.dim, dev))
+            .transpose()?;
         Ok(Mae {
             cfg: cfg.clone(),
             params: p,
@@ -152,7 +178,10 @@ impl Mae {
         let y = self.decoder_embed.forward(&latent)?;
         let cls = y.narrow(1, 0, 1)?;
         let vis = y.narrow(1, 1, keep)?;
-        let mask_tokens = self.mask_token.broadcast_as((b, n - keep, dd))?.contiguous()?;
+        let mask_tokens = self
+            .mask_token
+            .broadcast_as((b, n - keep, dd))?
+            .contiguous()?;
         let shuffled = Tensor::cat(&[&vis, &mask_tokens], 1)?.reshape((b * n, dd))?;
         let ordered = shuffled
             .index_select(&Tensor::from_vec(restore, b * n, dev)?, 0)?
@@ -161,29 +190,53 @@ impl Mae {
         for block in &self.decoder_blocks {
             h = block.forward(&h, None)?;
         }
-        let pred = self.decoder_pred.forward(&self.decoder_norm.forward(&h)?)?.narrow(1, 1, n)?;
+        let pred = self
+            .decoder_pred
+            .forward(&self.decoder_norm.forward(&h)?)?
+            .narrow(1, 1, n)?;
         let mut target = patchify(x, e.patch_size)?;
         if self.cfg.norm_pix_loss {
             let mean = target.mean_keepdim(D::Minus1)?;
-            let var = target.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
-            target = target.broadcast_sub(&mean)?.broadcast_div(&(var + 1e-6)?.sqrt()?)?;
+            let var = target
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .mean_keepdim(D::Minus1)?;
+            target = target
+                .broadcast_sub(&mean)?
+                .broadcast_div(&(var + 1e-6)?.sqrt()?)?;
         }
         let per_token = (pred - target)?.sqr()?.mean(D::Minus1)?;
         let mask = Tensor::from_vec(masked, (b, n), dev)?;
-        Ok((per_token * &mask)?.sum_all()?.affine(1.0 / (b * (n - keep)) as f64, 0.0)?)
+        Ok((per_token * &mask)?
+            .sum_all()?
+            .affine(1.0 / (b * (n - keep)) as f64, 0.0)?)
     }
 
-    /// One L2-normalised 256-dim vector per patch: encoder without masking, mean over patch
-    /// tokens (order does not matter, so MAE's token shuffle cannot leak in), projected.
-    pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
+    /// The 256-dim feature of each patch before normalisation: encoder without masking, mean
+    /// over patch tokens (order does not matter, so MAE's token shuffle cannot leak in),
+    /// projected to 256 dims.
+    pub fn pooled(&self, x: &Tensor) -> Result<Tensor> {
         let pooled = self.encoder.features(x, None)?.mean(1)?;
-        let v = match &self.projection {
+        Ok(match &self.projection {
             Some(p) => pooled.matmul(p)?,
             None => pooled,
-        };
-        let norm = v.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        Ok(v.broadcast_div(&norm)?)
+        })
     }
+
+    /// One L2-normalised 256-dim vector per patch ([`Mae::pooled`], normalised).
+    pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        l2_normalize(&self.pooled(x)?)
+    }
+}
+
+/// Rows scaled to unit length.
+pub fn l2_normalize(v: &Tensor) -> Result<Tensor> {
+    let norm = v
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    Ok(v.broadcast_div(&norm)?)
 }
 
 /// A (dim × 256) matrix with orthonormal columns when dim ≥ 256 (Gram–Schmidt on Gaussian
@@ -202,6 +255,8 @@ fn fixed_projection(dim: usize, dev: &Device) -> Result<Tensor> {
         let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
         cols.push(v.iter().map(|a| a / n).collect());
     }
-    let data: Vec<f32> = (0..dim).flat_map(|r| cols.iter().map(move |c| c[r])).collect();
+    let data: Vec<f32> = (0..dim)
+        .flat_map(|r| cols.iter().map(move |c| c[r]))
+        .collect();
     Ok(Tensor::from_vec(data, (dim, EMBED_DIM), dev)?)
 }

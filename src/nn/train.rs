@@ -23,7 +23,13 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     pub fn new(lr: f64, total_steps: u64) -> TrainConfig {
-        TrainConfig { lr, weight_decay: 0.05, betas: (0.9, 0.95), warmup: (total_steps / 20).max(1), total_steps }
+        TrainConfig {
+            lr,
+            weight_decay: 0.05,
+            betas: (0.9, 0.95),
+            warmup: (total_steps / 20).max(1),
+            total_steps,
+        }
     }
 
     fn lr_at(&self, step: u64) -> f64 {
@@ -57,7 +63,13 @@ impl Trainer {
             .iter()
             .map(|(n, v)| Ok((n.clone(), (v.zeros_like()?, v.zeros_like()?))))
             .collect::<Result<_>>()?;
-        Ok(Trainer { mae, cfg, step: 0, rng, moments })
+        Ok(Trainer {
+            mae,
+            cfg,
+            step: 0,
+            rng,
+            moments,
+        })
     }
 
     /// The trainer's RNG (data order is drawn from it too, so a resumed run sees the same data).
@@ -76,7 +88,10 @@ impl Trainer {
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for (name, var) in &self.mae.params.vars {
             let Some(g) = grads.get(var) else { continue };
-            let (m, v) = self.moments.get_mut(name).expect("moments for every parameter");
+            let (m, v) = self
+                .moments
+                .get_mut(name)
+                .expect("moments for every parameter");
             *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
             *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let mut update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + 1e-8)?)?;
@@ -103,15 +118,26 @@ impl Trainer {
         rng_state.extend(self.rng.get_word_pos().to_le_bytes());
         let len = rng_state.len();
         t.insert("rng".into(), Tensor::from_vec(rng_state, len, &dev)?);
-        t.insert("step".into(), Tensor::from_vec(vec![self.step as u32], 1, &dev)?);
+        t.insert(
+            "step".into(),
+            Tensor::from_vec(vec![self.step as u32], 1, &dev)?,
+        );
         to_safetensors(&t)
     }
 
     /// Restores a state saved by [`Trainer::save_state`] for the same model and settings.
-    pub fn load_state(model: &MaeConfig, cfg: TrainConfig, bytes: &[u8], dev: &Device) -> Result<Trainer> {
+    pub fn load_state(
+        model: &MaeConfig,
+        cfg: TrainConfig,
+        bytes: &[u8],
+        dev: &Device,
+    ) -> Result<Trainer> {
         let t = from_safetensors(bytes, dev)?;
         let mut trainer = Trainer::new(model, cfg, 0, dev)?;
-        let get = |k: &str| t.get(k).with_context(|| format!("training state lacks {k}"));
+        let get = |k: &str| {
+            t.get(k)
+                .with_context(|| format!("training state lacks {k}"))
+        };
         for (name, var) in &trainer.mae.params.vars {
             var.set(get(&format!("w/{name}"))?)?;
         }

@@ -24,17 +24,36 @@ pub struct VitConfig {
 impl VitConfig {
     /// dim 192, depth 4, 3 heads: trains on 2 CPU cores in minutes.
     pub fn tiny() -> VitConfig {
-        VitConfig { image_size: 224, patch_size: 16, channels: 1, dim: 192, depth: 4, heads: 3, mlp_ratio: 4, dropout: 0.1 }
+        VitConfig {
+            image_size: 224,
+            patch_size: 16,
+            channels: 1,
+            dim: 192,
+            depth: 4,
+            heads: 3,
+            mlp_ratio: 4,
+            dropout: 0.1,
+        }
     }
 
     /// dim 384, depth 12, 6 heads (ViT-S/16).
     pub fn small() -> VitConfig {
-        VitConfig { dim: 384, depth: 12, heads: 6, ..VitConfig::tiny() }
+        VitConfig {
+            dim: 384,
+            depth: 12,
+            heads: 6,
+            ..VitConfig::tiny()
+        }
     }
 
     /// dim 768, depth 12, 12 heads (ViT-B/16, the seed paper's encoder).
     pub fn base() -> VitConfig {
-        VitConfig { dim: 768, depth: 12, heads: 12, ..VitConfig::tiny() }
+        VitConfig {
+            dim: 768,
+            depth: 12,
+            heads: 12,
+            ..VitConfig::tiny()
+        }
     }
 
     pub fn by_name(name: &str) -> Result<VitConfig> {
@@ -49,7 +68,10 @@ impl VitConfig {
     /// The same architecture on `size`×`size` patches (a multiple of the patch size).
     pub fn with_image_size(mut self, size: usize) -> Result<VitConfig> {
         if size % self.patch_size != 0 || size == 0 {
-            bail!("patch edge {size} is not a multiple of the ViT patch size {}", self.patch_size);
+            bail!(
+                "patch edge {size} is not a multiple of the ViT patch size {}",
+                self.patch_size
+            );
         }
         self.image_size = size;
         Ok(self)
@@ -77,13 +99,47 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(cfg: &VitConfig, p: &mut Params, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Encoder> {
+    pub fn new(
+        cfg: &VitConfig,
+        p: &mut Params,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+    ) -> Result<Encoder> {
         let (d, ps, c) = (cfg.dim, cfg.patch_size, cfg.channels);
-        let proj_w = p.make(rng, dev, "vit.embeddings.patch_embeddings.projection.weight", &[d, c, ps, ps], Init::Xavier)?;
-        let proj_b = p.make(rng, dev, "vit.embeddings.patch_embeddings.projection.bias", &[d], Init::Zeros)?;
-        let cls = p.make(rng, dev, "vit.embeddings.cls_token", &[1, 1, d], Init::Normal(0.02))?;
+        let proj_w = p.make(
+            rng,
+            dev,
+            "vit.embeddings.patch_embeddings.projection.weight",
+            &[d, c, ps, ps],
+            Init::Xavier,
+        )?;
+        let proj_b = p.make(
+            rng,
+            dev,
+            "vit.embeddings.patch_embeddings.projection.bias",
+            &[d],
+            Init::Zeros,
+        )?;
+        let cls = p.make(
+            rng,
+            dev,
+            "vit.embeddings.cls_token",
+            &[1, 1, d],
+            Init::Normal(0.02),
+        )?;
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(p, rng, dev, &format!("vit.encoder.layer.{i}"), d, cfg.heads, d * cfg.mlp_ratio, cfg.dropout))
+            .map(|i| {
+                Block::new(
+                    p,
+                    rng,
+                    dev,
+                    &format!("vit.encoder.layer.{i}"),
+                    d,
+                    cfg.heads,
+                    d * cfg.mlp_ratio,
+                    cfg.dropout,
+                )
+            })
             .collect::<Result<_>>()?;
         Ok(Encoder {
             cfg: cfg.clone(),

@@ -3,7 +3,14 @@
 
 /// Starts from `first` and repeatedly adds the point least similar to its nearest pick.
 /// Returns the picks and, for each, its similarity to the nearest earlier pick.
-pub fn kcenter(x: &[f32], n: usize, d: usize, k: usize, first: usize, allowed: &[bool]) -> (Vec<usize>, Vec<f64>) {
+pub fn kcenter(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    first: usize,
+    allowed: &[bool],
+) -> (Vec<usize>, Vec<f64>) {
     let mut nearest = vec![f32::NEG_INFINITY; n];
     let mut picks = Vec::with_capacity(k);
     let mut scores = Vec::with_capacity(k);
@@ -14,7 +21,11 @@ pub fn kcenter(x: &[f32], n: usize, d: usize, k: usize, first: usize, allowed: &
         scores.push(score);
         let p = &x[next * d..(next + 1) * d];
         for i in 0..n {
-            let s: f32 = x[i * d..(i + 1) * d].iter().zip(p).map(|(a, b)| a * b).sum();
+            let s: f32 = x[i * d..(i + 1) * d]
+                .iter()
+                .zip(p)
+                .map(|(a, b)| a * b)
+                .sum();
             nearest[i] = nearest[i].max(s);
         }
         let candidate = (0..n)

@@ -29,7 +29,10 @@ impl Neighbours {
     /// (neighbour, similarity) of point `x`, most similar first.
     pub fn of(&self, x: usize) -> impl Iterator<Item = (u32, f32)> + '_ {
         let r = x * self.k..(x + 1) * self.k;
-        self.ids[r.clone()].iter().copied().zip(self.sims[r].iter().copied())
+        self.ids[r.clone()]
+            .iter()
+            .copied()
+            .zip(self.sims[r].iter().copied())
     }
 }
 
@@ -82,7 +85,12 @@ pub fn exact_knn(x: &[f32], n: usize, d: usize, k: usize) -> Neighbours {
         .map(|b| {
             let rows = rows_of(b, n).len();
             std::sync::Mutex::new(BlockTops {
-                tops: vec![TopK { items: Vec::with_capacity(k + 1) }; rows],
+                tops: vec![
+                    TopK {
+                        items: Vec::with_capacity(k + 1)
+                    };
+                    rows
+                ],
                 floors: vec![f32::NEG_INFINITY; rows],
             })
         })
@@ -199,7 +207,11 @@ mod tests {
             all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let got: Vec<(u32, f32)> = nb.of(i).collect();
             for (g, e) in got.iter().zip(&all[..7]) {
-                assert!((g.1 - e.1).abs() < 1e-5, "row {i}: {got:?} vs {:?}", &all[..7]);
+                assert!(
+                    (g.1 - e.1).abs() < 1e-5,
+                    "row {i}: {got:?} vs {:?}",
+                    &all[..7]
+                );
             }
             assert_eq!(got[0].0, i as u32, "a point is its own nearest neighbour");
         }

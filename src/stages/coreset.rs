@@ -77,7 +77,10 @@ pub fn coreset(
     })?;
     let (n, d) = (emb.rows, emb.dim);
     if params.k == 0 || params.k > n {
-        bail!("-k {} must be between 1 and the {n} embedded patches", params.k);
+        bail!(
+            "-k {} must be between 1 and the {n} embedded patches",
+            params.k
+        );
     }
     let x = read_f32_matrix(&repo.store, &emb.matrix, n, d)?;
     let flagged = super::qc::flagged_patches(&version, &params.exclude)?;
@@ -121,7 +124,10 @@ pub fn coreset(
             .into(),
         params: serde_json::to_value(params)?,
         patches: ids.clone(),
-        scores: scores.iter().map(|s| if s.is_finite() { *s } else { 0.0 }).collect(),
+        scores: scores
+            .iter()
+            .map(|s| if s.is_finite() { *s } else { 0.0 })
+            .collect(),
         extra,
     };
     version.sets.insert(params.name.clone(), set);
@@ -139,7 +145,11 @@ pub fn coreset(
         } else {
             format!(
                 ", conditions without a pick: {}",
-                uncovered.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                uncovered
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         }
     );

@@ -19,14 +19,22 @@ pub fn set_members(version: &DatasetVersion, set: &str) -> Result<Vec<String>> {
             let known: Vec<&str> = version.sets.keys().map(String::as_str).collect();
             bail!(
                 "no set named {set:?} in this version (sets: {}; or `all`)",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             )
         }
     }
 }
 
 /// Reads one patch's pixels from the store.
-pub fn patch_plane(store: &Store, version: &DatasetVersion, id: &str) -> Result<(StackInfo, Plane)> {
+pub fn patch_plane(
+    store: &Store,
+    version: &DatasetVersion,
+    id: &str,
+) -> Result<(StackInfo, Plane)> {
     let (stack, patch) = version
         .patch(id)
         .with_context(|| format!("patch {id} is not in this version"))?;
@@ -49,8 +57,14 @@ pub fn export_set(repo: &Repo, version: &DatasetVersion, set: &str, dir: &Path) 
     ids.par_iter().try_for_each(|id| -> Result<()> {
         let (info, plane) = patch_plane(store, version, id)?;
         let path = dir.join(format!("{id}.tif"));
-        write_stack(&path, &Stack { info, planes: vec![plane] })
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_stack(
+            &path,
+            &Stack {
+                info,
+                planes: vec![plane],
+            },
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         pb.inc(1);
         Ok(())
     })?;

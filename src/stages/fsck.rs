@@ -42,9 +42,9 @@ fn referenced(repo: &Repo, report: &mut FsckReport) -> Result<BTreeSet<ObjectId>
             Ok(v) => {
                 for (place, id) in v.object_refs() {
                     if keep.insert(id) && !repo.store.contains(&id) {
-                        report
-                            .missing
-                            .push(format!("object {id} is missing (named by {commit} {place})"));
+                        report.missing.push(format!(
+                            "object {id} is missing (named by {commit} {place})"
+                        ));
                     }
                 }
             }
@@ -102,7 +102,8 @@ pub struct GcReport {
 pub fn gc(repo: &Repo) -> Result<GcReport> {
     let _lock = repo.lock()?;
     let mut report = FsckReport::default();
-    let keep = referenced(repo, &mut report)?;
+    let mut keep = referenced(repo, &mut report)?;
+    keep.extend(super::pretrain::pending_objects(repo)?);
     anyhow::ensure!(
         report.history.is_empty(),
         "history is damaged; run `biodc fsck`: {}",

@@ -3,9 +3,12 @@
 //! removes the objects the stage wrote, so a failed verb leaves the repository as it was.
 
 pub mod coreset;
+pub mod embed;
 pub mod export;
 pub mod fsck;
 pub mod import;
+pub mod patches;
+pub mod pretrain;
 pub mod qc;
 
 use crate::history::CommitId;

@@ -278,7 +278,9 @@ mod tests {
     fn put_get_dedup_and_rollback() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let raw: Vec<u8> = (0..5000u32).flat_map(|i| (i as u16).to_le_bytes()).collect();
+        let raw: Vec<u8> = (0..5000u32)
+            .flat_map(|i| (i as u16).to_le_bytes())
+            .collect();
         let (id, new) = store.put(Kind::Tile, Filter::Shuffle(2), &raw).unwrap();
         assert!(new);
         let (id2, new2) = store.put(Kind::Tile, Filter::Shuffle(2), &raw).unwrap();
@@ -293,7 +295,9 @@ mod tests {
     fn flipped_byte_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (id, _) = store.put(Kind::Blob, Filter::None, b"hello hello hello").unwrap();
+        let (id, _) = store
+            .put(Kind::Blob, Filter::None, b"hello hello hello")
+            .unwrap();
         let path = store.path_of(&id);
         let mut bytes = fs::read(&path).unwrap();
         for i in 0..bytes.len() {

@@ -118,7 +118,9 @@ pub fn encode(kind: Kind, filter: Filter, raw: &[u8], level: i32) -> Result<Vec<
 pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
     let header = Header::parse(bytes)?;
     let frame = &bytes[HEADER_LEN..];
-    let declared = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten();
+    let declared = zstd::zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten();
     ensure!(
         declared == Some(header.raw_len),
         "header says {} bytes, zstd frame says {declared:?}",

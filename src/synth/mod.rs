@@ -163,13 +163,18 @@ pub fn generate_stack(params: &SynthParams, index: usize) -> SynthStack {
     let (mut image, mut mask) = render::render(&mut rng, cond, params.shape, &network);
     match defect {
         Some(DefectKind::BlankStack) => {
-            image.iter_mut().for_each(|v| v.iter_mut().for_each(|p| *p = 0.0));
-            mask.iter_mut().for_each(|m| m.iter_mut().for_each(|p| *p = 0));
+            image
+                .iter_mut()
+                .for_each(|v| v.iter_mut().for_each(|p| *p = 0.0));
+            mask.iter_mut()
+                .for_each(|m| m.iter_mut().for_each(|p| *p = 0));
         }
         Some(DefectKind::BlurredStack) => render::defocus(&mut image, params.shape, 6.0),
         Some(DefectKind::SaturatedSlice) => {
             let z = defect_slice(params, DefectKind::SaturatedSlice);
-            image[z].iter_mut().for_each(|p| *p = (*p * 200.0 + 20_000.0).min(65535.0));
+            image[z]
+                .iter_mut()
+                .for_each(|p| *p = (*p * 200.0 + 20_000.0).min(65535.0));
         }
         Some(DefectKind::OddTextureSlice) => {
             let z = defect_slice(params, DefectKind::OddTextureSlice);
@@ -191,7 +196,13 @@ pub fn generate_stack(params: &SynthParams, index: usize) -> SynthStack {
             info: info(Dtype::U16),
             planes: image
                 .into_iter()
-                .map(|p| Plane::U16(p.iter().map(|&v| v.round().clamp(0.0, 65535.0) as u16).collect()))
+                .map(|p| {
+                    Plane::U16(
+                        p.iter()
+                            .map(|&v| v.round().clamp(0.0, 65535.0) as u16)
+                            .collect(),
+                    )
+                })
                 .collect(),
         },
         mask: Stack {
@@ -212,8 +223,11 @@ pub fn manifest(params: &SynthParams) -> SynthManifest {
             defects.push(Defect {
                 kind,
                 stack: name.clone(),
-                z: matches!(kind, DefectKind::SaturatedSlice | DefectKind::OddTextureSlice)
-                    .then(|| defect_slice(params, kind)),
+                z: matches!(
+                    kind,
+                    DefectKind::SaturatedSlice | DefectKind::OddTextureSlice
+                )
+                .then(|| defect_slice(params, kind)),
                 duplicate_of: (kind == DefectKind::DuplicateStack).then(|| stack_name(params, 0)),
             });
         }

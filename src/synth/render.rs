@@ -41,7 +41,9 @@ pub fn render(
         .map(|prof| {
             prof.iter()
                 .zip(&field)
-                .map(|(&v, &f)| style.background * (1.0 + style.inhomogeneity * f) + style.signal * v)
+                .map(|(&v, &f)| {
+                    style.background * (1.0 + style.inhomogeneity * f) + style.signal * v
+                })
                 .collect()
         })
         .collect();
@@ -58,8 +60,14 @@ pub fn render(
 /// Paints a disc of radius `r`: brightest at the centre, 0.3 at the rim; the mask is the disc.
 fn paint_disc(prof: &mut [f32], mask: &mut [u8], w: usize, h: usize, cx: f32, cy: f32, r: f32) {
     let r2 = r * r;
-    let (x0, x1) = ((cx - r).floor().max(0.0) as usize, ((cx + r).ceil() as isize).min(w as isize - 1));
-    let (y0, y1) = ((cy - r).floor().max(0.0) as usize, ((cy + r).ceil() as isize).min(h as isize - 1));
+    let (x0, x1) = (
+        (cx - r).floor().max(0.0) as usize,
+        ((cx + r).ceil() as isize).min(w as isize - 1),
+    );
+    let (y0, y1) = (
+        (cy - r).floor().max(0.0) as usize,
+        ((cy + r).ceil() as isize).min(h as isize - 1),
+    );
     if x1 < 0 || y1 < 0 {
         return;
     }
@@ -114,7 +122,9 @@ pub fn gaussian_blur(plane: &mut [f32], w: usize, h: usize, sigma: f32) {
             tmp[y * w + x] = kernel
                 .iter()
                 .enumerate()
-                .map(|(k, kv)| kv * row[(x as isize + k as isize - radius).clamp(0, w as isize - 1) as usize])
+                .map(|(k, kv)| {
+                    kv * row[(x as isize + k as isize - radius).clamp(0, w as isize - 1) as usize]
+                })
                 .sum();
         }
     }
@@ -123,7 +133,11 @@ pub fn gaussian_blur(plane: &mut [f32], w: usize, h: usize, sigma: f32) {
             plane[y * w + x] = kernel
                 .iter()
                 .enumerate()
-                .map(|(k, kv)| kv * tmp[(y as isize + k as isize - radius).clamp(0, h as isize - 1) as usize * w + x])
+                .map(|(k, kv)| {
+                    kv * tmp[(y as isize + k as isize - radius).clamp(0, h as isize - 1) as usize
+                        * w
+                        + x]
+                })
                 .sum();
         }
     }
@@ -144,8 +158,19 @@ pub fn blob_texture(rng: &mut ChaCha8Rng, cond: usize, shape: [usize; 3]) -> Vec
     let mut ignore = vec![0u8; h * w];
     let blobs = (h * w / 600).max(4);
     for _ in 0..blobs {
-        let (cx, cy) = (rng.random_range(0.0..w as f32), rng.random_range(0.0..h as f32));
-        paint_disc(&mut plane, &mut ignore, w, h, cx, cy, rng.random_range(5.0..10.0));
+        let (cx, cy) = (
+            rng.random_range(0.0..w as f32),
+            rng.random_range(0.0..h as f32),
+        );
+        paint_disc(
+            &mut plane,
+            &mut ignore,
+            w,
+            h,
+            cx,
+            cy,
+            rng.random_range(5.0..10.0),
+        );
     }
     for v in plane.iter_mut() {
         let speckle = rng.random_range(0.5f32..1.5);

@@ -26,10 +26,46 @@ pub struct Style {
 
 /// The four conditions c0…c3.
 pub const STYLES: [Style; 4] = [
-    Style { roots: 4.0, radius: (2.6, 4.0), tortuosity: 0.015, branching: 0.010, signal: 3000.0, background: 300.0, read_noise: 40.0, inhomogeneity: 0.10 },
-    Style { roots: 4.0, radius: (1.5, 2.3), tortuosity: 0.04, branching: 0.020, signal: 1800.0, background: 500.0, read_noise: 90.0, inhomogeneity: 0.20 },
-    Style { roots: 3.5, radius: (3.6, 5.5), tortuosity: 0.07, branching: 0.015, signal: 1500.0, background: 900.0, read_noise: 180.0, inhomogeneity: 0.15 },
-    Style { roots: 3.2, radius: (2.0, 3.2), tortuosity: 0.055, branching: 0.015, signal: 2200.0, background: 400.0, read_noise: 140.0, inhomogeneity: 0.45 },
+    Style {
+        roots: 4.0,
+        radius: (2.6, 4.0),
+        tortuosity: 0.015,
+        branching: 0.010,
+        signal: 3000.0,
+        background: 300.0,
+        read_noise: 40.0,
+        inhomogeneity: 0.10,
+    },
+    Style {
+        roots: 4.0,
+        radius: (1.5, 2.3),
+        tortuosity: 0.04,
+        branching: 0.020,
+        signal: 1800.0,
+        background: 500.0,
+        read_noise: 90.0,
+        inhomogeneity: 0.20,
+    },
+    Style {
+        roots: 3.5,
+        radius: (3.6, 5.5),
+        tortuosity: 0.07,
+        branching: 0.015,
+        signal: 1500.0,
+        background: 900.0,
+        read_noise: 180.0,
+        inhomogeneity: 0.15,
+    },
+    Style {
+        roots: 3.2,
+        radius: (2.0, 3.2),
+        tortuosity: 0.055,
+        branching: 0.015,
+        signal: 2200.0,
+        background: 400.0,
+        read_noise: 140.0,
+        inhomogeneity: 0.45,
+    },
 ];
 
 /// One sample of a centreline: position (pixels; z in slices) and radius (pixels).
@@ -83,7 +119,12 @@ pub fn grow(rng: &mut ChaCha8Rng, cond: usize, shape: [usize; 3]) -> Vec<Point> 
         let mut dz = 0.0f32;
         let mut turn = 0.0f32;
         for _ in 0..max_steps {
-            points.push(Point { x: s.x, y: s.y, z: s.z, r: s.r });
+            points.push(Point {
+                x: s.x,
+                y: s.y,
+                z: s.z,
+                r: s.r,
+            });
             // Momentum: the turn rate itself drifts, so curves are smooth.
             turn = 0.8 * turn + normal(rng) * style.tortuosity;
             s.heading += turn;

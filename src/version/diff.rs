@@ -98,9 +98,9 @@ pub fn diff(history: &History, a: CommitId, b: CommitId) -> Result<VersionDiff> 
             ("stacks", Some(name)) => d.stacks.extend(one::<StackManifest>(path, name, xa, xb)?),
             ("sets", Some(name)) => d.sets.extend(one::<PatchSet>(path, name, xa, xb)?),
             ("models", Some(name)) => d.models.extend(one::<ModelManifest>(path, name, xa, xb)?),
-            ("embeddings", Some(name)) => {
-                d.embeddings.extend(one::<EmbeddingManifest>(path, name, xa, xb)?)
-            }
+            ("embeddings", Some(name)) => d
+                .embeddings
+                .extend(one::<EmbeddingManifest>(path, name, xa, xb)?),
             ("patches", Some(_)) => {
                 let by_id = |x: Option<Vec<u8>>| -> Result<BTreeMap<String, PatchRecord>> {
                     Ok(lines::<PatchRecord>(path, x)?

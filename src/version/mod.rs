@@ -245,7 +245,10 @@ pub fn counts(history: &History, commit: CommitId) -> Result<Counts> {
 }
 
 fn count_lines(bytes: &[u8]) -> usize {
-    bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count()
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count()
 }
 
 #[cfg(test)]

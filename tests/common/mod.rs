@@ -39,7 +39,9 @@ pub fn object_files(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir.join(".biodc/objects"))
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.path().parent() != Some(&dir.join(".biodc/objects")))
+        .filter(|e| {
+            e.file_type().is_file() && e.path().parent() != Some(&dir.join(".biodc/objects"))
+        })
         .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp"))
         .map(|e| e.into_path())
         .collect();
@@ -72,5 +74,7 @@ pub fn project_with_cohort(stacks: usize, shape: &str) -> (tempfile::TempDir, Pa
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }

@@ -1,0 +1,186 @@
+//! Verbs that train and use networks: pretrain, embed, coreset.
+
+use super::{print_json, short};
+use crate::repo::Repo;
+use crate::stages::{self, coreset, embed, pretrain};
+use anyhow::Result;
+use clap::Args;
+use std::path::Path;
+
+/// Pretrain a masked autoencoder (ViT) self-supervised on every patch of HEAD.
+///
+/// Patches are intensity-normalised one by one (16-bit aware); 75 % of each patch's 16×16
+/// tokens are masked and the network learns to reconstruct them. A checkpoint is kept every
+/// --checkpoint-every steps, so a killed run continues with --resume (same flags). Deterministic
+/// for a fixed seed, data and thread count.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc pretrain --preset tiny --epochs 5\n  biodc pretrain --preset tiny --epochs 5 --resume   # after an interruption"
+)]
+pub struct PretrainArgs {
+    /// Architecture: tiny (minutes on 2 CPU cores), small, base (ViT-B/16).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long, default_value_t = 1.5e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.75)]
+    pub mask_ratio: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Model name in models/<name>.json.
+    #[arg(long, default_value = "mae")]
+    pub name: String,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: u64,
+    /// Stop after N steps (quick runs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Continue the interrupted run of this name from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn pretrain(dir: &Path, a: PretrainArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let params = pretrain::PretrainParams {
+        preset: a.preset,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        mask_ratio: a.mask_ratio,
+        seed: a.seed,
+        name: a.name,
+        checkpoint_every: a.checkpoint_every,
+        max_steps: a.max_steps,
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| {
+        pretrain::pretrain(repo, head, v, &params, a.resume)
+    })?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "version {}: model {} — {} steps on {} patches ({:.1} patches/s){}; held-out masked loss {:.3} → {:.3}",
+        short(&commit.expect("pretrain commits")),
+        params.name,
+        r.steps,
+        r.patches,
+        r.patches_per_second,
+        r.resumed_from.map_or(String::new(), |s| format!(", resumed at step {s}")),
+        r.held_out_loss_start,
+        r.held_out_loss_end
+    );
+    Ok(0)
+}
+
+/// Embed every patch with a pretrained encoder (256-dim, L2-normalised).
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  biodc embed --model mae")]
+pub struct EmbedArgs {
+    #[arg(long, default_value = "mae")]
+    pub model: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn embed(dir: &Path, a: EmbedArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let params = embed::EmbedParams {
+        model: a.model,
+        batch: a.batch,
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| embed::embed(repo, head, v, &params))?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "version {}: embedded {} patches with {} ({} computed at {:.1} patches/s, {} from cache)",
+        short(&commit.expect("embed commits")),
+        r.patches,
+        params.model,
+        r.computed,
+        r.patches_per_second,
+        r.patches - r.computed
+    );
+    Ok(0)
+}
+
+/// Pick the K most representative patches (max K-cover on the embeddings) for annotation.
+///
+/// Maximises Σₓ max_{s∈S} cos(s, x) over the embedded patches — hubs close to most of the data
+/// and far from each other — greedily with lazy evaluation on each patch's exact top-k
+/// neighbours. `random` and `kcenter` (farthest point, the seed paper's code) are baselines.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc coreset -k 25\n  biodc coreset -k 25 --method kcenter --name coreset-kcenter"
+)]
+pub struct CoresetArgs {
+    #[arg(short = 'k', default_value_t = 25)]
+    pub k: usize,
+    /// Embeddings of this model.
+    #[arg(long, default_value = "mae")]
+    pub model: String,
+    /// Neighbours per patch in the sparse similarity graph.
+    #[arg(long, default_value_t = 50)]
+    pub neighbours: usize,
+    /// Set name (sets/<name>.json).
+    #[arg(long, default_value = "coreset")]
+    pub name: String,
+    #[arg(long, value_enum, default_value_t = coreset::Method::Kcover)]
+    pub method: coreset::Method,
+    /// Seed for `random` and the first `kcenter` pick.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Never pick patches with these QC flags (e.g. blank duplicate).
+    #[arg(long, num_args = 1..)]
+    pub exclude: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn coreset(dir: &Path, a: CoresetArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let params = coreset::CoresetParams {
+        k: a.k,
+        model: a.model,
+        neighbours: a.neighbours,
+        name: a.name,
+        method: a.method,
+        seed: a.seed,
+        exclude: a.exclude,
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| {
+        coreset::coreset(repo, head, v, &params)
+    })?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "version {}: set {} — {} patches by {:?}, objective {:.1} ({:.1} s)",
+        short(&commit.expect("coreset commits")),
+        params.name,
+        r.picks.len(),
+        params.method,
+        r.objective,
+        r.seconds
+    );
+    for (cond, c) in &r.coverage {
+        println!(
+            "  {cond}: {} patches, {} picks, mean similarity to nearest pick {:.3}",
+            c.patches, c.picks, c.mean_similarity
+        );
+    }
+    Ok(0)
+}

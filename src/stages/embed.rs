@@ -1,0 +1,163 @@
+//! `embed`: one L2-normalised 256-dim vector per patch from a pretrained encoder, stored as one
+//! matrix object + `embeddings/<model>.json`. Pooled features are cached by (checkpoint, tile)
+//! in `cache.sled`, so after adding stacks only the new tiles go through the network.
+//!
+//! Mean-pooled transformer tokens share a large common component (all cosines ≈ 0.99), which
+//! would make every patch look alike to the core-set and QC; so the features are centred on the
+//! mean over the version's patches before L2 normalisation.
+
+use super::{patches::PatchList, Next};
+use crate::cache::Cache;
+use crate::history::CommitId;
+use crate::nn::{checkpoint, data::batch, mae::MaeConfig, mae::EMBED_DIM};
+use crate::repo::Repo;
+use crate::store::{Filter, Kind};
+use crate::version::{DatasetVersion, EmbeddingManifest, ModelManifest};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedParams {
+    pub model: String,
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedReport {
+    pub patches: usize,
+    /// Patches that went through the network (the rest came from the cache).
+    pub computed: usize,
+    pub seconds: f64,
+    pub patches_per_second: f64,
+}
+
+/// The MAE a model manifest describes, with its weights.
+pub fn load_mae(repo: &Repo, model: &ModelManifest, dev: &Device) -> Result<crate::nn::mae::Mae> {
+    let cfg: MaeConfig = serde_json::from_value(model.architecture["biodc"].clone())
+        .with_context(|| format!("model {} has no biodc architecture record", model.name))?;
+    checkpoint::load(&cfg, &repo.store.get(&model.checkpoint)?, dev)
+}
+
+pub fn embed(
+    repo: &Repo,
+    _head: CommitId,
+    mut version: DatasetVersion,
+    params: &EmbedParams,
+) -> Result<(Next, EmbedReport)> {
+    let started = Instant::now();
+    let model = version
+        .models
+        .get(&params.model)
+        .with_context(|| {
+            format!(
+                "no model named {:?} in this version: run `biodc pretrain --name {}` first",
+                params.model, params.model
+            )
+        })?
+        .clone();
+    anyhow::ensure!(
+        model.kind == "mae",
+        "model {} is a {}, not a pretrained encoder",
+        model.name,
+        model.kind
+    );
+    let dev = Device::Cpu;
+    let mae = load_mae(repo, &model, &dev)?;
+    let list = PatchList::all(&version)?;
+    anyhow::ensure!(
+        list.size == mae.cfg.encoder.image_size,
+        "patches are {}×{} but model {} was trained on {}×{}",
+        list.size,
+        list.size,
+        model.name,
+        mae.cfg.encoder.image_size,
+        mae.cfg.encoder.image_size
+    );
+    let cache = Cache::open(&repo.dot().join("cache.sled"))?;
+    let tree = format!("pooled-{}", model.checkpoint.to_hex());
+    let mut rows: Vec<Option<Vec<f32>>> = list
+        .items
+        .iter()
+        .map(|(_, p)| {
+            cache
+                .get::<Vec<f32>>(&tree, &p.tile.0)
+                .filter(|v| v.len() == EMBED_DIM)
+        })
+        .collect();
+    let todo: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_none()).collect();
+    let pb = crate::progress::bar(todo.len() as u64, "embed", false);
+    for chunk in todo.chunks(params.batch.max(1)) {
+        let x = batch(&list.load(&repo.store, chunk)?, list.size, &dev)?;
+        let out: Vec<Vec<f32>> = mae.pooled(&x)?.to_vec2()?;
+        for (&i, v) in chunk.iter().zip(out) {
+            cache.put(&tree, &list.items[i].1.tile.0, &v);
+            rows[i] = Some(v);
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    cache.flush();
+    let rows: Vec<Vec<f32>> = rows
+        .into_iter()
+        .map(|r| r.expect("every row embedded"))
+        .collect();
+    let matrix: Vec<u8> = centred_unit_rows(&rows)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let (id, _) = repo.store.put(Kind::Matrix, Filter::Shuffle(4), &matrix)?;
+    let manifest = EmbeddingManifest {
+        model: model.name.clone(),
+        checkpoint: model.checkpoint,
+        matrix: id,
+        rows: rows.len(),
+        dim: EMBED_DIM,
+        patches: list.items.iter().map(|(_, p)| p.id.clone()).collect(),
+    };
+    version.embeddings.insert(model.name.clone(), manifest);
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = format!(
+        "embed {}: {} patches → {EMBED_DIM}-dim vectors ({} computed, {} cached)",
+        model.name,
+        rows.len(),
+        todo.len(),
+        rows.len() - todo.len()
+    );
+    let mut record = repo.stage_record("embed", serde_json::to_value(params)?, None, &summary);
+    record
+        .inputs
+        .insert(format!("models/{}", model.name), model.checkpoint.to_hex());
+    record
+        .outputs
+        .insert(format!("embeddings/{}", model.name), id.to_hex());
+    record
+        .timings_ms
+        .insert("embed".into(), (seconds * 1000.0) as u64);
+    let report = EmbedReport {
+        patches: rows.len(),
+        computed: todo.len(),
+        seconds,
+        patches_per_second: todo.len() as f64 / seconds.max(1e-9),
+    };
+    Ok((Some((version, record)), report))
+}
+
+/// Subtracts the mean row, then scales each row to unit length (flattened, row-major).
+fn centred_unit_rows(rows: &[Vec<f32>]) -> Vec<f32> {
+    let n = rows.len().max(1) as f64;
+    let mut mean = vec![0f64; EMBED_DIM];
+    for r in rows {
+        mean.iter_mut()
+            .zip(r)
+            .for_each(|(m, v)| *m += *v as f64 / n);
+    }
+    let mut out = Vec::with_capacity(rows.len() * EMBED_DIM);
+    for r in rows {
+        let c: Vec<f64> = r.iter().zip(&mean).map(|(v, m)| *v as f64 - m).collect();
+        let norm = c.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        out.extend(c.iter().map(|x| (x / norm) as f32));
+    }
+    out
+}

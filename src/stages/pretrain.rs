@@ -1,0 +1,291 @@
+//! `pretrain`: a masked autoencoder trained self-supervised on every patch of HEAD.
+//!
+//! Checkpoints are written every `checkpoint_every` steps as store objects named by
+//! `.biodc/pending/pretrain-<name>.json` (which `gc` keeps), so `--resume` continues a killed
+//! run from its last checkpoint and reaches the same weights as an uninterrupted run. Nothing is
+//! committed until the end: an interrupted run leaves HEAD unchanged.
+
+use super::{patches::PatchList, Next};
+use crate::history::CommitId;
+use crate::nn::{checkpoint, data::batch, mae::MaeConfig, train::TrainConfig, train::Trainer};
+use crate::repo::Repo;
+use crate::store::{Filter, Kind, ObjectId};
+use crate::version::{DatasetVersion, ModelManifest};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Patches kept out of training to measure held-out loss (at most this many).
+const MAX_HELD_OUT: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainParams {
+    pub preset: String,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub mask_ratio: f32,
+    pub seed: u64,
+    pub name: String,
+    pub checkpoint_every: u64,
+    /// Stop after this many steps (for quick runs); None = all epochs.
+    pub max_steps: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainReport {
+    pub steps: u64,
+    pub patches: usize,
+    pub held_out: usize,
+    pub held_out_loss_start: f64,
+    pub held_out_loss_end: f64,
+    pub checkpoint: String,
+    pub resumed_from: Option<u64>,
+    pub patches_per_second: f64,
+}
+
+/// What `.biodc/pending/pretrain-<name>.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    head: String,
+    params: PretrainParams,
+    step: u64,
+    state: ObjectId,
+    loss_curve: Vec<(u64, f32)>,
+    held_out_loss_start: f64,
+}
+
+fn pending_path(repo: &Repo, name: &str) -> std::path::PathBuf {
+    repo.dot()
+        .join("pending")
+        .join(format!("pretrain-{name}.json"))
+}
+
+/// Objects named by pending checkpoints (kept by `gc`).
+pub fn pending_objects(repo: &Repo) -> Result<Vec<ObjectId>> {
+    let dir = repo.dot().join("pending");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let path = e?.path();
+        if let Ok(p) = serde_json::from_slice::<Pending>(&std::fs::read(&path)?) {
+            out.push(p.state);
+        }
+    }
+    Ok(out)
+}
+
+/// The architecture `params` ask for, on `size`×`size` patches.
+pub fn model_config(params: &PretrainParams, size: usize) -> Result<MaeConfig> {
+    let mut cfg = MaeConfig::preset(&params.preset)?;
+    cfg.encoder = cfg.encoder.with_image_size(size)?;
+    if !(0.0..1.0).contains(&params.mask_ratio) {
+        bail!("--mask-ratio {} must be in [0, 1)", params.mask_ratio);
+    }
+    cfg.mask_ratio = params.mask_ratio;
+    Ok(cfg)
+}
+
+pub fn pretrain(
+    repo: &Repo,
+    head: CommitId,
+    mut version: DatasetVersion,
+    params: &PretrainParams,
+    resume: bool,
+) -> Result<(Next, PretrainReport)> {
+    let started = Instant::now();
+    anyhow::ensure!(
+        params.batch > 0 && params.epochs > 0,
+        "--batch and --epochs must be positive"
+    );
+    let list = PatchList::all(&version)?;
+    let cfg = model_config(params, list.size)?;
+    let dev = Device::Cpu;
+    // Held-out patches: a seeded sample, never trained on.
+    let mut order: Vec<usize> = (0..list.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(params.seed ^ 0x686f_6c64));
+    let held = (list.len() / 10).min(MAX_HELD_OUT);
+    let (held_idx, train_idx) = order.split_at(held);
+    let mut train_idx = train_idx.to_vec();
+    train_idx.sort_unstable();
+    if train_idx.is_empty() {
+        bail!("no patches left to train on");
+    }
+    let per_epoch = train_idx.len().div_ceil(params.batch) as u64;
+    let total = (per_epoch * params.epochs as u64).min(params.max_steps.unwrap_or(u64::MAX));
+    let train_cfg = TrainConfig::new(params.lr, total);
+    let held_batch = (held > 0)
+        .then(|| batch(&list.load(&repo.store, held_idx)?, list.size, &dev))
+        .transpose()?;
+    let held_loss = |t: &Trainer| -> Result<f64> {
+        let Some(x) = &held_batch else {
+            return Ok(f64::NAN);
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0x6576_616c);
+        Ok(t.mae.loss(x, &mut rng, false)?.to_scalar::<f32>()? as f64)
+    };
+
+    let pending_file = pending_path(repo, &params.name);
+    let (mut trainer, mut curve, start_loss, resumed_from) = match resume {
+        true => {
+            let p: Pending =
+                serde_json::from_slice(&std::fs::read(&pending_file).with_context(|| {
+                    format!("no interrupted pretrain named {:?} to resume", params.name)
+                })?)?;
+            if p.head != head.to_string() || p.params != *params {
+                bail!(
+                    "the interrupted pretrain {:?} was started on version {} with {}; resume needs the same version and parameters",
+                    params.name,
+                    &p.head[..12],
+                    serde_json::to_string(&p.params)?
+                );
+            }
+            let state = repo.store.get(&p.state)?;
+            let t = Trainer::load_state(&cfg, train_cfg.clone(), &state, &dev)?;
+            let step = t.step;
+            (t, p.loss_curve, p.held_out_loss_start, Some(step))
+        }
+        false => {
+            let t = Trainer::new(&cfg, train_cfg.clone(), params.seed, &dev)?;
+            let l = held_loss(&t)?;
+            (t, Vec::new(), l, None)
+        }
+    };
+
+    let pb = crate::progress::bar(total, "pretrain", false);
+    pb.set_position(trainer.step);
+    let log_every = (total / 200).max(1);
+    let mut window = Vec::new();
+    while trainer.step < total {
+        let step = trainer.step;
+        let epoch = step / per_epoch;
+        let mut perm = train_idx.clone();
+        perm.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            params.seed.wrapping_add(epoch),
+        ));
+        let at = ((step % per_epoch) as usize) * params.batch;
+        let ids = &perm[at..(at + params.batch).min(perm.len())];
+        let x = batch(&list.load(&repo.store, ids)?, list.size, &dev)?;
+        let loss = trainer.step(&x)?;
+        window.push(loss);
+        if trainer.step % log_every == 0 || trainer.step == total {
+            let mean = window.iter().sum::<f32>() / window.len() as f32;
+            curve.push((trainer.step, mean));
+            window.clear();
+            pb.set_message(format!("loss {mean:.3}"));
+        }
+        pb.inc(1);
+        if trainer.step % params.checkpoint_every.max(1) == 0 && trainer.step < total {
+            save_pending(
+                repo,
+                &pending_file,
+                head,
+                params,
+                &trainer,
+                &curve,
+                start_loss,
+            )?;
+            crate::failpoint::hit("pretrain:after-checkpoint");
+        }
+    }
+    pb.finish_and_clear();
+
+    let end_loss = held_loss(&trainer)?;
+    let weights = checkpoint::weights(&trainer.mae)?;
+    let (ckpt, _) = repo
+        .store
+        .put(Kind::Checkpoint, Filter::Shuffle(4), &weights)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let trained_steps = trainer.step - resumed_from.unwrap_or(0);
+    let mut architecture = cfg.config_json();
+    architecture["biodc"] = serde_json::to_value(&cfg)?;
+    let manifest = ModelManifest {
+        name: params.name.clone(),
+        kind: "mae".into(),
+        architecture,
+        checkpoint: ckpt,
+        parent: None,
+        training: serde_json::json!({
+            "params": params,
+            "version": head.to_string(),
+            "patches": train_idx.len(),
+            "held_out": held,
+            "steps": trainer.step,
+            "image_size": list.size,
+        }),
+        loss_curve: curve,
+        metrics: BTreeMap::from([
+            ("held_out_loss_start".to_string(), start_loss),
+            ("held_out_loss_end".to_string(), end_loss),
+        ]),
+    };
+    version.models.insert(params.name.clone(), manifest);
+    let summary = format!(
+        "pretrain {}: MAE {} on {} patches, {} steps, held-out masked loss {start_loss:.3} → {end_loss:.3}",
+        params.name,
+        params.preset,
+        train_idx.len(),
+        trainer.step
+    );
+    let mut record = repo.stage_record(
+        "pretrain",
+        serde_json::to_value(params)?,
+        Some(params.seed),
+        &summary,
+    );
+    record
+        .outputs
+        .insert(format!("models/{}", params.name), ckpt.to_hex());
+    record
+        .timings_ms
+        .insert("pretrain".into(), (seconds * 1000.0) as u64);
+    std::fs::remove_file(&pending_file).ok();
+    let report = PretrainReport {
+        steps: trainer.step,
+        patches: train_idx.len(),
+        held_out: held,
+        held_out_loss_start: start_loss,
+        held_out_loss_end: end_loss,
+        checkpoint: ckpt.to_hex(),
+        resumed_from,
+        patches_per_second: (trained_steps as f64 * params.batch as f64) / seconds.max(1e-9),
+    };
+    Ok((Some((version, record)), report))
+}
+
+fn save_pending(
+    repo: &Repo,
+    path: &std::path::Path,
+    head: CommitId,
+    params: &PretrainParams,
+    trainer: &Trainer,
+    curve: &[(u64, f32)],
+    start_loss: f64,
+) -> Result<()> {
+    let (state, _) =
+        repo.store
+            .put(Kind::Checkpoint, Filter::Shuffle(4), &trainer.save_state()?)?;
+    repo.store.sync()?;
+    // The checkpoint must outlive a failed run: it is named by the pending file, not a commit.
+    repo.store.keep_created();
+    let pending = Pending {
+        head: head.to_string(),
+        params: params.clone(),
+        step: trainer.step,
+        state,
+        loss_curve: curve.to_vec(),
+        held_out_loss_start: start_loss,
+    };
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&pending)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
