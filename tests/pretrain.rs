@@ -96,6 +96,22 @@ fn same_seed_same_checkpoint_other_seed_differs_and_loss_falls() {
     assert_ne!(head(&project), head0);
     let shown = ok(&project, &["show", "HEAD~2"]);
     assert!(shown.contains("loss curve"), "{shown}");
+    // The encoder leaves biodc as safetensors with Hugging Face ViT-MAE names + a config.
+    let out = project.join("exported");
+    ok(
+        &project,
+        &["export", "--model", "a", "--to", out.to_str().unwrap()],
+    );
+    let bytes = std::fs::read(out.join("a.safetensors")).unwrap();
+    assert_eq!(
+        blake3::hash(&bytes).to_hex().to_string(),
+        a.checkpoint.to_hex()
+    );
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
+    assert!(tensors.contains_key("vit.encoder.layer.3.attention.attention.query.weight"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["hidden_size"], 192);
 }
 
 #[test]

@@ -77,12 +77,15 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Write the patches of a set as TIFFs named by patch id.
+/// Write the patches of a set as TIFFs named by patch id, or a model as safetensors.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2"
+    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2\n  biodc export --model mae --to encoder/   # mae.safetensors + config.json"
 )]
 pub struct ExportArgs {
+    /// Export this model (safetensors + config.json) instead of patches.
+    #[arg(long)]
+    pub model: Option<String>,
     /// `all`, or the name of a set (e.g. coreset, candidates-1).
     #[arg(long, default_value = "all")]
     pub set: String,
@@ -97,6 +100,15 @@ pub struct ExportArgs {
 pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
     let (_, version) = repo.version(a.rev.as_deref())?;
+    if let Some(model) = &a.model {
+        let (w, c) = crate::stages::export::export_model(&repo, &version, model, &a.to)?;
+        println!(
+            "exported model {model} to {} and {}",
+            w.display(),
+            c.display()
+        );
+        return Ok(0);
+    }
     let n = export_set(&repo, &version, &a.set, &a.to)?;
     println!("exported {n} patches of {} to {}", a.set, a.to.display());
     Ok(0)

@@ -71,3 +71,35 @@ pub fn export_set(repo: &Repo, version: &DatasetVersion, set: &str, dir: &Path) 
     pb.finish_and_clear();
     Ok(ids.len())
 }
+
+/// Writes model `name` as `dir/<name>.safetensors` and `dir/config.json` (Hugging Face-like
+/// ViT-MAE config), loadable outside biodc; returns the two paths.
+pub fn export_model(
+    repo: &Repo,
+    version: &DatasetVersion,
+    name: &str,
+    dir: &Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let model = version.models.get(name).with_context(|| {
+        let known: Vec<&str> = version.models.keys().map(String::as_str).collect();
+        format!(
+            "no model named {name:?} in this version (models: {})",
+            known.join(", ")
+        )
+    })?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let weights = dir.join(format!("{name}.safetensors"));
+    std::fs::write(&weights, repo.store.get(&model.checkpoint)?)?;
+    let config = dir.join("config.json");
+    let mut cfg = model.architecture.clone();
+    if let Some(obj) = cfg.as_object_mut() {
+        obj.remove("biodc");
+        obj.insert("biodc_model".into(), serde_json::json!(name));
+        obj.insert(
+            "biodc_checkpoint".into(),
+            serde_json::json!(model.checkpoint.to_hex()),
+        );
+    }
+    std::fs::write(&config, serde_json::to_vec_pretty(&cfg)?)?;
+    Ok((weights, config))
+}
