@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod demo;
 pub mod failpoint;
 pub mod history;
 pub mod io;

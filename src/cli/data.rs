@@ -159,3 +159,33 @@ pub fn synth(a: SynthArgs) -> Result<i32> {
     );
     Ok(0)
 }
+
+/// Run the loop on a synthetic cohort and print what each stage did.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc demo\n  biodc demo --dir /tmp/demo --scale small")]
+pub struct DemoArgs {
+    /// Folder for the cohort and the project (default: ./biodc-demo, or -2, -3… if taken).
+    #[arg(long = "dir", id = "demo_dir")]
+    pub dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = crate::demo::Scale::Tiny)]
+    pub scale: crate::demo::Scale,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn demo(a: DemoArgs) -> Result<i32> {
+    let dir = a.dir.unwrap_or_else(|| {
+        (1..)
+            .map(|i| {
+                PathBuf::from(if i == 1 {
+                    "biodc-demo".into()
+                } else {
+                    format!("biodc-demo-{i}")
+                })
+            })
+            .find(|p| !p.exists())
+            .expect("some name is free")
+    });
+    crate::demo::run(&dir, a.scale, a.seed)?;
+    Ok(0)
+}

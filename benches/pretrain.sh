@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Pretraining and embedding throughput on this CPU (issue 3, acceptance 5):
+#   bash benches/pretrain.sh [WORKDIR]
+# 16 synthetic stacks of 2x448x448 → 128 patches of 224x224; for each preset: 30 MAE training
+# steps of batch 8 (mask ratio 0.75) and one embedding pass over all patches.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${1:-$(mktemp -d /tmp/biodc-nn.XXXX)}
+cd "$ROOT" && cargo build --release -q
+B="$ROOT/target/release/biodc"
+mkdir -p "$WORK" && cd "$WORK" && rm -rf cohort p
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
+"$B" synth --out cohort --stacks 16 --shape 2,448,448 --seed 1 >/dev/null
+mkdir p && cd p && "$B" init >/dev/null && "$B" import ../cohort/images >/dev/null
+echo "| preset | train patches/s (batch 8, 224², mask 0.75) | embed patches/s (batch 32) |"
+echo "|---|---|---|"
+for preset in tiny small; do
+  T=$("$B" pretrain --preset $preset --name $preset --max-steps 30 --batch 8 --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["patches_per_second"])')
+  E=$("$B" embed --model $preset --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["patches_per_second"])')
+  echo "| $preset | $T | $E |"
+done
