@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Pretraining and embedding throughput on this CPU (issue 3, acceptance 5):
-#   bash benches/pretrain.sh [WORKDIR]
+# Pretraining and embedding throughput on this CPU (issue 3, acceptance 5), beside the same
+# architecture in PyTorch when TORCH_PYTHON points at a python with torch installed:
+#   TORCH_PYTHON=/tmp/torchvenv/bin/python bash benches/pretrain.sh [WORKDIR]
 # 16 synthetic stacks of 2x448x448 → 128 patches of 224x224; for each preset: 30 MAE training
 # steps of batch 8 (mask ratio 0.75) and one embedding pass over all patches.
 set -euo pipefail
@@ -12,10 +13,14 @@ mkdir -p "$WORK" && cd "$WORK" && rm -rf cohort p
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
 "$B" synth --out cohort --stacks 16 --shape 2,448,448 --seed 1 >/dev/null
 mkdir p && cd p && "$B" init >/dev/null && "$B" import ../cohort/images >/dev/null
-echo "| preset | train patches/s (batch 8, 224², mask 0.75) | embed patches/s (batch 32) |"
-echo "|---|---|---|"
+echo "| preset | biodc train/s | PyTorch train/s | biodc embed/s | PyTorch embed/s |"
+echo "|---|---|---|---|---|"
 for preset in tiny small; do
   T=$("$B" pretrain --preset $preset --name $preset --max-steps 30 --batch 8 --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["patches_per_second"])')
   E=$("$B" embed --model $preset --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["patches_per_second"])')
-  echo "| $preset | $T | $E |"
+  PT="-"; PE="-"
+  if [ -n "${TORCH_PYTHON:-}" ]; then
+    read -r PT PE < <("$TORCH_PYTHON" "$ROOT/benches/pytorch_mae.py" $preset 30 | sed -E 's/.*train ([0-9.]+).*embed ([0-9.]+).*/\1 \2/')
+  fi
+  echo "| $preset | $T | $PT | $E | $PE |"
 done
