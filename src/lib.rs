@@ -12,6 +12,7 @@ pub mod lock;
 pub mod nn;
 pub mod progress;
 pub mod repo;
+pub mod report;
 pub mod select;
 pub mod stages;
 pub mod store;

@@ -165,7 +165,7 @@ pub fn synth(a: SynthArgs) -> Result<i32> {
 #[command(after_help = "Examples:\n  biodc demo\n  biodc demo --dir /tmp/demo --scale small")]
 pub struct DemoArgs {
     /// Folder for the cohort and the project (default: ./biodc-demo, or -2, -3… if taken).
-    #[arg(long = "dir", id = "demo_dir")]
+    #[arg(long)]
     pub dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = crate::demo::Scale::Tiny)]
     pub scale: crate::demo::Scale,

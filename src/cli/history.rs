@@ -73,8 +73,14 @@ pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
         "{} stacks, {} patches, {} annotations",
         c.stacks, c.patches, c.annotations
     );
+    for (round, n) in &c.rounds {
+        println!("  round {round}: {n} masks");
+    }
     if !c.sets.is_empty() {
         println!("sets: {}", c.sets.join(", "));
+    }
+    for (set, missing) in c.unannotated_in_sets.iter().filter(|(_, m)| **m > 0) {
+        println!("  set {set}: {missing} patches still lack a mask");
     }
     if !c.models.is_empty() {
         println!("models: {}", c.models.join(", "));

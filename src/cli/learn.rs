@@ -2,10 +2,11 @@
 
 use super::{print_json, short};
 use crate::repo::Repo;
-use crate::stages::{self, coreset, embed, pretrain};
+use crate::stages::{self, annotate, coreset, embed, pretrain};
 use anyhow::Result;
 use clap::Args;
 use std::path::Path;
+use std::path::PathBuf;
 
 /// Pretrain a masked autoencoder (ViT) self-supervised on every patch of HEAD.
 ///
@@ -182,5 +183,62 @@ pub fn coreset(dir: &Path, a: CoresetArgs) -> Result<i32> {
             c.patches, c.picks, c.mean_similarity
         );
     }
+    Ok(0)
+}
+
+/// Import a folder of expert masks as one annotation round.
+///
+/// Masks are TIFF or PNG files named by patch id (as `export` names patches), one 2D image of
+/// the patch's size with values {0,1} or {0,255}. Every file is checked first; any problem
+/// (wrong shape, non-binary values, unknown id, the same id twice, unreadable) is reported for
+/// every file at once and nothing is imported. A later round may replace a patch's mask; the
+/// history keeps both.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/   # then draw masks in Fiji/napari\n  biodc annotate masks/ --round core --annotator alice"
+)]
+pub struct AnnotateArgs {
+    /// Folder of masks.
+    pub dir: PathBuf,
+    /// Round name, e.g. core, critical-1.
+    #[arg(long)]
+    pub round: String,
+    #[arg(long, default_value = "expert")]
+    pub annotator: String,
+    /// core, critical or manual (default: from the round name).
+    #[arg(long, value_parser = ["core", "critical", "manual"])]
+    pub origin: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn annotate(dir: &Path, a: AnnotateArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let origin = a.origin.as_deref().map(|o| match o {
+        "core" => crate::version::Origin::Core,
+        "critical" => crate::version::Origin::Critical,
+        _ => crate::version::Origin::Manual,
+    });
+    let params = annotate::AnnotateParams {
+        dir: a.dir,
+        round: a.round,
+        annotator: a.annotator,
+        origin,
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| {
+        annotate::annotate(repo, head, v, &params)
+    })?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "version {}: {} masks in round {} ({} replaced earlier masks; {:.1} % foreground)",
+        short(&commit.expect("annotate commits")),
+        r.masks,
+        params.round,
+        r.replaced,
+        100.0 * r.foreground_fraction
+    );
     Ok(0)
 }

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 pub struct Cli {
     /// Run as if started in DIR (relative paths are then relative to DIR, as with git -C).
     #[arg(short = 'C', global = true, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    pub chdir: Option<PathBuf>,
     #[command(subcommand)]
     pub verb: Verb,
 }
@@ -47,11 +47,12 @@ pub enum Verb {
     Pretrain(learn::PretrainArgs),
     Embed(learn::EmbedArgs),
     Coreset(learn::CoresetArgs),
+    Annotate(learn::AnnotateArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
-    if let Some(dir) = &cli.dir {
+    if let Some(dir) = &cli.chdir {
         std::env::set_current_dir(dir)
             .with_context(|| format!("-C {}: cannot enter folder", dir.display()))?;
     }
@@ -74,6 +75,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Pretrain(a) => learn::pretrain(&dir, a),
         Verb::Embed(a) => learn::embed(&dir, a),
         Verb::Coreset(a) => learn::coreset(&dir, a),
+        Verb::Annotate(a) => learn::annotate(&dir, a),
     }
 }
 

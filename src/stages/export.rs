@@ -48,7 +48,11 @@ pub fn patch_plane(
     Ok((info, plane))
 }
 
-/// Writes every patch of `set` to `dir/<patch id>.tif`; returns how many.
+/// Largest set that also gets a contact sheet.
+const GALLERY_MAX: usize = 400;
+
+/// Writes every patch of `set` to `dir/<patch id>.tif` and, for sets of up to 400 patches, a
+/// contact sheet `dir/<set>-gallery.png`; returns how many patches.
 pub fn export_set(repo: &Repo, version: &DatasetVersion, set: &str, dir: &Path) -> Result<usize> {
     let ids = set_members(version, set)?;
     let store = &repo.store;
@@ -69,6 +73,18 @@ pub fn export_set(repo: &Repo, version: &DatasetVersion, set: &str, dir: &Path) 
         Ok(())
     })?;
     pb.finish_and_clear();
+    if !ids.is_empty() && ids.len() <= GALLERY_MAX {
+        let planes = ids
+            .iter()
+            .map(|id| patch_plane(store, version, id).map(|(_, p)| p))
+            .collect::<Result<Vec<_>>>()?;
+        let size = version.patch(&ids[0]).map_or(0, |(s, _)| s.tile);
+        crate::report::gallery::contact_sheet(
+            &dir.join(format!("{set}-gallery.png")),
+            &planes,
+            size,
+        )?;
+    }
     Ok(ids.len())
 }
 

@@ -2,6 +2,7 @@
 //! version with its stage record; [`run`] is the one place that locks, commits, and on failure
 //! removes the objects the stage wrote, so a failed verb leaves the repository as it was.
 
+pub mod annotate;
 pub mod coreset;
 pub mod embed;
 pub mod export;

@@ -2,6 +2,7 @@
 //! tubular networks with ground-truth masks, in four visibly different conditions, with planted
 //! defects. It is the default data of tests, the demo and the benchmarks.
 
+pub mod expert;
 mod render;
 mod vessels;
 

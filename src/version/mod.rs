@@ -220,6 +220,10 @@ pub struct Counts {
     pub patches: usize,
     pub annotations: usize,
     pub sets: Vec<String>,
+    /// Annotation lines per round.
+    pub rounds: BTreeMap<String, usize>,
+    /// For each set, how many of its patches have no mask yet.
+    pub unannotated_in_sets: BTreeMap<String, usize>,
     pub models: Vec<String>,
     pub embeddings: Vec<String>,
     pub other_manifests: Vec<String>,
@@ -229,17 +233,37 @@ pub struct Counts {
 pub fn counts(history: &History, commit: CommitId) -> Result<Counts> {
     let tree: BTreeMap<String, BlobId> = history.tree_of(commit)?;
     let mut c = Counts::default();
+    let mut annotated = std::collections::BTreeSet::new();
+    let mut sets = Vec::new();
     for (path, blob) in &tree {
         match split_manifest_path(path) {
             ("stacks", Some(_)) => c.stacks += 1,
             ("patches", Some(_)) => c.patches += count_lines(&history.blob(*blob)?),
-            ("annotations.jsonl", _) => c.annotations = count_lines(&history.blob(*blob)?),
-            ("sets", Some(name)) => c.sets.push(name.to_string()),
+            ("annotations.jsonl", _) => {
+                let lines: Vec<AnnotationRecord> = parse_jsonl(path, &history.blob(*blob)?)?;
+                c.annotations = lines.len();
+                for a in lines {
+                    *c.rounds.entry(a.round).or_default() += 1;
+                    annotated.insert(a.patch);
+                }
+            }
+            ("sets", Some(name)) => {
+                c.sets.push(name.to_string());
+                sets.push(parse_json::<PatchSet>(path, &history.blob(*blob)?)?);
+            }
             ("models", Some(name)) => c.models.push(name.to_string()),
             ("embeddings", Some(name)) => c.embeddings.push(name.to_string()),
             ("biodc.json" | "stage.json", _) => {}
             _ => c.other_manifests.push(path.clone()),
         }
+    }
+    for set in sets {
+        let missing = set
+            .patches
+            .iter()
+            .filter(|p| !annotated.contains(*p))
+            .count();
+        c.unannotated_in_sets.insert(set.name, missing);
     }
     Ok(c)
 }

@@ -1,0 +1,205 @@
+//! `annotate`: a folder of expert masks (TIFF or PNG, named by patch id, values {0,1} or
+//! {0,255}) becomes one annotation round. Every file is checked first; any problem stops the
+//! round with one report listing each file and what is wrong, and nothing is imported.
+
+use super::Next;
+use crate::history::CommitId;
+use crate::io::{tiff::read_stack, Plane};
+use crate::repo::Repo;
+use crate::store::{Filter, Kind};
+use crate::version::{AnnotationRecord, DatasetVersion, Origin};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnotateParams {
+    pub dir: PathBuf,
+    pub round: String,
+    pub annotator: String,
+    pub origin: Option<Origin>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnotateReport {
+    pub masks: usize,
+    /// Patches that had a mask before (their new mask replaces it; history keeps both).
+    pub replaced: usize,
+    pub foreground_fraction: f64,
+}
+
+/// The origin a round name implies: `core…` → core, `critical…` → critical, else manual.
+pub fn origin_of_round(round: &str) -> Origin {
+    if round.starts_with("core") {
+        Origin::Core
+    } else if round.starts_with("critical") {
+        Origin::Critical
+    } else {
+        Origin::Manual
+    }
+}
+
+/// The patch id a mask file names: its file name without `.tif`/`.tiff`/`.png`.
+fn patch_id_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let lower = name.to_ascii_lowercase();
+    [".tiff", ".tif", ".png"]
+        .iter()
+        .find(|e| lower.ends_with(*e))
+        .map(|e| name[..name.len() - e.len()].to_string())
+}
+
+/// Reads one mask as 0/1 bytes, checking shape and values.
+fn read_mask(path: &Path, size: usize) -> Result<Vec<u8>> {
+    let (h, w, plane) = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        crate::io::png::read_gray(path)?
+    } else {
+        let s = read_stack(path)?;
+        if s.info.shape[0] != 1 {
+            bail!("has {} pages; a mask is one 2D image", s.info.shape[0]);
+        }
+        (
+            s.info.shape[1],
+            s.info.shape[2],
+            s.planes.into_iter().next().unwrap(),
+        )
+    };
+    if (h, w) != (size, size) {
+        bail!("is {h}×{w}, the patch is {size}×{size}");
+    }
+    let values = plane.to_f32();
+    let max = values.iter().copied().fold(0f32, f32::max);
+    let on = if max > 1.0 { max } else { 1.0 };
+    if let Some(v) = values.iter().find(|&&v| v != 0.0 && v != on) {
+        bail!("is not binary: holds {v} besides 0 and {on} (expected {{0,1}} or {{0,255}})");
+    }
+    if !matches!(plane, Plane::U8(_) | Plane::U16(_)) && max > 1.0 {
+        bail!("float mask with values above 1");
+    }
+    Ok(values.iter().map(|&v| (v != 0.0) as u8).collect())
+}
+
+pub fn annotate(
+    repo: &Repo,
+    _head: CommitId,
+    mut version: DatasetVersion,
+    params: &AnnotateParams,
+) -> Result<(Next, AnnotateReport)> {
+    if !params.dir.is_dir() {
+        bail!("{}: no such folder", params.dir.display());
+    }
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(&params.dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .filter(|p| patch_id_of(p).is_some())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no .tif/.tiff/.png masks found", params.dir.display());
+    }
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut masks: Vec<(String, Vec<u8>)> = Vec::new();
+    for path in &files {
+        let id = patch_id_of(path).expect("filtered above");
+        let Some((stack, _)) = version.patch(&id) else {
+            problems.push(format!(
+                "{}: unknown patch id {id:?} (not in this version)",
+                path.display()
+            ));
+            continue;
+        };
+        if let Some(first) = seen.insert(id.clone(), path.clone()) {
+            problems.push(format!(
+                "{}: patch {id} has a second mask (also {})",
+                path.display(),
+                first.display()
+            ));
+            continue;
+        }
+        match read_mask(path, stack.tile) {
+            Ok(m) => masks.push((id, m)),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let shown = path.display().to_string();
+                problems.push(if msg.starts_with(&shown) {
+                    msg
+                } else {
+                    format!("{shown}: {msg}")
+                });
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} problem(s); nothing was imported:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    let origin = params
+        .origin
+        .unwrap_or_else(|| origin_of_round(&params.round));
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let already: std::collections::BTreeSet<&str> = version
+        .annotations
+        .iter()
+        .map(|a| a.patch.as_str())
+        .collect();
+    let replaced = masks
+        .iter()
+        .filter(|(id, _)| already.contains(id.as_str()))
+        .count();
+    let mut on = 0usize;
+    let mut total = 0usize;
+    let mut records = Vec::new();
+    for (id, m) in &masks {
+        on += m.iter().map(|&v| v as usize).sum::<usize>();
+        total += m.len();
+        let (mask, _) = repo.store.put(Kind::Mask, Filter::None, m)?;
+        records.push(AnnotationRecord {
+            patch: id.clone(),
+            mask,
+            round: params.round.clone(),
+            origin,
+            annotator: params.annotator.clone(),
+            time,
+        });
+    }
+    version.annotations.extend(records);
+    let summary = format!(
+        "annotate: {} masks (round {}, {} replaced) by {}",
+        masks.len(),
+        params.round,
+        replaced,
+        params.annotator
+    );
+    let mut record = repo.stage_record("annotate", serde_json::to_value(params)?, None, &summary);
+    record
+        .outputs
+        .insert("annotations.jsonl".into(), format!("{} masks", masks.len()));
+    let report = AnnotateReport {
+        masks: masks.len(),
+        replaced,
+        foreground_fraction: on as f64 / total.max(1) as f64,
+    };
+    Ok((Some((version, record)), report))
+}
+
+/// The current mask of each patch (its last annotation line) and the round it came in.
+pub fn current_masks(version: &DatasetVersion) -> BTreeMap<&str, &AnnotationRecord> {
+    version
+        .annotations
+        .iter()
+        .map(|a| (a.patch.as_str(), a))
+        .collect()
+}
