@@ -2,7 +2,7 @@
 
 use super::{print_json, short};
 use crate::repo::Repo;
-use crate::stages::{self, annotate, coreset, embed, pretrain};
+use crate::stages::{self, annotate, coreset, embed, pretrain, qc};
 use anyhow::Result;
 use clap::Args;
 use std::path::Path;
@@ -240,5 +240,68 @@ pub fn annotate(dir: &Path, a: AnnotateArgs) -> Result<i32> {
         r.replaced,
         100.0 * r.foreground_fraction
     );
+    Ok(0)
+}
+
+/// Flag quality problems (never deletes): duplicates, near duplicates, blank, saturated,
+/// blurred, low-SNR and outlier patches; counts per condition and core-set cluster, imbalance.
+///
+/// Blurred / low SNR / outlier are robust z-scores (median and MAD over the cohort) beyond 4.
+/// Near duplicates and outliers need `embed` first; clusters and coverage need a core set.
+/// Later verbs skip flagged patches with `--exclude FLAG…`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc qc\n  biodc coreset -k 25 --exclude blank duplicate saturated"
+)]
+pub struct QcArgs {
+    /// Embeddings to use.
+    #[arg(long, default_value = "mae")]
+    pub model: String,
+    /// Core set for clusters and coverage.
+    #[arg(long, default_value = "coreset")]
+    pub coreset: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn qc(dir: &Path, a: QcArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let params = qc::QcParams {
+        model: a.model,
+        coreset: a.coreset,
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| qc::qc(repo, head, v, &params))?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "version {}: {} of {} patches flagged",
+        short(&commit.expect("qc commits")),
+        r.flagged,
+        r.patches
+    );
+    for (f, n) in &r.by_flag {
+        println!("  {f}: {n}");
+    }
+    let conds: Vec<String> = r
+        .per_condition
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect();
+    println!(
+        "per condition: {} (imbalance {:.2})",
+        conds.join(", "),
+        r.condition_imbalance
+    );
+    if let Some(ci) = r.cluster_imbalance {
+        println!(
+            "core-set clusters: {} (imbalance {ci:.2})",
+            r.per_cluster.len()
+        );
+    }
+    if !r.under_covered.is_empty() {
+        println!("the core set under-covers: {}", r.under_covered.join(", "));
+    }
     Ok(0)
 }

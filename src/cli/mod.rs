@@ -48,6 +48,7 @@ pub enum Verb {
     Embed(learn::EmbedArgs),
     Coreset(learn::CoresetArgs),
     Annotate(learn::AnnotateArgs),
+    Qc(learn::QcArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -76,6 +77,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Embed(a) => learn::embed(&dir, a),
         Verb::Coreset(a) => learn::coreset(&dir, a),
         Verb::Annotate(a) => learn::annotate(&dir, a),
+        Verb::Qc(a) => learn::qc(&dir, a),
     }
 }
 

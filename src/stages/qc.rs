@@ -1,8 +1,434 @@
-//! `qc`: per-patch quality flags (duplicates, blank, saturated, blurred, low SNR, outliers).
+//! `qc`: flags, never deletes. Per patch: exact duplicates (same tile hash), near duplicates
+//! (cosine ≥ 0.995), blank, saturated, blurred (variance of Laplacian), low SNR, odd texture
+//! (not tube-like: low Hessian anisotropy of the bright structures), and embedding outliers
+//! (robust z-score of the distance to the nearest neighbours); per condition and per core-set
+//! cluster: counts and the imbalance ratio, and conditions the core set under-covers.
 
+use super::{patches::PatchList, read_f32_matrix, Next};
+use crate::history::CommitId;
+use crate::io::{Dtype, Plane};
+use crate::repo::Repo;
+use crate::select::knn::exact_knn;
 use crate::version::DatasetVersion;
-use anyhow::Result;
-use std::collections::BTreeSet;
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Robust z-score beyond which a patch is flagged (blurred / low SNR below −Z, outlier above +Z).
+pub const Z: f64 = 4.0;
+/// Robust z-score of log sharpness below which a patch is blurred: lower than [`Z`] because
+/// blur only ever lowers sharpness, and in-focus tiles spread little on that scale.
+pub const BLUR_Z: f64 = 3.0;
+/// Cosine similarity at or above which two patches are near duplicates.
+pub const NEAR_DUPLICATE: f32 = 0.995;
+/// Fraction of pixels at the dtype's maximum that makes a patch saturated.
+pub const SATURATED: f64 = 0.05;
+
+/// One line of `qc.jsonl`: a flagged patch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcLine {
+    pub patch: String,
+    pub flags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
+    /// Robust z-scores behind the statistical flags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub z: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QcParams {
+    /// Embeddings used for near duplicates and outliers (skipped when absent).
+    pub model: String,
+    /// Core set used for clusters and coverage (skipped when absent).
+    pub coreset: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QcReport {
+    pub patches: usize,
+    pub flagged: usize,
+    pub by_flag: BTreeMap<String, usize>,
+    pub per_condition: BTreeMap<String, usize>,
+    /// Largest over smallest condition count.
+    pub condition_imbalance: f64,
+    /// Patches per core-set cluster (nearest pick in embedding space).
+    pub per_cluster: BTreeMap<String, usize>,
+    pub cluster_imbalance: Option<f64>,
+    /// Conditions with under half their fair share of core-set picks.
+    pub under_covered: Vec<String>,
+}
+
+/// Per-tile statistics.
+#[derive(Debug, Clone, Copy)]
+struct TileStats {
+    blank: bool,
+    saturated: f64,
+    /// log of var(Laplacian) / var(image): sharpness independent of contrast.
+    log_sharpness: f64,
+    /// log of (p99 − median) / noise σ (Immerkær's estimator).
+    log_snr: f64,
+    /// Mean Hessian anisotropy |λ₁ − λ₂| / (|λ₁| + |λ₂|) over the brightest 10 % of the
+    /// smoothed patch: high for tubes, low for blobs and other non-vessel textures.
+    tubularity: f64,
+}
+
+fn tile_stats(plane: &Plane, size: usize) -> TileStats {
+    let v = plane.to_f32();
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    let range = match plane.dtype() {
+        Dtype::U8 => 255.0,
+        Dtype::U16 => 65535.0,
+        Dtype::F32 => v.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0) as f64,
+    };
+    let blank = var.sqrt() <= 1e-6 * range.max(mean.abs());
+    let saturated = match plane.dtype() {
+        Dtype::F32 => 0.0,
+        _ => v.iter().filter(|&&x| x as f64 >= range).count() as f64 / n,
+    };
+    let (mut lap_sum, mut lap_sq, mut noise_abs) = (0f64, 0f64, 0f64);
+    let at = |y: usize, x: usize| v[y * size + x] as f64;
+    for y in 1..size - 1 {
+        for x in 1..size - 1 {
+            let lap = at(y - 1, x) + at(y + 1, x) + at(y, x - 1) + at(y, x + 1) - 4.0 * at(y, x);
+            lap_sum += lap;
+            lap_sq += lap * lap;
+            let diag = at(y - 1, x - 1) + at(y - 1, x + 1) + at(y + 1, x - 1) + at(y + 1, x + 1);
+            noise_abs += (diag - 2.0 * (at(y - 1, x) + at(y + 1, x) + at(y, x - 1) + at(y, x + 1))
+                + 4.0 * at(y, x))
+            .abs();
+        }
+    }
+    let m = ((size - 2) * (size - 2)) as f64;
+    let lap_var = lap_sq / m - (lap_sum / m).powi(2);
+    let sigma = (std::f64::consts::PI / 2.0).sqrt() * noise_abs / (6.0 * m);
+    let mut sorted = v.clone();
+    sorted.sort_by(f32::total_cmp);
+    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize] as f64;
+    TileStats {
+        tubularity: tubularity(&v, size),
+        blank,
+        saturated,
+        log_sharpness: ((lap_var + 1e-12) / (var + 1e-12)).ln(),
+        log_snr: ((q(0.99) - q(0.5)).max(1e-12) / sigma.max(1e-12)).ln(),
+    }
+}
+
+/// See [`TileStats::tubularity`]; Hessian of the patch smoothed with σ = 2 px.
+fn tubularity(v: &[f32], size: usize) -> f64 {
+    let mut smooth = v.to_vec();
+    crate::synth::gaussian_blur(&mut smooth, size, size, 2.0);
+    let mut sorted = smooth.clone();
+    sorted.sort_by(f32::total_cmp);
+    let cut = sorted[(sorted.len() - 1) * 9 / 10];
+    let at = |y: usize, x: usize| smooth[y * size + x] as f64;
+    let (mut sum, mut count) = (0f64, 0usize);
+    for y in 2..size - 2 {
+        for x in 2..size - 2 {
+            if smooth[y * size + x] < cut {
+                continue;
+            }
+            let dxx = at(y, x + 2) - 2.0 * at(y, x) + at(y, x - 2);
+            let dyy = at(y + 2, x) - 2.0 * at(y, x) + at(y - 2, x);
+            let dxy =
+                (at(y + 1, x + 1) - at(y + 1, x - 1) - at(y - 1, x + 1) + at(y - 1, x - 1)) / 4.0;
+            let root = ((dxx - dyy).powi(2) + 4.0 * dxy * dxy).sqrt();
+            let (l1, l2) = ((dxx + dyy + root) / 2.0, (dxx + dyy - root) / 2.0);
+            let denom = l1.abs() + l2.abs();
+            if denom > 0.0 {
+                sum += (l1 - l2).abs() / denom;
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        1.0
+    } else {
+        sum / count as f64
+    }
+}
+
+/// Robust z-scores (median / 1.4826·MAD) of `values` over the entries where `use_[i]`.
+fn robust_z(values: &[f64], use_: &[bool]) -> Vec<f64> {
+    let mut v: Vec<f64> = values
+        .iter()
+        .zip(use_)
+        .filter(|(_, u)| **u)
+        .map(|(x, _)| *x)
+        .collect();
+    if v.is_empty() {
+        return vec![0.0; values.len()];
+    }
+    v.sort_by(f64::total_cmp);
+    let med = v[v.len() / 2];
+    let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    let mad = (1.4826 * dev[dev.len() / 2]).max(1e-9);
+    values.iter().map(|x| (x - med) / mad).collect()
+}
+
+pub fn qc(
+    repo: &Repo,
+    _head: CommitId,
+    mut version: DatasetVersion,
+    params: &QcParams,
+) -> Result<(Next, QcReport)> {
+    let list = PatchList::all(&version)?;
+    let n = list.len();
+    let size = list.size;
+    let store = &repo.store;
+    let pb = crate::progress::bar(n as u64, "qc", false);
+    let stats: Vec<TileStats> = list
+        .items
+        .par_iter()
+        .map(|(stack, patch)| {
+            pb.inc(1);
+            Ok(tile_stats(
+                &Plane::from_le_bytes(stack.dtype, &store.get(&patch.tile)?)?,
+                size,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+    let mut lines: BTreeMap<String, QcLine> = BTreeMap::new();
+    // Exact duplicates: every later patch with a tile hash already seen.
+    let mut first: BTreeMap<_, &str> = BTreeMap::new();
+    let mut dup_of: BTreeMap<String, String> = BTreeMap::new();
+    for (_, p) in &list.items {
+        match first.get(&p.tile) {
+            Some(orig) => {
+                dup_of.insert(p.id.clone(), orig.to_string());
+            }
+            None => {
+                first.insert(p.tile, &p.id);
+            }
+        }
+    }
+    let informative: Vec<bool> = stats
+        .iter()
+        .map(|s| !s.blank && s.saturated < SATURATED)
+        .collect();
+    let sharp_z = robust_z(
+        &stats.iter().map(|s| s.log_sharpness).collect::<Vec<_>>(),
+        &informative,
+    );
+    let snr_z = robust_z(
+        &stats.iter().map(|s| s.log_snr).collect::<Vec<_>>(),
+        &informative,
+    );
+    let tube_z = robust_z(
+        &stats.iter().map(|s| s.tubularity).collect::<Vec<_>>(),
+        &informative,
+    );
+    for (i, (_, p)) in list.items.iter().enumerate() {
+        let s = &stats[i];
+        if let Some(orig) = dup_of.get(&p.id) {
+            flag(&mut lines, &p.id, "duplicate").duplicate_of = Some(orig.clone());
+        }
+        if s.blank {
+            flag(&mut lines, &p.id, "blank");
+        }
+        if s.saturated >= SATURATED {
+            flag(&mut lines, &p.id, "saturated");
+        }
+        if informative[i] && sharp_z[i] < -BLUR_Z {
+            flag(&mut lines, &p.id, "blurred")
+                .z
+                .insert("sharpness".into(), sharp_z[i]);
+        }
+        if informative[i] && tube_z[i] < -Z {
+            flag(&mut lines, &p.id, "odd_texture")
+                .z
+                .insert("tubularity".into(), tube_z[i]);
+        }
+        if informative[i] && snr_z[i] < -Z {
+            flag(&mut lines, &p.id, "low_snr")
+                .z
+                .insert("snr".into(), snr_z[i]);
+        }
+    }
+    let mut report = QcReport {
+        patches: n,
+        ..Default::default()
+    };
+    // Embedding-based flags and clusters, when embeddings exist.
+    if let Some(e) = version.embeddings.get(&params.model) {
+        let x = read_f32_matrix(store, &e.matrix, e.rows, e.dim)?;
+        let nb = exact_knn(&x, e.rows, e.dim, 11);
+        let mut dist = vec![0f64; e.rows];
+        for i in 0..e.rows {
+            let others: Vec<f32> = nb
+                .of(i)
+                .filter(|(j, _)| *j as usize != i)
+                .map(|(_, s)| s)
+                .collect();
+            dist[i] =
+                1.0 - others.iter().map(|&s| s as f64).sum::<f64>() / others.len().max(1) as f64;
+            if let Some((j, s)) = nb.of(i).find(|(j, _)| (*j as usize) < i) {
+                let (a, b) = (&e.patches[i], &e.patches[j as usize]);
+                if s >= NEAR_DUPLICATE && !dup_of.contains_key(a) && !stats_blank(&list, &stats, a)
+                {
+                    flag(&mut lines, a, "near_duplicate").duplicate_of = Some(b.clone());
+                }
+            }
+        }
+        let index: BTreeMap<&str, usize> = list
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| (p.id.as_str(), i))
+            .collect();
+        let use_: Vec<bool> = e
+            .patches
+            .iter()
+            .map(|p| {
+                index.get(p.as_str()).is_some_and(|&i| informative[i]) && !dup_of.contains_key(p)
+            })
+            .collect();
+        let z = robust_z(&dist, &use_);
+        for (i, id) in e.patches.iter().enumerate() {
+            if use_[i] && z[i] > Z {
+                flag(&mut lines, id, "outlier")
+                    .z
+                    .insert("knn_distance".into(), z[i]);
+            }
+        }
+        if let Some(set) = version.sets.get(&params.coreset) {
+            let row: BTreeMap<&str, usize> = e
+                .patches
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.as_str(), i))
+                .collect();
+            let picks: Vec<usize> = set
+                .patches
+                .iter()
+                .filter_map(|p| row.get(p.as_str()).copied())
+                .collect();
+            for i in 0..e.rows {
+                let best = picks
+                    .iter()
+                    .max_by(|&&a, &&b| dot(&x, e.dim, i, a).total_cmp(&dot(&x, e.dim, i, b)))
+                    .map(|&p| e.patches[p].clone());
+                if let Some(b) = best {
+                    *report.per_cluster.entry(b).or_default() += 1;
+                }
+            }
+            report.cluster_imbalance = imbalance(&report.per_cluster);
+            let mut picks_per: BTreeMap<String, usize> = BTreeMap::new();
+            for p in &set.patches {
+                *picks_per
+                    .entry(super::coreset::condition_of(&version, p))
+                    .or_default() += 1;
+            }
+            report.under_covered = condition_counts(&version, &list)
+                .iter()
+                .filter(|(c, count)| {
+                    let fair = set.patches.len() as f64 * **count as f64 / n as f64;
+                    (picks_per.get(*c).copied().unwrap_or(0) as f64) < 0.5 * fair
+                })
+                .map(|(c, _)| c.clone())
+                .collect();
+        }
+    }
+    report.per_condition = condition_counts(&version, &list);
+    report.condition_imbalance = imbalance(&report.per_condition).unwrap_or(1.0);
+    for line in lines.values() {
+        for f in &line.flags {
+            *report.by_flag.entry(f.clone()).or_default() += 1;
+        }
+    }
+    report.flagged = lines.len();
+    let mut text = Vec::new();
+    for line in lines.values() {
+        serde_json::to_writer(&mut text, line)?;
+        text.push(b'\n');
+    }
+    version.other.insert("qc.jsonl".into(), text);
+    let summary = format!(
+        "qc: {} of {n} patches flagged ({}); condition imbalance {:.2}{}",
+        report.flagged,
+        report
+            .by_flag
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        report.condition_imbalance,
+        if report.under_covered.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; core set under-covers {}",
+                report.under_covered.join(", ")
+            )
+        }
+    );
+    let mut record = repo.stage_record("qc", serde_json::to_value(params)?, None, &summary);
+    record
+        .outputs
+        .insert("qc.jsonl".into(), format!("{} flagged", report.flagged));
+    record
+        .outputs
+        .insert("summary".into(), serde_json::to_string(&report)?);
+    Ok((Some((version, record)), report))
+}
+
+/// Adds flag `f` to patch `id`'s line (creating it) and returns the line.
+fn flag<'a>(lines: &'a mut BTreeMap<String, QcLine>, id: &str, f: &str) -> &'a mut QcLine {
+    let line = lines.entry(id.to_string()).or_insert_with(|| QcLine {
+        patch: id.into(),
+        flags: Vec::new(),
+        duplicate_of: None,
+        z: BTreeMap::new(),
+    });
+    line.flags.push(f.to_string());
+    line
+}
+
+fn stats_blank(list: &PatchList, stats: &[TileStats], id: &str) -> bool {
+    list.items
+        .iter()
+        .position(|(_, p)| p.id == id)
+        .is_some_and(|i| stats[i].blank)
+}
+
+fn dot(x: &[f32], d: usize, a: usize, b: usize) -> f32 {
+    x[a * d..(a + 1) * d]
+        .iter()
+        .zip(&x[b * d..(b + 1) * d])
+        .map(|(p, q)| p * q)
+        .sum()
+}
+
+fn condition_counts(version: &DatasetVersion, list: &PatchList) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (_, p) in &list.items {
+        *out.entry(super::coreset::condition_of(version, &p.id))
+            .or_default() += 1;
+    }
+    out
+}
+
+fn imbalance(counts: &BTreeMap<String, usize>) -> Option<f64> {
+    let max = *counts.values().max()?;
+    let min = *counts.values().min()?;
+    Some(max as f64 / min.max(1) as f64)
+}
+
+/// The QC lines of a version (empty when `qc` has not run).
+pub fn qc_lines(version: &DatasetVersion) -> Result<Vec<QcLine>> {
+    let Some(text) = version.other.get("qc.jsonl") else {
+        return Ok(Vec::new());
+    };
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).context("qc.jsonl: malformed line"))
+        .collect()
+}
 
 /// Patch ids carrying any of `flags` in the version's `qc.jsonl` (empty when `flags` is).
 pub fn flagged_patches(version: &DatasetVersion, flags: &[String]) -> Result<BTreeSet<String>> {
@@ -13,5 +439,9 @@ pub fn flagged_patches(version: &DatasetVersion, flags: &[String]) -> Result<BTr
         version.other.contains_key("qc.jsonl"),
         "--exclude needs QC flags: run `biodc qc` first"
     );
-    Ok(BTreeSet::new())
+    Ok(qc_lines(version)?
+        .into_iter()
+        .filter(|l| l.flags.iter().any(|f| flags.contains(f)))
+        .map(|l| l.patch)
+        .collect())
 }

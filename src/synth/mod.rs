@@ -4,6 +4,8 @@
 
 pub mod expert;
 mod render;
+
+pub use render::gaussian_blur;
 mod vessels;
 
 use crate::io::{Dtype, Plane, Stack, StackInfo};
