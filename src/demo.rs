@@ -1,10 +1,11 @@
 //! `biodc demo`: the loop on a synthetic cohort, stage by stage, with one line per outcome.
 //!
-//! Built so far: synth → init → import → pretrain → embed → coreset. The stages after the
-//! core set (annotate, train, hunt, monitor, report) are listed as not built yet.
+//! Built so far: synth → init → import → pretrain → embed → qc → coreset → export the core set →
+//! annotate (a simulated expert returns ground-truth masks). The stages after annotation
+//! (train, hunt, monitor, report) are listed as not built yet.
 
 use crate::repo::{Config, Repo};
-use crate::stages::{self, coreset, embed, import, pretrain};
+use crate::stages::{self, annotate, coreset, embed, export, import, pretrain, qc};
 use crate::synth::{write_cohort, SynthParams};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -109,6 +110,23 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<()> {
         ),
     );
 
+    let qp = qc::QcParams {
+        model: "mae".into(),
+        coreset: "coreset".into(),
+    };
+    let (_, r) = stages::run(&repo, |repo, head, v| qc::qc(repo, head, v, &qp))?;
+    let flags: Vec<String> = r.by_flag.iter().map(|(f, n)| format!("{f} {n}")).collect();
+    say(
+        "qc",
+        format!(
+            "{} of {} patches flagged ({}); condition imbalance {:.2}",
+            r.flagged,
+            r.patches,
+            flags.join(", "),
+            r.condition_imbalance
+        ),
+    );
+
     let cp = coreset::CoresetParams {
         k: 25,
         model: "mae".into(),
@@ -116,7 +134,9 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<()> {
         name: "coreset".into(),
         method: coreset::Method::Kcover,
         seed,
-        exclude: Vec::new(),
+        exclude: ["blank", "duplicate", "saturated", "blurred", "odd_texture"]
+            .map(String::from)
+            .to_vec(),
     };
     let (_, r) = stages::run(&repo, |repo, head, v| coreset::coreset(repo, head, v, &cp))?;
     let covered: Vec<String> = r
@@ -133,8 +153,24 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<()> {
         ),
     );
 
+    let (_, version) = repo.version(None)?;
+    let todo = dir.join("to_annotate");
+    let n = export::export_set(&repo, &version, "coreset", &todo)?;
+    let masks = dir.join("masks-core");
+    crate::synth::expert::write_masks(&cohort, &version, &version.sets["coreset"].patches, &masks)?;
+    let ap = annotate::AnnotateParams {
+        dir: masks,
+        round: "core".into(),
+        annotator: "simulated-expert".into(),
+        origin: None,
+    };
+    let (_, r) = stages::run(&repo, |repo, head, v| {
+        annotate::annotate(repo, head, v, &ap)
+    })?;
+    say("annotate", format!("{n} core-set patches exported to {}; the simulated expert returned {} masks ({:.1} % vessel)", todo.display(), r.masks, 100.0 * r.foreground_fraction));
+
     println!(
-        "\nnot built yet: qc, annotate (simulated expert), train M0/M1, hunt, monitor (RCA), report.\n\
+        "\nnot built yet: train M0/M1, hunt, monitor (RCA), report.\n\
          Inspect what was recorded: biodc -C {} log --oneline",
         project.display()
     );
