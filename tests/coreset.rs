@@ -27,35 +27,15 @@ fn conditions_covered(project: &std::path::Path, set: &str) -> (usize, f64) {
 fn kcover_beats_random_on_coverage_in_five_seeds() {
     let (mut random_full, mut kcover_full) = (0, 0);
     for seed in 0..5u64 {
-        let tmp = tempfile::tempdir().unwrap();
-        let cohort = tmp.path().join("cohort");
         let s = seed.to_string();
-        ok(
-            tmp.path(),
-            &[
-                "synth",
-                "--out",
-                cohort.to_str().unwrap(),
-                "--stacks",
-                "12",
-                "--shape",
-                "2,256,256",
-                "--seed",
-                &s,
-                "--no-defects",
-            ],
-        );
-        let project = tmp.path().join("p");
-        std::fs::create_dir_all(&project).unwrap();
-        ok(&project, &["init", "--patch", "128"]);
-        ok(
-            &project,
-            &[
-                "import",
-                cohort.join("images").to_str().unwrap(),
-                "--condition-from-dir",
-            ],
-        );
+        let (_tmp, project, cohort) = project_with(Cohort {
+            stacks: 12,
+            shape: "2,256,256",
+            seed,
+            patch: 128,
+            defects: false,
+        });
+        import_cohort(&project, &cohort);
         ok(&project, &["pretrain", "--epochs", "4", "--seed", &s]);
         ok(&project, &["embed"]);
         ok(&project, &["coreset", "-k", "8"]);

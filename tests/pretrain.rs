@@ -24,42 +24,14 @@ const TRAIN: &[&str] = &[
 ];
 
 fn cohort_project(defects: bool) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    cohort_project_sized(defects, "2,128,128", "64")
-}
-
-fn cohort_project_sized(
-    defects: bool,
-    shape: &str,
-    patch: &str,
-) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let cohort = tmp.path().join("cohort");
-    let mut args = vec![
-        "synth",
-        "--out",
-        cohort.to_str().unwrap(),
-        "--stacks",
-        "12",
-        "--shape",
-        shape,
-        "--seed",
-        "11",
-    ];
-    if !defects {
-        args.push("--no-defects");
-    }
-    ok(tmp.path(), &args);
-    let project = tmp.path().join("p");
-    std::fs::create_dir_all(&project).unwrap();
-    ok(&project, &["init", "--patch", patch]);
-    ok(
-        &project,
-        &[
-            "import",
-            cohort.join("images").to_str().unwrap(),
-            "--condition-from-dir",
-        ],
-    );
+    let (tmp, project, cohort) = project_with(Cohort {
+        stacks: 12,
+        shape: "2,128,128",
+        seed: 11,
+        patch: 64,
+        defects,
+    });
+    import_cohort(&project, &cohort);
     (tmp, project, cohort)
 }
 
@@ -167,7 +139,14 @@ fn knn_accuracy(x: &[Vec<f32>], labels: &[String], k: usize) -> f64 {
 #[test]
 fn mae_embeddings_separate_conditions_better_than_raw_pixels() {
     let size = 128;
-    let (_tmp, project, _) = cohort_project_sized(false, "2,256,256", "128");
+    let (_tmp, project, cohort) = project_with(Cohort {
+        stacks: 12,
+        shape: "2,256,256",
+        seed: 11,
+        patch: 128,
+        defects: false,
+    });
+    import_cohort(&project, &cohort);
     ok(
         &project,
         &[

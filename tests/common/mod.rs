@@ -49,28 +49,63 @@ pub fn object_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A fresh project with a small synthetic cohort written beside it: (tempdir, project, cohort).
-pub fn project_with_cohort(stacks: usize, shape: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+/// A synthetic cohort to test on.
+pub struct Cohort<'a> {
+    pub stacks: usize,
+    pub shape: &'a str,
+    pub seed: u64,
+    /// Patch edge the project is initialised with.
+    pub patch: usize,
+    pub defects: bool,
+}
+
+/// A fresh, initialised project with `c` written beside it: (tempdir, project, cohort).
+pub fn project_with(c: Cohort) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("project");
     let cohort = tmp.path().join("cohort");
     std::fs::create_dir_all(&project).unwrap();
-    ok(&project, &["init"]);
+    ok(&project, &["init", "--patch", &c.patch.to_string()]);
+    let (stacks, seed) = (c.stacks.to_string(), c.seed.to_string());
+    let mut args = vec![
+        "synth",
+        "--out",
+        cohort.to_str().unwrap(),
+        "--stacks",
+        &stacks,
+        "--shape",
+        c.shape,
+        "--seed",
+        &seed,
+    ];
+    if !c.defects {
+        args.push("--no-defects");
+    }
+    ok(tmp.path(), &args);
+    (tmp, project, cohort)
+}
+
+/// [`project_with`] 224-pixel patches, seed 3, defects planted.
+pub fn project_with_cohort(stacks: usize, shape: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    project_with(Cohort {
+        stacks,
+        shape,
+        seed: 3,
+        patch: 224,
+        defects: true,
+    })
+}
+
+/// Imports the cohort's images, tagging conditions from their folders.
+pub fn import_cohort(project: &Path, cohort: &Path) {
     ok(
-        tmp.path(),
+        project,
         &[
-            "synth",
-            "--out",
-            cohort.to_str().unwrap(),
-            "--stacks",
-            &stacks.to_string(),
-            "--shape",
-            shape,
-            "--seed",
-            "3",
+            "import",
+            cohort.join("images").to_str().unwrap(),
+            "--condition-from-dir",
         ],
     );
-    (tmp, project, cohort)
 }
 
 pub fn fixture(name: &str) -> PathBuf {
