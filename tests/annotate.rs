@@ -69,17 +69,14 @@ fn every_bad_mask_is_reported_and_nothing_is_imported() {
 
 #[test]
 fn core_set_round_trip_shows_exactly_the_new_masks() {
-    let (tmp, project, cohort) = project_with_cohort(8, "2,128,128");
-    std::fs::remove_dir_all(project.join(".biodc")).unwrap();
-    ok(&project, &["init", "--patch", "64"]);
-    ok(
-        &project,
-        &[
-            "import",
-            cohort.join("images").to_str().unwrap(),
-            "--condition-from-dir",
-        ],
-    );
+    let (tmp, project, cohort) = project_with(Cohort {
+        stacks: 8,
+        shape: "2,128,128",
+        seed: 3,
+        patch: 64,
+        defects: true,
+    });
+    import_cohort(&project, &cohort);
     ok(&project, &["pretrain", "--max-steps", "4", "--batch", "8"]);
     ok(&project, &["embed"]);
     ok(&project, &["coreset", "-k", "6"]);
