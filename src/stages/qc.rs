@@ -151,6 +151,20 @@ fn tubularity(v: &[f32], size: usize) -> f64 {
     }
 }
 
+/// [`robust_z`] computed separately within each group.
+fn grouped_robust_z(values: &[f64], use_: &[bool], groups: &[String]) -> Vec<f64> {
+    let mut out = vec![0.0; values.len()];
+    for g in groups.iter().collect::<BTreeSet<_>>() {
+        let idx: Vec<usize> = (0..values.len()).filter(|&i| &groups[i] == g).collect();
+        let v: Vec<f64> = idx.iter().map(|&i| values[i]).collect();
+        let u: Vec<bool> = idx.iter().map(|&i| use_[i]).collect();
+        for (k, z) in robust_z(&v, &u).into_iter().enumerate() {
+            out[idx[k]] = z;
+        }
+    }
+    out
+}
+
 /// Robust z-scores (median / 1.4826·MAD) of `values` over the entries where `use_[i]`.
 fn robust_z(values: &[f64], use_: &[bool]) -> Vec<f64> {
     let mut v: Vec<f64> = values
@@ -211,18 +225,35 @@ pub fn qc(
         .iter()
         .map(|s| !s.blank && s.saturated < SATURATED)
         .collect();
-    let sharp_z = robust_z(
+    // Conditions are acquired apart (and may be different specimens or modalities): each patch
+    // is compared with its own condition.
+    let groups: Vec<String> = list
+        .items
+        .iter()
+        .map(|(_, p)| super::coreset::condition_of(&version, &p.id))
+        .collect();
+    let z_of = |f: fn(&TileStats) -> f64| {
+        grouped_robust_z(
+            &stats.iter().map(f).collect::<Vec<_>>(),
+            &informative,
+            &groups,
+        )
+    };
+    // Sharpness is only judged where there is structure: a patch of pure noise (p99 less than
+    // 5 σ above the median) has the highest Laplacian variance of all and would make every
+    // real structure look blurred.
+    let structured: Vec<bool> = stats
+        .iter()
+        .zip(&informative)
+        .map(|(s, &i)| i && s.log_snr > 5f64.ln())
+        .collect();
+    let sharp_z = grouped_robust_z(
         &stats.iter().map(|s| s.log_sharpness).collect::<Vec<_>>(),
-        &informative,
+        &structured,
+        &groups,
     );
-    let snr_z = robust_z(
-        &stats.iter().map(|s| s.log_snr).collect::<Vec<_>>(),
-        &informative,
-    );
-    let tube_z = robust_z(
-        &stats.iter().map(|s| s.tubularity).collect::<Vec<_>>(),
-        &informative,
-    );
+    let snr_z = z_of(|s| s.log_snr);
+    let tube_z = z_of(|s| s.tubularity);
     for (i, (_, p)) in list.items.iter().enumerate() {
         let s = &stats[i];
         if let Some(orig) = dup_of.get(&p.id) {
@@ -234,7 +265,7 @@ pub fn qc(
         if s.saturated >= SATURATED {
             flag(&mut lines, &p.id, "saturated");
         }
-        if informative[i] && sharp_z[i] < -BLUR_Z {
+        if structured[i] && sharp_z[i] < -BLUR_Z {
             flag(&mut lines, &p.id, "blurred")
                 .z
                 .insert("sharpness".into(), sharp_z[i]);
