@@ -36,9 +36,9 @@ fn stripes(n: usize, size: usize, seed: u64) -> Vec<Vec<f32>> {
     (0..n)
         .map(|_| {
             let (a, f, ph): (f32, f32, f32) = (
-                rng.random_range(0.0..3.14),
+                rng.random_range(0.0..std::f32::consts::PI),
                 rng.random_range(0.3..0.9),
-                rng.random_range(0.0..6.28),
+                rng.random_range(0.0..std::f32::consts::TAU),
             );
             let px: Vec<f32> = (0..size * size)
                 .map(|i| {

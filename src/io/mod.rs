@@ -67,7 +67,7 @@ impl Plane {
     /// Inverse of [`Plane::to_le_bytes`].
     pub fn from_le_bytes(dtype: Dtype, bytes: &[u8]) -> anyhow::Result<Plane> {
         anyhow::ensure!(
-            bytes.len() % dtype.size() == 0,
+            bytes.len().is_multiple_of(dtype.size()),
             "{} bytes is not a whole number of {:?} pixels",
             bytes.len(),
             dtype

@@ -65,7 +65,7 @@ impl TiffStackReader {
         let mut shape: Option<(usize, usize, Dtype)> = None;
         let mut pages = 0usize;
         loop {
-            let (w, h) = guarded(|| decoder.dimensions()).map_err(|e| here(e))?;
+            let (w, h) = guarded(|| decoder.dimensions()).map_err(&here)?;
             let dtype = page_dtype(&mut decoder).map_err(|e| here(format!("page {pages}: {e}")))?;
             check_inside_file(&mut decoder, file_len)
                 .map_err(|e| here(format!("page {pages}: {e}")))?;

@@ -267,7 +267,7 @@ impl Block {
         let a = dropout(&a, self.dropout, rng.as_deref_mut())?;
         let x = (x + a)?;
         let h = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu()?;
-        let h = dropout(&h, self.dropout, rng.as_deref_mut())?;
+        let h = dropout(&h, self.dropout, rng)?;
         let h = self.fc2.forward(&h)?;
         Ok((x + h)?)
     }

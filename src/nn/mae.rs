@@ -242,7 +242,7 @@ pub fn l2_normalize(v: &Tensor) -> Result<Tensor> {
 /// A (dim × 256) matrix with orthonormal columns when dim ≥ 256 (Gram–Schmidt on Gaussian
 /// columns from a fixed seed), so distances between embeddings are kept as well as possible.
 fn fixed_projection(dim: usize, dev: &Device) -> Result<Tensor> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x6269_6f64_63);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x0062_696f_6463);
     let mut cols: Vec<Vec<f32>> = Vec::with_capacity(EMBED_DIM);
     for _ in 0..EMBED_DIM {
         let mut v: Vec<f32> = (0..dim).map(|_| normal(&mut rng)).collect();

@@ -67,7 +67,7 @@ impl VitConfig {
 
     /// The same architecture on `size`×`size` patches (a multiple of the patch size).
     pub fn with_image_size(mut self, size: usize) -> Result<VitConfig> {
-        if size % self.patch_size != 0 || size == 0 {
+        if !size.is_multiple_of(self.patch_size) || size == 0 {
             bail!(
                 "patch edge {size} is not a multiple of the ViT patch size {}",
                 self.patch_size

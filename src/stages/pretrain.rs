@@ -139,7 +139,7 @@ pub fn pretrain(
                 serde_json::from_slice(&std::fs::read(&pending_file).with_context(|| {
                     format!("no interrupted pretrain named {:?} to resume", params.name)
                 })?)?;
-            if p.head != head.to_string() || p.params != *params {
+            if p.head != head || p.params != *params {
                 bail!(
                     "the interrupted pretrain {:?} was started on version {} with {}; resume needs the same version and parameters",
                     params.name,

@@ -96,7 +96,7 @@ impl Header {
 /// Encodes `raw` as an object file's bytes.
 pub fn encode(kind: Kind, filter: Filter, raw: &[u8], level: i32) -> Result<Vec<u8>> {
     let filter = match filter {
-        Filter::Shuffle(n) if n > 1 && raw.len() % n as usize == 0 => filter,
+        Filter::Shuffle(n) if n > 1 && raw.len().is_multiple_of(n as usize) => filter,
         _ => Filter::None,
     };
     let mut out = Vec::with_capacity(HEADER_LEN + raw.len() / 2);
