@@ -3,28 +3,92 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
-/// Per-patch standardisation: (x − mean) / std; a constant patch becomes zeros. Works the same
-/// for 8-bit, 16-bit and float data, so intensity scale differences between stacks vanish.
+/// Per-patch standardisation: (x − mean) / std, computed in f64 over the finite pixels, so it
+/// is the same for 8-bit, 16-bit and float data and intensity scale differences between stacks
+/// vanish. A constant patch (std below 1e-6 of its level) becomes zeros; NaN and ±∞ pixels
+/// become 0 (the patch mean) instead of poisoning a whole batch.
 pub fn normalize_patch(pixels: &[f32]) -> Vec<f32> {
-    let n = pixels.len().max(1) as f64;
-    let mean = pixels.iter().map(|&p| p as f64).sum::<f64>() / n;
-    let var = pixels
-        .iter()
-        .map(|&p| (p as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n;
+    let finite = || pixels.iter().filter(|p| p.is_finite()).map(|&p| p as f64);
+    let count = finite().count();
+    if count == 0 {
+        return vec![0.0; pixels.len()];
+    }
+    let n = count as f64;
+    let mean = finite().sum::<f64>() / n;
+    let var = finite().map(|p| (p - mean).powi(2)).sum::<f64>() / n;
     let std = var.sqrt();
     if std < 1e-6 * mean.abs().max(1.0) {
         return vec![0.0; pixels.len()];
     }
     pixels
         .iter()
-        .map(|&p| ((p as f64 - mean) / std) as f32)
+        .map(|&p| {
+            if p.is_finite() {
+                ((p as f64 - mean) / std) as f32
+            } else {
+                0.0
+            }
+        })
         .collect()
 }
 
 /// Stacks normalised `size`×`size` patches into a (B, 1, size, size) tensor.
 pub fn batch(patches: &[Vec<f32>], size: usize, dev: &Device) -> Result<Tensor> {
+    if let Some((i, p)) = patches
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.len() != size * size)
+    {
+        anyhow::bail!(
+            "patch {i} of the batch has {} pixels, expected {size}×{size}",
+            p.len()
+        );
+    }
     let data: Vec<f32> = patches.iter().flat_map(|p| p.iter().copied()).collect();
     Ok(Tensor::from_vec(data, (patches.len(), 1, size, size), dev)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mean_std(v: &[f32]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let m = v.iter().map(|&a| a as f64).sum::<f64>() / n;
+        let s = (v.iter().map(|&a| (a as f64 - m).powi(2)).sum::<f64>() / n).sqrt();
+        (m, s)
+    }
+
+    #[test]
+    fn standardises_any_bit_depth() {
+        // 16-bit range, 8-bit range and small floats give the same normalised patch.
+        let base: Vec<f32> = (0..256).map(|i| ((i * 37) % 101) as f32).collect();
+        let u16ish: Vec<f32> = base.iter().map(|v| 20_000.0 + 400.0 * v).collect();
+        let floats: Vec<f32> = base.iter().map(|v| 1e-3 * v).collect();
+        let a = normalize_patch(&base);
+        let (m, s) = mean_std(&a);
+        assert!(m.abs() < 1e-6 && (s - 1.0).abs() < 1e-5, "{m} {s}");
+        for other in [normalize_patch(&u16ish), normalize_patch(&floats)] {
+            for (x, y) in a.iter().zip(&other) {
+                assert!((x - y).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn constant_and_broken_patches() {
+        assert_eq!(normalize_patch(&[65535.0; 16]), vec![0.0; 16]);
+        assert_eq!(normalize_patch(&[0.0; 16]), vec![0.0; 16]);
+        assert_eq!(normalize_patch(&[f32::NAN; 4]), vec![0.0; 4]);
+        let v = normalize_patch(&[1.0, f32::NAN, 3.0, f32::INFINITY]);
+        assert_eq!(v, vec![-1.0, 0.0, 1.0, 0.0]);
+        assert!(normalize_patch(&[]).is_empty());
+    }
+
+    #[test]
+    fn batch_checks_sizes() {
+        let t = batch(&[vec![0.0; 16], vec![1.0; 16]], 4, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[2, 1, 4, 4]);
+        assert!(batch(&[vec![0.0; 15]], 4, &Device::Cpu).is_err());
+    }
 }

@@ -1,12 +1,12 @@
 //! Building blocks shared by the encoder, the MAE decoder and the segmenter: parameters drawn
 //! from a seeded RNG, linear layers, a layer norm with a working gradient, attention, dropout.
 //!
-//! candle's fused `layer_norm`/`softmax_last_dim` returned no gradient in a gradient check
-//! (DESIGN.md §8), so training uses the composite forms here; and CPU random numbers cannot be
-//! seeded in candle, so initial weights and dropout masks come from our own ChaCha RNG.
+//! candle's fused `layer_norm`/`softmax_last_dim` have no backward pass (DESIGN.md §8), so the
+//! layers use the fused kernels with gradients of [`super::ops`]; and CPU random numbers cannot
+//! be seeded in candle, so initial weights and dropout masks come from our own ChaCha RNG.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default)]
 pub struct Params {
     pub vars: BTreeMap<String, Var>,
+    /// Make every parameter zeros without drawing random numbers (a model about to be
+    /// overwritten by a checkpoint).
+    pub skip_init: bool,
 }
 
 /// How a new parameter is initialised.
@@ -39,6 +42,7 @@ impl Params {
         init: Init,
     ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
+        let init = if self.skip_init { Init::Zeros } else { init };
         let data: Vec<f32> = match init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
@@ -90,10 +94,11 @@ pub fn normal(rng: &mut ChaCha8Rng) -> f32 {
 #[derive(Debug, Clone)]
 pub struct Linear {
     w: Tensor,
-    b: Tensor,
+    b: Option<Tensor>,
 }
 
 impl Linear {
+    /// A linear layer with a bias: `{name}.weight` (Xavier-uniform), `{name}.bias` (zeros).
     pub fn new(
         p: &mut Params,
         rng: &mut ChaCha8Rng,
@@ -102,34 +107,49 @@ impl Linear {
         inp: usize,
         out: usize,
     ) -> Result<Linear> {
-        Ok(Linear {
-            w: p.make(
-                rng,
-                dev,
-                &format!("{name}.weight"),
-                &[out, inp],
-                Init::Xavier,
-            )?,
-            b: p.make(rng, dev, &format!("{name}.bias"), &[out], Init::Zeros)?,
-        })
+        Linear::with_bias(p, rng, dev, name, inp, out, true)
     }
 
-    /// Applies to the last dimension of `x` (any leading dimensions).
+    /// A linear layer, with or without its bias.
+    pub fn with_bias(
+        p: &mut Params,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+        name: &str,
+        inp: usize,
+        out: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let w = p.make(
+            rng,
+            dev,
+            &format!("{name}.weight"),
+            &[out, inp],
+            Init::Xavier,
+        )?;
+        let b = bias
+            .then(|| p.make(rng, dev, &format!("{name}.bias"), &[out], Init::Zeros))
+            .transpose()?;
+        Ok(Linear { w, b })
+    }
+
+    /// Applies to the last dimension of `x` (any leading dimensions): one matrix product over
+    /// all rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap();
         let rows = x.elem_count() / inp;
-        let y = x
-            .reshape((rows, inp))?
-            .matmul(&self.w.t()?)?
-            .broadcast_add(&self.b)?;
+        let mut y = x.reshape((rows, inp))?.matmul(&self.w.t()?)?;
+        if let Some(b) = &self.b {
+            y = y.broadcast_add(b)?;
+        }
         let mut out = dims;
         *out.last_mut().unwrap() = self.w.dim(0)?;
         Ok(y.reshape(out)?)
     }
 }
 
-/// Layer norm over the last dimension, written out so it has a gradient.
+/// Layer norm over the last dimension (`{name}.weight`, `{name}.bias`), with a gradient.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     w: Tensor,
@@ -150,12 +170,9 @@ impl LayerNorm {
         })
     }
 
+    /// Normalises the last dimension (eps 1e-6, as MAE), with a gradient ([`super::ops`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + 1e-6)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(&self.w)?.broadcast_add(&self.b)?)
+        Ok(super::ops::layer_norm(x, &self.w, &self.b, 1e-6)?)
     }
 }
 
@@ -196,11 +213,20 @@ impl Attention {
         name: &str,
         dim: usize,
         heads: usize,
+        qkv_bias: bool,
     ) -> Result<Attention> {
+        anyhow::ensure!(
+            heads > 0 && dim.is_multiple_of(heads),
+            "width {dim} is not divisible by {heads} attention heads"
+        );
+        let qkv = |rng: &mut ChaCha8Rng, p: &mut Params, which: &str| {
+            let name = format!("{name}.attention.{which}");
+            Linear::with_bias(p, rng, dev, &name, dim, dim, qkv_bias)
+        };
         Ok(Attention {
-            q: Linear::new(p, rng, dev, &format!("{name}.attention.query"), dim, dim)?,
-            k: Linear::new(p, rng, dev, &format!("{name}.attention.key"), dim, dim)?,
-            v: Linear::new(p, rng, dev, &format!("{name}.attention.value"), dim, dim)?,
+            q: qkv(rng, p, "query")?,
+            k: qkv(rng, p, "key")?,
+            v: qkv(rng, p, "value")?,
             out: Linear::new(p, rng, dev, &format!("{name}.output.dense"), dim, dim)?,
             heads,
         })
@@ -218,7 +244,7 @@ impl Attention {
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let attn = super::ops::softmax_last_dim(&scores)?;
         let y = attn
             .matmul(&v)?
             .transpose(1, 2)?
@@ -228,8 +254,24 @@ impl Attention {
     }
 }
 
-/// A pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)); dropout after the
-/// attention projection and inside the MLP (the MC-dropout sites).
+/// The shape of a transformer block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockDims {
+    /// Token width.
+    pub dim: usize,
+    pub heads: usize,
+    /// Hidden width of the MLP.
+    pub mlp: usize,
+    /// Drop probability at the two dropout sites.
+    pub dropout: f32,
+    /// Whether query, key and value have biases.
+    pub qkv_bias: bool,
+}
+
+/// A pre-norm transformer block: x + Drop(Attn(LN(x))), then x + Drop(MLP(LN(x))), with
+/// GELU in the MLP. The two dropout sites are where Hugging Face's ViT has them (after the
+/// attention output projection and after the MLP's second linear); they are the MC-dropout
+/// sites, on when `forward` is given an RNG.
 #[derive(Debug, Clone)]
 pub struct Block {
     norm1: LayerNorm,
@@ -241,34 +283,49 @@ pub struct Block {
 }
 
 impl Block {
-    #[allow(clippy::too_many_arguments)]
+    /// Parameters under `{name}.layernorm_before`, `{name}.attention.…`,
+    /// `{name}.layernorm_after`, `{name}.intermediate.dense`, `{name}.output.dense`.
     pub fn new(
         p: &mut Params,
         rng: &mut ChaCha8Rng,
         dev: &Device,
         name: &str,
-        dim: usize,
-        heads: usize,
-        mlp: usize,
-        dropout: f32,
+        d: BlockDims,
     ) -> Result<Block> {
+        let dim = d.dim;
         Ok(Block {
             norm1: LayerNorm::new(p, rng, dev, &format!("{name}.layernorm_before"), dim)?,
-            attn: Attention::new(p, rng, dev, &format!("{name}.attention"), dim, heads)?,
+            attn: Attention::new(
+                p,
+                rng,
+                dev,
+                &format!("{name}.attention"),
+                dim,
+                d.heads,
+                d.qkv_bias,
+            )?,
             norm2: LayerNorm::new(p, rng, dev, &format!("{name}.layernorm_after"), dim)?,
-            fc1: Linear::new(p, rng, dev, &format!("{name}.intermediate.dense"), dim, mlp)?,
-            fc2: Linear::new(p, rng, dev, &format!("{name}.output.dense"), mlp, dim)?,
-            dropout,
+            fc1: Linear::new(
+                p,
+                rng,
+                dev,
+                &format!("{name}.intermediate.dense"),
+                dim,
+                d.mlp,
+            )?,
+            fc2: Linear::new(p, rng, dev, &format!("{name}.output.dense"), d.mlp, dim)?,
+            dropout: d.dropout,
         })
     }
 
+    /// (B, N, D) → (B, N, D). `rng` switches dropout on, its masks drawn from that RNG.
     pub fn forward(&self, x: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         let a = self.attn.forward(&self.norm1.forward(x)?)?;
         let a = dropout(&a, self.dropout, rng.as_deref_mut())?;
         let x = (x + a)?;
-        let h = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu()?;
-        let h = dropout(&h, self.dropout, rng)?;
+        let h = super::ops::gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         let h = self.fc2.forward(&h)?;
+        let h = dropout(&h, self.dropout, rng)?;
         Ok((x + h)?)
     }
 }
@@ -276,16 +333,22 @@ impl Block {
 /// Fixed 2D sin-cos position embeddings for a `grid`×`grid` token grid, with a zero row first
 /// for the CLS token: (1, 1 + grid², dim).
 pub fn sincos_2d(grid: usize, dim: usize, dev: &Device) -> Result<Tensor> {
+    anyhow::ensure!(
+        dim.is_multiple_of(4),
+        "width {dim} must be a multiple of 4 for 2D sin-cos positions"
+    );
     let quarter = dim / 4;
     let mut data = vec![0f32; (1 + grid * grid) * dim];
     for gy in 0..grid {
         for gx in 0..grid {
             let row = &mut data[(1 + gy * grid + gx) * dim..(2 + gy * grid + gx) * dim];
-            for (half, pos) in [(0, gx as f32), (1, gy as f32)] {
+            // As MAE's get_2d_sincos_pos_embed (in f64, then f32): the first half encodes the
+            // column, the second the row; each half is [sin(pos·ω), cos(pos·ω)].
+            for (half, pos) in [(0, gx as f64), (1, gy as f64)] {
                 for i in 0..quarter {
-                    let omega = 1.0 / 10000f32.powf(i as f32 / quarter as f32);
-                    row[half * 2 * quarter + i] = (pos * omega).sin();
-                    row[half * 2 * quarter + quarter + i] = (pos * omega).cos();
+                    let omega = 1.0 / 10000f64.powf(i as f64 / quarter as f64);
+                    row[half * 2 * quarter + i] = (pos * omega).sin() as f32;
+                    row[half * 2 * quarter + quarter + i] = (pos * omega).cos() as f32;
                 }
             }
         }
@@ -311,4 +374,182 @@ pub fn unpatchify(x: &Tensor, p: usize) -> Result<Tensor> {
         .permute((0, 3, 1, 4, 2, 5))?
         .contiguous()?
         .reshape((b, 1, g * p, g * p))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| normal(&mut rng)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_and_has_a_gradient() {
+        let mut p = Params::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let ln = LayerNorm::new(&mut p, &mut rng, &Device::Cpu, "ln", 16).unwrap();
+        let x = randn(&[2, 5, 16], 1);
+        let ours = ln.forward(&x).unwrap();
+        let ones = Tensor::ones(16, DType::F32, &Device::Cpu).unwrap();
+        let zeros = Tensor::zeros(16, DType::F32, &Device::Cpu).unwrap();
+        let fused = candle_nn::ops::layer_norm(&x, &ones, &zeros, 1e-6).unwrap();
+        assert!(max_diff(&ours, &fused) < 1e-5);
+        let xv = Var::from_tensor(&x).unwrap();
+        let g = ln
+            .forward(xv.as_tensor())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(xv.as_tensor()).is_some());
+        assert!(g.get(&p.vars["ln.weight"]).is_some());
+        assert!(g.get(&p.vars["ln.bias"]).is_some());
+    }
+
+    #[test]
+    fn linear_with_and_without_bias() {
+        let mut p = Params::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let dev = Device::Cpu;
+        let a = Linear::new(&mut p, &mut rng, &dev, "a", 8, 4).unwrap();
+        let b = Linear::with_bias(&mut p, &mut rng, &dev, "b", 8, 4, false).unwrap();
+        assert!(p.vars.contains_key("a.bias") && !p.vars.contains_key("b.bias"));
+        assert_eq!(p.vars["a.weight"].dims(), &[4, 8]);
+        let x = randn(&[3, 2, 8], 2);
+        assert_eq!(a.forward(&x).unwrap().dims(), &[3, 2, 4]);
+        // Xavier-uniform bound.
+        let w: Vec<f32> = p.vars["b.weight"].flatten_all().unwrap().to_vec1().unwrap();
+        let bound = (6.0f32 / 12.0).sqrt();
+        assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > bound / 2.0));
+        let y = b.forward(&x).unwrap();
+        let want = x
+            .reshape((6, 8))
+            .unwrap()
+            .matmul(&p.vars["b.weight"].t().unwrap())
+            .unwrap()
+            .reshape((3, 2, 4))
+            .unwrap();
+        assert!(max_diff(&y, &want) < 1e-6);
+    }
+
+    #[test]
+    fn dropout_is_seeded_scaled_and_off_without_rng() {
+        let x = Tensor::ones((4, 1000), DType::F32, &Device::Cpu).unwrap();
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            dropout(&x, 0.25, Some(&mut rng))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (a, b, c) = (draw(1), draw(1), draw(2));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let zeros = a.iter().filter(|&&v| v == 0.0).count() as f32 / a.len() as f32;
+        assert!((zeros - 0.25).abs() < 0.03, "{zeros}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        assert!((mean - 1.0).abs() < 0.05);
+        assert_eq!(max_diff(&dropout(&x, 0.25, None).unwrap(), &x), 0.0);
+    }
+
+    #[test]
+    fn patchify_round_trips_in_row_major_order() {
+        let x = Tensor::arange(0f32, 64.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 8, 8))
+            .unwrap();
+        let p = patchify(&x, 4).unwrap();
+        assert_eq!(p.dims(), &[1, 4, 16]);
+        let rows: Vec<Vec<f32>> = p.squeeze(0).unwrap().to_vec2().unwrap();
+        // Token 1 is the top-right patch; its first row is pixels 4..8 of image row 0.
+        assert_eq!(&rows[1][..4], &[4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(rows[2][0], 32.0);
+        assert_eq!(max_diff(&unpatchify(&p, 4).unwrap(), &x), 0.0);
+    }
+
+    #[test]
+    fn sincos_positions_follow_mae() {
+        let (g, d) = (3, 8);
+        let pos: Vec<Vec<f32>> = sincos_2d(g, d, &Device::Cpu)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(pos.len(), 1 + g * g);
+        assert!(pos[0].iter().all(|&v| v == 0.0));
+        // Token (y=1, x=2): first half from x, second from y; ω = 1, 1/100 for d/4 = 2.
+        let t = &pos[1 + g + 2];
+        let want = [
+            2f64.sin(),
+            0.02f64.sin(),
+            2f64.cos(),
+            0.02f64.cos(),
+            1f64.sin(),
+            0.01f64.sin(),
+            1f64.cos(),
+            0.01f64.cos(),
+        ];
+        for (a, b) in t.iter().zip(want) {
+            assert!((*a as f64 - b).abs() < 1e-6);
+        }
+        assert!(sincos_2d(2, 6, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn attention_gradient_reaches_every_projection() {
+        let mut p = Params::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let dev = Device::Cpu;
+        let dims = BlockDims {
+            dim: 16,
+            heads: 2,
+            mlp: 32,
+            dropout: 0.1,
+            qkv_bias: true,
+        };
+        let block = Block::new(&mut p, &mut rng, &dev, "blk", dims).unwrap();
+        let x = randn(&[2, 5, 16], 4);
+        let y = block.forward(&x, Some(&mut rng)).unwrap();
+        assert_eq!(y.dims(), &[2, 5, 16]);
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in &p.vars {
+            let n: f32 = g
+                .get(var)
+                .unwrap_or_else(|| panic!("{name}: no gradient"))
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(n > 0.0, "{name}: zero gradient");
+        }
+        let bad = BlockDims { heads: 3, ..dims };
+        assert!(Block::new(&mut p, &mut rng, &dev, "bad", bad).is_err());
+    }
 }

@@ -1,5 +1,12 @@
 //! Training: AdamW with warmup + cosine learning rate, all randomness from one ChaCha RNG, and
 //! a state (weights, optimiser moments, step, RNG) that saves to bytes and resumes bit-exactly.
+//!
+//! AdamW is written out here rather than taken from `candle_nn::AdamW` for two reasons:
+//! candle's keeps its moments and step count private, so a run could not be saved and resumed
+//! bit-exactly; and it decays every tensor, while MAE (and timm/PyTorch practice) exempts
+//! biases and layer-norm weights. The update is PyTorch's AdamW (decoupled weight decay):
+//! `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `θ ← θ − lr·(m̂/(√v̂+ε) + λθ)` for tensors of
+//! rank ≥ 2, without the `λθ` term for rank-1 tensors.
 
 use super::checkpoint::{from_safetensors, to_safetensors};
 use super::mae::{Mae, MaeConfig};
@@ -54,7 +61,12 @@ pub struct Trainer {
 impl Trainer {
     /// A fresh model and optimiser; every random number comes from `seed`.
     pub fn new(model: &MaeConfig, cfg: TrainConfig, seed: u64, dev: &Device) -> Result<Trainer> {
-        let mae = Mae::new(model, seed, dev)?;
+        Trainer::around(Mae::new(model, seed, dev)?, cfg, seed)
+    }
+
+    /// A trainer at step 0 for `mae`; masks and dropout from `seed` (stream 1; the weights
+    /// were drawn from stream 0).
+    fn around(mae: Mae, cfg: TrainConfig, seed: u64) -> Result<Trainer> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(1);
         let moments = mae
@@ -113,6 +125,9 @@ impl Trainer {
             t.insert(format!("m/{name}"), m.clone());
             t.insert(format!("v/{name}"), v.clone());
         }
+        if let Some(p) = self.mae.projection() {
+            t.insert(super::checkpoint::PROJECTION.into(), p.clone());
+        }
         let mut rng_state = self.rng.get_seed().to_vec();
         rng_state.extend(self.rng.get_stream().to_le_bytes());
         rng_state.extend(self.rng.get_word_pos().to_le_bytes());
@@ -133,7 +148,7 @@ impl Trainer {
         dev: &Device,
     ) -> Result<Trainer> {
         let t = from_safetensors(bytes, dev)?;
-        let mut trainer = Trainer::new(model, cfg, 0, dev)?;
+        let mut trainer = Trainer::around(Mae::zeroed(model, dev)?, cfg, 0)?;
         let get = |k: &str| {
             t.get(k)
                 .with_context(|| format!("training state lacks {k}"))
@@ -142,8 +157,21 @@ impl Trainer {
             var.set(get(&format!("w/{name}"))?)?;
         }
         for (name, (m, v)) in trainer.moments.iter_mut() {
-            *m = get(&format!("m/{name}"))?.clone();
-            *v = get(&format!("v/{name}"))?.clone();
+            for (slot, key) in [(m, format!("m/{name}")), (v, format!("v/{name}"))] {
+                let t = get(&key)?;
+                anyhow::ensure!(
+                    t.dims() == slot.dims(),
+                    "training state tensor {key} is {:?}, expected {:?}",
+                    t.dims(),
+                    slot.dims()
+                );
+                *slot = t.clone();
+            }
+        }
+        if let Some(p) = t.get(super::checkpoint::PROJECTION) {
+            if model.encoder.dim != super::mae::EMBED_DIM {
+                trainer.mae.set_projection(p.clone())?;
+            }
         }
         let rng: Vec<u8> = get("rng")?.to_dtype(DType::U8)?.to_vec1()?;
         anyhow::ensure!(rng.len() == 56, "training state has a malformed RNG");
@@ -154,4 +182,44 @@ impl Trainer {
         trainer.step = get("step")?.to_vec1::<u32>()?[0] as u64;
         Ok(trainer)
     }
+}
+
+/// Images per second of a training step and of [`Mae::embed`], measured on `dev`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Throughput {
+    pub train_images_per_s: f64,
+    pub embed_images_per_s: f64,
+}
+
+/// Times `steps` training steps and `steps` embedding batches of `batch` random images of the
+/// configured size (after one warm-up of each). For benchmarks; no assertion on the result.
+pub fn measure_throughput(
+    model: &MaeConfig,
+    batch: usize,
+    steps: usize,
+    dev: &Device,
+) -> Result<Throughput> {
+    let s = model.encoder.image_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let data: Vec<f32> = (0..batch * s * s)
+        .map(|_| super::layers::normal(&mut rng))
+        .collect();
+    let x = Tensor::from_vec(data, (batch, 1, s, s), dev)?;
+    let mut trainer = Trainer::new(model, TrainConfig::new(1e-4, steps as u64 + 1), 0, dev)?;
+    trainer.step(&x)?;
+    let t0 = std::time::Instant::now();
+    for _ in 0..steps {
+        trainer.step(&x)?;
+    }
+    let train = (steps * batch) as f64 / t0.elapsed().as_secs_f64();
+    trainer.mae.embed(&x)?.to_vec2::<f32>()?;
+    let t0 = std::time::Instant::now();
+    for _ in 0..steps {
+        trainer.mae.embed(&x)?.to_vec2::<f32>()?;
+    }
+    let embed = (steps * batch) as f64 / t0.elapsed().as_secs_f64();
+    Ok(Throughput {
+        train_images_per_s: train,
+        embed_images_per_s: embed,
+    })
 }

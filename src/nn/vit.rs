@@ -1,7 +1,7 @@
 //! The ViT encoder (patch 16 on single-channel patches), named as Hugging Face's ViT-MAE names
 //! its tensors so a biodc encoder loads in Python too.
 
-use super::layers::{patchify, sincos_2d, Block, Init, LayerNorm, Params};
+use super::layers::{patchify, sincos_2d, Block, BlockDims, Init, LayerNorm, Params};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -19,10 +19,18 @@ pub struct VitConfig {
     pub mlp_ratio: usize,
     /// Drop probability at the dropout sites (used in training and for MC dropout).
     pub dropout: f32,
+    /// Whether query, key and value projections have biases (Hugging Face's `qkv_bias`).
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl VitConfig {
-    /// dim 192, depth 4, 3 heads: trains on 2 CPU cores in minutes.
+    /// dim 192, depth 4, 3 heads (1.83 M parameters): on the 2-core development machine, MAE
+    /// training runs at ≈ 20–30 images/s and embedding at ≈ 55–95 images/s (224², batch 8).
     pub fn tiny() -> VitConfig {
         VitConfig {
             image_size: 224,
@@ -33,10 +41,12 @@ impl VitConfig {
             heads: 3,
             mlp_ratio: 4,
             dropout: 0.1,
+            qkv_bias: true,
         }
     }
 
-    /// dim 384, depth 12, 6 heads (ViT-S/16).
+    /// dim 384, depth 12, 6 heads (ViT-S/16, 21.4 M parameters; ≈ 4 images/s training on
+    /// 2 cores).
     pub fn small() -> VitConfig {
         VitConfig {
             dim: 384,
@@ -46,7 +56,8 @@ impl VitConfig {
         }
     }
 
-    /// dim 768, depth 12, 12 heads (ViT-B/16, the seed paper's encoder).
+    /// dim 768, depth 12, 12 heads (ViT-B/16, the seed paper's encoder; 85.3 M parameters,
+    /// ≈ 1 image/s training on 2 cores: for a GPU).
     pub fn base() -> VitConfig {
         VitConfig {
             dim: 768,
@@ -56,6 +67,7 @@ impl VitConfig {
         }
     }
 
+    /// The preset called `name`: `tiny`, `small` or `base`.
     pub fn by_name(name: &str) -> Result<VitConfig> {
         Ok(match name {
             "tiny" => VitConfig::tiny(),
@@ -77,10 +89,40 @@ impl VitConfig {
         Ok(self)
     }
 
+    /// Checks that the numbers fit together (patch grid, heads, sin-cos positions).
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.patch_size > 0
+            && self.image_size >= self.patch_size
+            && self.image_size.is_multiple_of(self.patch_size);
+        if !ok {
+            bail!(
+                "image size {} is not a positive multiple of the patch size {}",
+                self.image_size,
+                self.patch_size
+            );
+        }
+        if self.channels == 0 || self.depth == 0 || self.mlp_ratio == 0 {
+            bail!("channels, depth and mlp_ratio must be positive");
+        }
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) || !self.dim.is_multiple_of(4) {
+            bail!(
+                "width {} must be a multiple of 4 and of the number of heads {}",
+                self.dim,
+                self.heads
+            );
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("dropout {} must be in [0, 1)", self.dropout);
+        }
+        Ok(())
+    }
+
+    /// Number of patches along one side.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
 
+    /// Number of patch tokens (CLS not counted).
     pub fn tokens(&self) -> usize {
         self.grid() * self.grid()
     }
@@ -99,12 +141,15 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// A new encoder, its parameters registered in `p` under Hugging Face ViT-MAE names
+    /// (`vit.embeddings…`, `vit.encoder.layer.{i}…`, `vit.layernorm`) and drawn from `rng`.
     pub fn new(
         cfg: &VitConfig,
         p: &mut Params,
         rng: &mut ChaCha8Rng,
         dev: &Device,
     ) -> Result<Encoder> {
+        cfg.validate()?;
         let (d, ps, c) = (cfg.dim, cfg.patch_size, cfg.channels);
         let proj_w = p.make(
             rng,
@@ -134,10 +179,13 @@ impl Encoder {
                     rng,
                     dev,
                     &format!("vit.encoder.layer.{i}"),
-                    d,
-                    cfg.heads,
-                    d * cfg.mlp_ratio,
-                    cfg.dropout,
+                    BlockDims {
+                        dim: d,
+                        heads: cfg.heads,
+                        mlp: d * cfg.mlp_ratio,
+                        dropout: cfg.dropout,
+                        qkv_bias: cfg.qkv_bias,
+                    },
                 )
             })
             .collect::<Result<_>>()?;
@@ -152,9 +200,26 @@ impl Encoder {
         })
     }
 
-    /// (B, 1, S, S) → patch tokens with positions added: (B, N, D).
+    /// The fixed sin-cos position embeddings, CLS row (zeros) first: (1, 1 + N, D). Not
+    /// trained; written into checkpoints as `vit.embeddings.position_embeddings`, as Hugging
+    /// Face stores them.
+    pub fn position_embeddings(&self) -> &Tensor {
+        &self.pos
+    }
+
+    /// (B, C, S, S) → patch tokens with positions added: (B, N, D). One matrix product over all
+    /// patches (the same as a convolution with stride = patch size).
     pub fn embed_patches(&self, x: &Tensor) -> Result<Tensor> {
         let (d, ps) = (self.cfg.dim, self.cfg.patch_size);
+        let (_, c, h, w) = x.dims4()?;
+        let s = self.cfg.image_size;
+        if (c, h, w) != (self.cfg.channels, s, s) {
+            bail!(
+                "the encoder takes (B, {}, {s}, {s}) images, got {:?}",
+                self.cfg.channels,
+                x.dims()
+            );
+        }
         let patches = patchify(x, ps)?;
         let (b, n, k) = patches.dims3()?;
         let w = self.proj_w.reshape((d, k))?;
@@ -180,7 +245,9 @@ impl Encoder {
         self.norm.forward(&x)
     }
 
-    /// Features of every patch token, no masking, no shuffling: (B, N, D).
+    /// Features of every patch token after the final layer norm, no masking, no shuffling:
+    /// (B, N, D), tokens in row-major patch order (CLS dropped). With `rng` the dropout sites
+    /// are on (Monte-Carlo dropout, masks drawn from that RNG); with `None` it is deterministic.
     pub fn features(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         let t = self.encode(&self.embed_patches(x)?, rng)?;
         let n = t.dim(1)? - 1;
