@@ -45,7 +45,9 @@ fn par_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
 }
 
 fn on_cpu_f32(x: &Tensor) -> bool {
-    std::env::var_os("COMPOSITE").is_none() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    std::env::var_os("COMPOSITE").is_none()
+        && x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
 }
 
 // ---------------------------------------------------------------------------------------------
