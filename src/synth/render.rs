@@ -1,180 +1,310 @@
-//! Turning a vessel network into pixels: tube rasterisation, illumination, PSF blur, noise; and
-//! the textures of the planted defects.
+//! From geometry to pixels: the random streams of a stack, exposure under a smooth illumination
+//! field, Gaussian PSF blur, Poisson-like and read noise, quantisation to 16 bits; and the
+//! textures of the planted defects.
 
-use super::vessels::{normal, Point, STYLES};
-use rand::{Rng, SeedableRng};
+use super::style::Style;
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::f32::consts::{PI, TAU};
 
-/// The RNG of one stack: independent of thread scheduling.
-pub fn stack_rng(seed: u64, index: usize) -> ChaCha8Rng {
+/// Lateral PSF of the simulated microscope: Gaussian σ in pixels.
+const PSF_SIGMA: f32 = 1.2;
+/// Blur σ (pixels) of the out-of-focus defect.
+pub const DEFOCUS_SIGMA: f32 = 6.0;
+
+/// What a random stream of a stack is used for. Every purpose, and every slice's noise, has its
+/// own stream, so slices render in parallel and pixels never depend on the thread count.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    /// Vessel centrelines and the coverage target.
+    Geometry,
+    /// Brightness, background and the illumination field.
+    Look,
+    /// The texture of a defect slice.
+    Defect,
+    /// The noise of slice `z`.
+    Noise(usize),
+}
+
+/// The random stream `purpose` of stack `index` of a cohort seeded with `seed`.
+pub fn stream(seed: u64, index: usize, purpose: Stream) -> ChaCha8Rng {
+    let part = match purpose {
+        Stream::Geometry => 0,
+        Stream::Look => 1,
+        Stream::Defect => 2,
+        Stream::Noise(z) => 16 + z as u64,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(index as u64 + 1);
+    rng.set_stream(((index as u64) << 32) | part);
     rng
 }
 
-/// Renders the network: (image planes as f32 grey levels, mask planes 0/1).
-pub fn render(
-    rng: &mut ChaCha8Rng,
-    cond: usize,
-    shape: [usize; 3],
-    network: &[Point],
-) -> (Vec<Vec<f32>>, Vec<Vec<u8>>) {
-    let style = STYLES[cond];
-    let [depth, h, w] = shape;
-    let mut profile = vec![vec![0f32; h * w]; depth];
-    let mut mask = vec![vec![0u8; h * w]; depth];
-    for p in network {
-        // Vessels are round in 3D; z is coarser (2 µm slices, 0.5 µm pixels).
-        let rz = 0.3 * p.r + 1.2;
-        for z in 0..depth {
-            let dz = (z as f32 - p.z) / rz;
-            if dz.abs() >= 1.0 {
-                continue;
-            }
-            let r = p.r * (1.0 - dz * dz).sqrt();
-            paint_disc(&mut profile[z], &mut mask[z], w, h, p.x, p.y, r);
-        }
-    }
-    let field = illumination(rng, h, w);
-    let mut image: Vec<Vec<f32>> = profile
-        .iter()
-        .map(|prof| {
-            prof.iter()
-                .zip(&field)
-                .map(|(&v, &f)| {
-                    style.background * (1.0 + style.inhomogeneity * f) + style.signal * v
-                })
-                .collect()
-        })
-        .collect();
-    for plane in &mut image {
-        gaussian_blur(plane, w, h, 1.2);
-        for v in plane.iter_mut() {
-            let shot = v.max(0.0).sqrt();
-            *v += normal(rng) * (shot * shot + style.read_noise * style.read_noise).sqrt();
-        }
-    }
-    (image, mask)
+/// An approximately standard normal sample, cheap enough for every pixel: the Irwin–Hall sum of
+/// four 16-bit uniforms from one 64-bit draw, scaled to mean 0 and variance 1 (tails end at
+/// ±3.46).
+pub fn gauss(rng: &mut ChaCha8Rng) -> f32 {
+    let u = rng.next_u64();
+    let sum = (u & 0xffff) + ((u >> 16) & 0xffff) + ((u >> 32) & 0xffff) + (u >> 48);
+    // Each uniform has mean 32767.5 and variance (65536² − 1) / 12.
+    (sum as f32 - 131_070.0) * (3.0f32.sqrt() / 65_536.0)
 }
 
-/// Paints a disc of radius `r`: brightest at the centre, 0.3 at the rim; the mask is the disc.
-fn paint_disc(prof: &mut [f32], mask: &mut [u8], w: usize, h: usize, cx: f32, cy: f32, r: f32) {
-    let r2 = r * r;
-    let (x0, x1) = (
-        (cx - r).floor().max(0.0) as usize,
-        ((cx + r).ceil() as isize).min(w as isize - 1),
-    );
-    let (y0, y1) = (
-        (cy - r).floor().max(0.0) as usize,
-        ((cy + r).ceil() as isize).min(h as isize - 1),
-    );
-    if x1 < 0 || y1 < 0 {
+/// The imaging of one stack: its levels (the condition's, jittered per stack) and a smooth
+/// multiplicative illumination field made of three low-frequency plane waves.
+pub struct Look {
+    background: f32,
+    signal: f32,
+    read_noise: f32,
+    inhomogeneity: f32,
+    /// (x frequency, y frequency, phase) of each wave, in radians per pixel.
+    waves: [(f32, f32, f32); 3],
+}
+
+impl Look {
+    /// Draws the look of a `h`×`w` stack of condition `style`.
+    pub fn draw(rng: &mut ChaCha8Rng, style: &Style, h: usize, w: usize) -> Look {
+        let background = style.background * rng.random_range(0.85..1.15);
+        let signal = style.signal * rng.random_range(0.85..1.15);
+        let per_pixel = TAU / h.max(w) as f32;
+        let waves = [(); 3].map(|_| {
+            // 0.3 to 1.5 cycles across the field, in any direction.
+            let f = rng.random_range(0.3..1.5) * per_pixel;
+            let angle = rng.random_range(0.0..PI);
+            (f * angle.cos(), f * angle.sin(), rng.random_range(0.0..TAU))
+        });
+        Look {
+            background,
+            signal,
+            read_noise: style.read_noise,
+            inhomogeneity: style.inhomogeneity,
+            waves,
+        }
+    }
+
+    /// Turns a slice's intensity profile (0 = background, about 1 = vessel centre) into grey
+    /// levels: exposure under the illumination field, PSF blur, then noise from `rng`.
+    pub fn image(&self, mut profile: Vec<f32>, w: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        let h = profile.len() / w;
+        self.expose(&mut profile, w);
+        gaussian_blur(&mut profile, w, h, PSF_SIGMA);
+        self.add_noise(&mut profile, rng);
+        profile
+    }
+
+    /// (background + signal × profile) × (1 + inhomogeneity × field), field in [−1, 1]. The
+    /// waves are separable: cos(a + b) = cos a cos b − sin a sin b.
+    fn expose(&self, plane: &mut [f32], w: usize) {
+        let columns: Vec<[(f32, f32); 3]> = (0..w)
+            .map(|x| {
+                self.waves.map(|(fx, _, phase)| {
+                    let a = fx * x as f32 + phase;
+                    (a.cos() / 3.0, a.sin() / 3.0)
+                })
+            })
+            .collect();
+        for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+            let rows = self.waves.map(|(_, fy, _)| {
+                let b = fy * y as f32;
+                (b.cos(), b.sin())
+            });
+            for (v, col) in row.iter_mut().zip(&columns) {
+                let field: f32 = col
+                    .iter()
+                    .zip(&rows)
+                    .map(|(c, r)| c.0 * r.0 - c.1 * r.1)
+                    .sum();
+                *v = (self.background + self.signal * *v) * (1.0 + self.inhomogeneity * field);
+            }
+        }
+    }
+
+    /// Adds Gaussian noise of variance (level + read noise²): Poisson-like shot noise at a gain
+    /// of one grey level per photon, plus the camera's read noise.
+    fn add_noise(&self, plane: &mut [f32], rng: &mut ChaCha8Rng) {
+        let read2 = self.read_noise * self.read_noise;
+        for v in plane {
+            *v += gauss(rng) * (v.max(0.0) + read2).sqrt();
+        }
+    }
+}
+
+/// Rounds grey levels to u16, clipping at 0 and 65535.
+pub fn to_u16(plane: &[f32]) -> Vec<u16> {
+    plane
+        .iter()
+        .map(|&v| v.round().clamp(0.0, 65535.0) as u16)
+        .collect()
+}
+
+/// Separable Gaussian blur of a `w`×`h` plane in place (kernel radius 3σ, edges clamped).
+pub fn gaussian_blur(plane: &mut [f32], w: usize, h: usize, sigma: f32) {
+    if sigma <= 0.0 || w == 0 || h == 0 {
         return;
     }
-    for y in y0..=y1 as usize {
-        for x in x0..=x1 as usize {
-            let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
-            if d2 <= r2 {
-                let i = y * w + x;
-                prof[i] = prof[i].max(1.0 - 0.7 * d2 / r2.max(1e-6));
-                mask[i] = 1;
-            }
-        }
-    }
-}
-
-/// A smooth field in [-1, 1]: a few low-frequency waves.
-fn illumination(rng: &mut ChaCha8Rng, h: usize, w: usize) -> Vec<f32> {
-    let waves: Vec<(f32, f32, f32)> = (0..3)
-        .map(|_| {
-            (
-                rng.random_range(0.3..1.5) / w.max(h) as f32 * std::f32::consts::TAU,
-                rng.random_range(0.0..std::f32::consts::PI),
-                rng.random_range(0.0..std::f32::consts::TAU),
-            )
+    let radius = (3.0 * sigma).ceil() as usize;
+    let kernel: Vec<f32> = (0..=2 * radius)
+        .map(|i| {
+            let d = i as f32 - radius as f32;
+            (-d * d / (2.0 * sigma * sigma)).exp()
         })
-        .collect();
-    let mut field = vec![0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            let s: f32 = waves
-                .iter()
-                .map(|&(f, a, ph)| ((x as f32 * a.cos() + y as f32 * a.sin()) * f + ph).cos())
-                .sum();
-            field[y * w + x] = s / 3.0;
-        }
-    }
-    field
-}
-
-/// Separable Gaussian blur with clamped edges.
-pub fn gaussian_blur(plane: &mut [f32], w: usize, h: usize, sigma: f32) {
-    let radius = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-radius..=radius)
-        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
         .collect();
     let norm: f32 = kernel.iter().sum();
     let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
-    let mut tmp = vec![0f32; plane.len()];
-    for y in 0..h {
-        let row = &plane[y * w..(y + 1) * w];
-        for x in 0..w {
-            tmp[y * w + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, kv)| {
-                    kv * row[(x as isize + k as isize - radius).clamp(0, w as isize - 1) as usize]
-                })
-                .sum();
+    // Rows: each row padded with its edge values, then shifted copies summed (vectorises).
+    let mut padded = vec![0f32; w + 2 * radius];
+    for row in plane.chunks_exact_mut(w) {
+        padded[..radius].fill(row[0]);
+        padded[radius..radius + w].copy_from_slice(row);
+        padded[radius + w..].fill(row[w - 1]);
+        row.fill(0.0);
+        for (k, &kv) in kernel.iter().enumerate() {
+            for (o, &s) in row.iter_mut().zip(&padded[k..k + w]) {
+                *o += kv * s;
+            }
         }
     }
-    for x in 0..w {
-        for y in 0..h {
-            plane[y * w + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, kv)| {
-                    kv * tmp[(y as isize + k as isize - radius).clamp(0, h as isize - 1) as usize
-                        * w
-                        + x]
-                })
-                .sum();
+    // Columns: each output row is a weighted sum of whole input rows.
+    let source = plane.to_vec();
+    for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+        row.fill(0.0);
+        for (k, &kv) in kernel.iter().enumerate() {
+            let sy = (y + k).saturating_sub(radius).min(h - 1);
+            for (o, &s) in row.iter_mut().zip(&source[sy * w..(sy + 1) * w]) {
+                *o += kv * s;
+            }
         }
     }
 }
 
-/// Out-of-focus: every plane blurred with `sigma`.
-pub fn defocus(image: &mut [Vec<f32>], shape: [usize; 3], sigma: f32) {
-    for plane in image {
-        gaussian_blur(plane, shape[2], shape[1], sigma);
+/// The over-exposed slice defect: gain far too high, nearly every pixel clips at 65535.
+pub fn saturate(plane: &mut [f32]) {
+    for v in plane {
+        *v = *v * 200.0 + 20_000.0;
     }
 }
 
-/// A nuclei-like texture of bright round blobs with speckle, at the condition's levels.
-pub fn blob_texture(rng: &mut ChaCha8Rng, cond: usize, shape: [usize; 3]) -> Vec<f32> {
-    let style = STYLES[cond];
-    let [_, h, w] = shape;
-    let mut plane = vec![0f32; h * w];
-    let mut ignore = vec![0u8; h * w];
-    let blobs = (h * w / 600).max(4);
-    for _ in 0..blobs {
+/// The profile of the odd-texture defect: nuclei-like blobs instead of vessels — ellipses 10–20
+/// pixels across with granular (speckled) chromatin, covering about a third of the slice.
+pub fn nuclei_profile(rng: &mut ChaCha8Rng, h: usize, w: usize) -> Vec<f32> {
+    let mut profile = vec![0f32; h * w];
+    for _ in 0..(h * w / 600).max(4) {
         let (cx, cy) = (
             rng.random_range(0.0..w as f32),
             rng.random_range(0.0..h as f32),
         );
-        paint_disc(
-            &mut plane,
-            &mut ignore,
-            w,
-            h,
-            cx,
-            cy,
-            rng.random_range(5.0..10.0),
+        let a = rng.random_range(5.0..10.0f32);
+        let b = a * rng.random_range(0.6..1.0);
+        let (sin, cos) = rng.random_range(0.0..PI).sin_cos();
+        let brightness = rng.random_range(0.6..1.2);
+        let (x0, x1) = ((cx - a).max(0.0) as usize, ((cx + a) as usize).min(w - 1));
+        let (y0, y1) = ((cy - a).max(0.0) as usize, ((cy + a) as usize).min(h - 1));
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                let (u, v) = (dx * cos + dy * sin, dy * cos - dx * sin);
+                let q = (u / a).powi(2) + (v / b).powi(2);
+                if q <= 1.0 {
+                    let i = y * w + x;
+                    profile[i] = profile[i].max(brightness * (1.0 - 0.4 * q));
+                }
+            }
+        }
+    }
+    for v in profile.iter_mut().filter(|v| **v > 0.0) {
+        *v *= rng.random_range(0.5..1.5);
+    }
+    profile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mean_var(v: &[f32]) -> (f64, f64) {
+        let m = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64;
+        (m, var)
+    }
+
+    #[test]
+    fn gauss_is_standard_normal_enough() {
+        let mut rng = stream(0, 0, Stream::Noise(0));
+        let v: Vec<f32> = (0..200_000).map(|_| gauss(&mut rng)).collect();
+        let (m, var) = mean_var(&v);
+        assert!(m.abs() < 0.01 && (var - 1.0).abs() < 0.02, "{m} {var}");
+        let beyond2 = v.iter().filter(|x| x.abs() > 2.0).count() as f64 / v.len() as f64;
+        assert!((beyond2 - 0.0455).abs() < 0.01, "{beyond2}");
+    }
+
+    #[test]
+    fn streams_are_independent_and_reproducible() {
+        let draw = |s: u64, i: usize, p: Stream| stream(s, i, p).next_u64();
+        assert_eq!(draw(1, 2, Stream::Look), draw(1, 2, Stream::Look));
+        assert_ne!(draw(1, 2, Stream::Look), draw(1, 3, Stream::Look));
+        assert_ne!(draw(1, 2, Stream::Look), draw(2, 2, Stream::Look));
+        assert_ne!(draw(1, 2, Stream::Noise(0)), draw(1, 2, Stream::Noise(1)));
+        assert_ne!(draw(1, 2, Stream::Geometry), draw(1, 2, Stream::Defect));
+    }
+
+    #[test]
+    fn blur_keeps_constants_and_mass_and_spreads_an_impulse_by_sigma() {
+        let (w, h) = (61, 41);
+        let mut flat = vec![7.0f32; w * h];
+        gaussian_blur(&mut flat, w, h, 2.0);
+        assert!(flat.iter().all(|v| (v - 7.0).abs() < 1e-4));
+        let mut dot = vec![0f32; w * h];
+        dot[20 * w + 30] = 1.0;
+        gaussian_blur(&mut dot, w, h, 2.0);
+        let mass: f32 = dot.iter().sum();
+        assert!((mass - 1.0).abs() < 1e-4);
+        let var_x: f32 = dot
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * ((i % w) as f32 - 30.0).powi(2))
+            .sum();
+        assert!((var_x - 4.0).abs() < 0.1, "{var_x}");
+        assert_eq!(dot[20 * w + 28], dot[20 * w + 32]);
+        assert_eq!(dot[18 * w + 30], dot[22 * w + 30]);
+    }
+
+    #[test]
+    fn exposure_follows_levels_and_a_bounded_smooth_field() {
+        let style = crate::synth::style::STYLES[3];
+        let look = Look::draw(&mut stream(4, 3, Stream::Look), &style, 64, 96);
+        let mut plane = vec![0f32; 64 * 96];
+        look.expose(&mut plane, 96);
+        let (lo, hi) = (
+            look.background * (1.0 - look.inhomogeneity),
+            look.background * (1.0 + look.inhomogeneity),
         );
+        assert!(plane.iter().all(|v| (lo - 1e-3..=hi + 1e-3).contains(v)));
+        let step = plane
+            .chunks_exact(96)
+            .flat_map(|row| row.windows(2))
+            .map(|p| (p[1] - p[0]).abs())
+            .fold(0f32, f32::max);
+        assert!(step < 0.05 * look.background, "smooth: {step}");
+        let mut one = vec![1f32; 64 * 96];
+        look.expose(&mut one, 96);
+        let ratio = one[0] / plane[0];
+        assert!((ratio - (look.background + look.signal) / look.background).abs() < 1e-3);
     }
-    for v in plane.iter_mut() {
-        let speckle = rng.random_range(0.5f32..1.5);
-        *v = style.background + style.signal * *v * speckle + normal(rng) * style.read_noise;
+
+    #[test]
+    fn noise_has_shot_and_read_components() {
+        let style = crate::synth::style::STYLES[0];
+        let look = Look::draw(&mut stream(0, 0, Stream::Look), &style, 8, 8);
+        let mut plane = vec![10_000f32; 100_000];
+        look.add_noise(&mut plane, &mut stream(0, 0, Stream::Noise(0)));
+        let (m, var) = mean_var(&plane);
+        let expected = 10_000.0 + (style.read_noise as f64).powi(2);
+        assert!((m - 10_000.0).abs() < 2.0 && (var / expected - 1.0).abs() < 0.03);
     }
-    plane
+
+    #[test]
+    fn nuclei_cover_a_fair_part_of_the_slice() {
+        let p = nuclei_profile(&mut stream(0, 0, Stream::Defect), 256, 256);
+        let f = p.iter().filter(|&&v| v > 0.0).count() as f64 / p.len() as f64;
+        assert!((0.15..0.5).contains(&f), "{f}");
+    }
 }
