@@ -5,6 +5,8 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Before any thread or tensor exists: candle's element-wise pool spins (see the function).
+    biodc::nn::checkpoint::prefer_rayon_threads();
     let cli = biodc::cli::Cli::parse();
     let code = match biodc::cli::run(cli) {
         Ok(code) => code,

@@ -95,6 +95,10 @@ pub struct ExportArgs {
     /// Version to export from (default HEAD).
     #[arg(long)]
     pub rev: Option<String>,
+    /// Also write this segmenter's predicted masks (predictions/) and image | prediction |
+    /// uncertainty triptychs (triptychs/) for correction.
+    #[arg(long, value_name = "MODEL")]
+    pub with_prediction: Option<String>,
 }
 
 pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
@@ -106,6 +110,18 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
             "exported model {model} to {} and {}",
             w.display(),
             c.display()
+        );
+        return Ok(0);
+    }
+    if let Some(model) = &a.with_prediction {
+        let n =
+            crate::stages::export::export_with_prediction(&repo, &version, &a.set, model, &a.to)?;
+        println!(
+            "exported {n} patches of {} to {} with {model}'s predictions in predictions/ and triptychs/;\n\
+             correct the masks, then: biodc annotate {}/predictions --round critical-1",
+            a.set,
+            a.to.display(),
+            a.to.display()
         );
         return Ok(0);
     }
@@ -187,5 +203,39 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
             .expect("some name is free")
     });
     crate::demo::run(&dir, a.scale, a.seed)?;
+    Ok(0)
+}
+
+/// The simulated expert of a synthetic cohort: writes the ground-truth mask of every patch of
+/// a set (one TIFF per patch, named by patch id, 0/255), as a biologist would return them.
+/// For demos, tests and benchmarks; real data needs a real expert.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  biodc export --set coreset --to todo/\n  biodc expert --cohort cohort/ --set coreset --to masks/\n  biodc annotate masks/ --round core"
+)]
+pub struct ExpertArgs {
+    /// The synthetic cohort (written by `biodc synth`) the stacks were imported from.
+    #[arg(long)]
+    pub cohort: PathBuf,
+    /// Set whose patches to annotate (`all` = every patch).
+    #[arg(long)]
+    pub set: String,
+    /// Only the first N patches of the set (in set order: e.g. the N most uncertain).
+    #[arg(long)]
+    pub first: Option<usize>,
+    /// Output folder.
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+pub fn expert(dir: &Path, a: ExpertArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let (_, version) = repo.version(None)?;
+    let mut ids = crate::stages::export::set_members(&version, &a.set)?;
+    if let Some(n) = a.first {
+        ids.truncate(n);
+    }
+    let n = crate::synth::expert::write_masks(&a.cohort, &version, &ids, &a.to)?;
+    println!("wrote {n} ground-truth masks to {}", a.to.display());
     Ok(0)
 }

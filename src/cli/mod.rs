@@ -5,6 +5,7 @@ mod data;
 mod history;
 mod learn;
 mod maintenance;
+mod models;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -44,11 +45,15 @@ pub enum Verb {
     Gc(maintenance::GcArgs),
     Synth(data::SynthArgs),
     Demo(data::DemoArgs),
+    Expert(data::ExpertArgs),
     Pretrain(learn::PretrainArgs),
     Embed(learn::EmbedArgs),
     Coreset(learn::CoresetArgs),
     Annotate(learn::AnnotateArgs),
     Qc(learn::QcArgs),
+    Train(models::TrainArgs),
+    Hunt(models::HuntArgs),
+    Segment(models::SegmentArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -73,11 +78,15 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Gc(a) => maintenance::gc(&dir, a),
         Verb::Synth(a) => data::synth(a),
         Verb::Demo(a) => data::demo(a),
+        Verb::Expert(a) => data::expert(&dir, a),
         Verb::Pretrain(a) => learn::pretrain(&dir, a),
         Verb::Embed(a) => learn::embed(&dir, a),
         Verb::Coreset(a) => learn::coreset(&dir, a),
         Verb::Annotate(a) => learn::annotate(&dir, a),
         Verb::Qc(a) => learn::qc(&dir, a),
+        Verb::Train(a) => models::train(&dir, a),
+        Verb::Hunt(a) => models::hunt(&dir, a),
+        Verb::Segment(a) => models::segment(&dir, a),
     }
 }
 

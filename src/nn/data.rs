@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 /// Per-patch standardisation: (x − mean) / std, computed in f64 over the finite pixels, so it
 /// is the same for 8-bit, 16-bit and float data and intensity scale differences between stacks
@@ -48,6 +50,42 @@ pub fn batch(patches: &[Vec<f32>], size: usize, dev: &Device) -> Result<Tensor> 
     Ok(Tensor::from_vec(data, (patches.len(), 1, size, size), dev)?)
 }
 
+/// Random augmentation of one normalised image and its mask (both `size`×`size`, row-major),
+/// drawn from `rng`: one of the 8 flips/90° rotations (applied to both), then an intensity
+/// jitter of the image (gain 0.8–1.2, offset ±0.2 in units of the patch's standard deviation).
+pub fn augment(
+    img: &[f32],
+    mask: &[f32],
+    size: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<f32>, Vec<f32>) {
+    let rot: u8 = rng.random_range(0..4);
+    let flip: bool = rng.random();
+    let gain: f32 = rng.random_range(0.8..1.2);
+    let offset: f32 = rng.random_range(-0.2..0.2);
+    let n = size - 1;
+    let source = |y: usize, x: usize| -> usize {
+        let (y, x) = if flip { (y, n - x) } else { (y, x) };
+        let (sy, sx) = match rot {
+            0 => (y, x),
+            1 => (x, n - y),
+            2 => (n - y, n - x),
+            _ => (n - x, y),
+        };
+        sy * size + sx
+    };
+    let mut out_img = Vec::with_capacity(size * size);
+    let mut out_mask = Vec::with_capacity(size * size);
+    for y in 0..size {
+        for x in 0..size {
+            let i = source(y, x);
+            out_img.push(img[i] * gain + offset);
+            out_mask.push(mask[i]);
+        }
+    }
+    (out_img, out_mask)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +121,28 @@ mod tests {
         let v = normalize_patch(&[1.0, f32::NAN, 3.0, f32::INFINITY]);
         assert_eq!(v, vec![-1.0, 0.0, 1.0, 0.0]);
         assert!(normalize_patch(&[]).is_empty());
+    }
+
+    #[test]
+    fn augmentation_moves_image_and_mask_together() {
+        use rand::SeedableRng;
+        let size = 5;
+        let img: Vec<f32> = (0..25).map(|i| i as f32).collect();
+        let mask: Vec<f32> = (0..25).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let (a, m) = augment(&img, &mask, size, &mut rng);
+            // A positive gain keeps the order of intensities: sorting recovers which source
+            // pixel went where, and the mask must have moved the same way.
+            let mut order: Vec<usize> = (0..25).collect();
+            order.sort_by(|&i, &j| a[i].partial_cmp(&a[j]).unwrap());
+            for (rank, &i) in order.iter().enumerate() {
+                assert_eq!(m[i], mask[rank], "mask moved differently from the image");
+            }
+            seen.insert(order);
+        }
+        assert_eq!(seen.len(), 8, "all 8 flips/rotations occur");
     }
 
     #[test]

@@ -16,5 +16,6 @@ pub mod data;
 pub mod layers;
 pub mod mae;
 pub mod ops;
+pub mod segmenter;
 pub mod train;
 pub mod vit;

@@ -9,9 +9,10 @@
 //! rank ≥ 2, without the `λθ` term for rank-1 tensors.
 
 use super::checkpoint::{from_safetensors, to_safetensors};
+use super::layers::Params;
 use super::mae::{Mae, MaeConfig};
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{backprop::GradStore, DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -39,7 +40,7 @@ impl TrainConfig {
         }
     }
 
-    fn lr_at(&self, step: u64) -> f64 {
+    pub fn lr_at(&self, step: u64) -> f64 {
         if step < self.warmup {
             return self.lr * (step + 1) as f64 / self.warmup as f64;
         }
@@ -49,56 +50,42 @@ impl TrainConfig {
     }
 }
 
-/// An MAE being trained.
-pub struct Trainer {
-    pub mae: Mae,
+/// AdamW over a model's [`Params`]: moments per tensor and the step count, public so a
+/// training state saves and resumes bit-exactly.
+pub struct AdamW {
     pub cfg: TrainConfig,
     pub step: u64,
-    rng: ChaCha8Rng,
-    moments: BTreeMap<String, (Tensor, Tensor)>,
+    pub moments: BTreeMap<String, (Tensor, Tensor)>,
 }
 
-impl Trainer {
-    /// A fresh model and optimiser; every random number comes from `seed`.
-    pub fn new(model: &MaeConfig, cfg: TrainConfig, seed: u64, dev: &Device) -> Result<Trainer> {
-        Trainer::around(Mae::new(model, seed, dev)?, cfg, seed)
-    }
-
-    /// A trainer at step 0 for `mae`; masks and dropout from `seed` (stream 1; the weights
-    /// were drawn from stream 0).
-    fn around(mae: Mae, cfg: TrainConfig, seed: u64) -> Result<Trainer> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(1);
-        let moments = mae
-            .params
+impl AdamW {
+    /// Zero moments for every tensor of `params`, step 0.
+    pub fn new(params: &Params, cfg: TrainConfig) -> Result<AdamW> {
+        let moments = params
             .vars
             .iter()
             .map(|(n, v)| Ok((n.clone(), (v.zeros_like()?, v.zeros_like()?))))
             .collect::<Result<_>>()?;
-        Ok(Trainer {
-            mae,
+        Ok(AdamW {
             cfg,
             step: 0,
-            rng,
             moments,
         })
     }
 
-    /// The trainer's RNG (data order is drawn from it too, so a resumed run sees the same data).
-    pub fn rng(&mut self) -> &mut ChaCha8Rng {
-        &mut self.rng
+    /// Learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.cfg.lr_at(self.step)
     }
 
-    /// One AdamW step on `batch`; returns the loss before the step.
-    pub fn step(&mut self, batch: &Tensor) -> Result<f32> {
-        let loss = self.mae.loss(batch, &mut self.rng, true)?;
-        let grads = loss.backward()?;
+    /// One update of every tensor of `params` that has a gradient in `grads`.
+    pub fn update(&mut self, params: &Params, grads: &GradStore) -> Result<()> {
         let lr = self.cfg.lr_at(self.step);
         self.step += 1;
         let (b1, b2) = self.cfg.betas;
         let t = self.step as i32;
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        for (name, var) in &self.mae.params.vars {
+        for (name, var) in &params.vars {
             let Some(g) = grads.get(var) else { continue };
             let (m, v) = self
                 .moments
@@ -112,6 +99,48 @@ impl Trainer {
             }
             var.set(&(var.as_tensor() - (update * lr)?)?)?;
         }
+        Ok(())
+    }
+}
+
+/// An MAE being trained.
+pub struct Trainer {
+    pub mae: Mae,
+    pub opt: AdamW,
+    pub step: u64,
+    rng: ChaCha8Rng,
+}
+
+impl Trainer {
+    /// A fresh model and optimiser; every random number comes from `seed`.
+    pub fn new(model: &MaeConfig, cfg: TrainConfig, seed: u64, dev: &Device) -> Result<Trainer> {
+        Trainer::around(Mae::new(model, seed, dev)?, cfg, seed)
+    }
+
+    /// A trainer at step 0 for `mae`; masks and dropout from `seed` (stream 1; the weights
+    /// were drawn from stream 0).
+    fn around(mae: Mae, cfg: TrainConfig, seed: u64) -> Result<Trainer> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(1);
+        let opt = AdamW::new(&mae.params, cfg)?;
+        Ok(Trainer {
+            mae,
+            opt,
+            step: 0,
+            rng,
+        })
+    }
+
+    /// The trainer's RNG (data order is drawn from it too, so a resumed run sees the same data).
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    /// One AdamW step on `batch`; returns the loss before the step.
+    pub fn step(&mut self, batch: &Tensor) -> Result<f32> {
+        let loss = self.mae.loss(batch, &mut self.rng, true)?;
+        self.opt.update(&self.mae.params, &loss.backward()?)?;
+        self.step = self.opt.step;
         Ok(loss.to_scalar::<f32>()?)
     }
 
@@ -120,7 +149,7 @@ impl Trainer {
         let dev = Device::Cpu;
         let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
         for (name, var) in &self.mae.params.vars {
-            let (m, v) = &self.moments[name];
+            let (m, v) = &self.opt.moments[name];
             t.insert(format!("w/{name}"), var.as_tensor().clone());
             t.insert(format!("m/{name}"), m.clone());
             t.insert(format!("v/{name}"), v.clone());
@@ -156,7 +185,7 @@ impl Trainer {
         for (name, var) in &trainer.mae.params.vars {
             var.set(get(&format!("w/{name}"))?)?;
         }
-        for (name, (m, v)) in trainer.moments.iter_mut() {
+        for (name, (m, v)) in trainer.opt.moments.iter_mut() {
             for (slot, key) in [(m, format!("m/{name}")), (v, format!("v/{name}"))] {
                 let t = get(&key)?;
                 anyhow::ensure!(
@@ -180,6 +209,7 @@ impl Trainer {
         r.set_word_pos(u128::from_le_bytes(rng[40..56].try_into().unwrap()));
         trainer.rng = r;
         trainer.step = get("step")?.to_vec1::<u32>()?[0] as u64;
+        trainer.opt.step = trainer.step;
         Ok(trainer)
     }
 }

@@ -34,6 +34,48 @@ pub fn contact_sheet(path: &Path, planes: &[Plane], size: usize) -> Result<()> {
     write_gray8(path, w, h, &sheet)
 }
 
+/// A heat colour (black → red → yellow → white) for `v` in [0, 1].
+pub fn heat(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0) * 3.0;
+    let c = |x: f32| (x.clamp(0.0, 1.0) * 255.0) as u8;
+    [c(v), c(v - 1.0), c(v - 2.0)]
+}
+
+/// Writes an RGB PNG of three `size`×`size` panels side by side: the auto-contrasted image,
+/// the image with the predicted mask in red, and the uncertainty (entropy in bits, 0–1) as heat.
+pub fn triptych(
+    path: &Path,
+    image: &Plane,
+    mask: &[u8],
+    uncertainty: &[f32],
+    size: usize,
+) -> Result<()> {
+    let gray = auto_contrast(image);
+    let gap = 4;
+    let w = 3 * size + 2 * gap;
+    let mut px = vec![255u8; w * size * 3];
+    for y in 0..size {
+        for x in 0..size {
+            let i = y * size + x;
+            let g = gray[i];
+            let panels = [
+                [g, g, g],
+                if mask[i] != 0 {
+                    [255, (g / 3), (g / 3)]
+                } else {
+                    [g, g, g]
+                },
+                heat(uncertainty[i]),
+            ];
+            for (k, rgb) in panels.iter().enumerate() {
+                let o = (y * w + k * (size + gap) + x) * 3;
+                px[o..o + 3].copy_from_slice(rgb);
+            }
+        }
+    }
+    crate::io::png::write_rgb8(path, w, size, &px)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

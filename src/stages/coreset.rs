@@ -129,6 +129,7 @@ pub fn coreset(
             .map(|s| if s.is_finite() { *s } else { 0.0 })
             .collect(),
         extra,
+        objects: BTreeMap::new(),
     };
     version.sets.insert(params.name.clone(), set);
     let uncovered: Vec<&String> = coverage

@@ -119,3 +119,75 @@ pub fn export_model(
     std::fs::write(&config, serde_json::to_vec_pretty(&cfg)?)?;
     Ok((weights, config))
 }
+
+/// Writes, for every patch of `set`, what an expert needs to correct `model`'s prediction:
+/// `dir/<id>.tif` (the image), `dir/predictions/<id>.tif` (the predicted mask, 0/255, to edit
+/// in napari or Fiji and import with `annotate`) and `dir/triptychs/<id>.png` (image,
+/// prediction, MC-dropout uncertainty). The uncertainty maps stored by `hunt` are used when
+/// the set has them; otherwise 10 dropout passes are run here. Returns how many patches.
+pub fn export_with_prediction(
+    repo: &Repo,
+    version: &DatasetVersion,
+    set: &str,
+    model: &str,
+    dir: &Path,
+) -> Result<usize> {
+    let n = export_set(repo, version, set, dir)?;
+    let ids = set_members(version, set)?;
+    let m = super::train::model(version, model)?;
+    let net = super::train::load_segmenter(&repo.store, m, &candle_core::Device::Cpu)?;
+    let size = net.cfg.encoder.image_size;
+    let images = super::train::load_images(&repo.store, version, &ids)?;
+    let masks = super::train::predict_masks(&net, &images, size, 16)?;
+    let stored = version.sets.get(set).and_then(|s| {
+        let same_model =
+            s.extra.get("checkpoint").and_then(|c| c.as_str()) == Some(&m.checkpoint.to_hex());
+        same_model.then(|| s.objects.get("uncertainty")).flatten()
+    });
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut uncertainty = Vec::with_capacity(ids.len());
+    for (id, img) in ids.iter().zip(&images) {
+        let map = match stored.and_then(|s| s.get(id)) {
+            Some(obj) => super::read_f32_matrix(&repo.store, obj, size, size)?,
+            None => {
+                let r = super::hunt::mc_dropout(
+                    &net,
+                    std::slice::from_ref(id),
+                    std::slice::from_ref(img),
+                    10,
+                    1,
+                    &mut rng,
+                    |_| {},
+                )?;
+                r.into_iter().next().unwrap().entropy_map
+            }
+        };
+        uncertainty.push(map);
+    }
+    let (pred_dir, trip_dir) = (dir.join("predictions"), dir.join("triptychs"));
+    std::fs::create_dir_all(&pred_dir)?;
+    std::fs::create_dir_all(&trip_dir)?;
+    for ((id, mask), unc) in ids.iter().zip(&masks).zip(&uncertainty) {
+        let (info, plane) = patch_plane(&repo.store, version, id)?;
+        let path = pred_dir.join(format!("{id}.tif"));
+        write_stack(
+            &path,
+            &Stack {
+                info: StackInfo {
+                    dtype: crate::io::Dtype::U8,
+                    ..info
+                },
+                planes: vec![Plane::U8(mask.iter().map(|&v| v * 255).collect())],
+            },
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        crate::report::gallery::triptych(
+            &trip_dir.join(format!("{id}.png")),
+            &plane,
+            mask,
+            unc,
+            size,
+        )?;
+    }
+    Ok(n)
+}

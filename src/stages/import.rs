@@ -133,26 +133,7 @@ fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
     if params.paths.is_empty() {
         bail!("nothing to import: give one or more TIFF files or folders");
     }
-    let mut files = Vec::new();
-    for path in &params.paths {
-        if !path.exists() {
-            bail!("{}: no such file or folder", path.display());
-        }
-        if path.is_dir() {
-            let before = files.len();
-            for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
-                let entry = entry.with_context(|| format!("walking {}", path.display()))?;
-                if entry.file_type().is_file() && is_tiff_name(entry.path()) {
-                    files.push(entry.into_path());
-                }
-            }
-            if files.len() == before {
-                bail!("{}: folder has no .tif/.tiff files", path.display());
-            }
-        } else {
-            files.push(path.clone());
-        }
-    }
+    let files = tiff_files(&params.paths)?;
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut inputs = Vec::new();
     let mut problems = Vec::new();
@@ -205,6 +186,31 @@ fn conditions_of(params: &ImportParams, path: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// The TIFF files named by `paths`: files as given, folders walked in name order.
+pub fn tiff_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.exists() {
+            bail!("{}: no such file or folder", path.display());
+        }
+        if path.is_dir() {
+            let before = files.len();
+            for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+                let entry = entry.with_context(|| format!("walking {}", path.display()))?;
+                if entry.file_type().is_file() && is_tiff_name(entry.path()) {
+                    files.push(entry.into_path());
+                }
+            }
+            if files.len() == before {
+                bail!("{}: folder has no .tif/.tiff files", path.display());
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
 }
 
 fn is_tiff_name(path: &Path) -> bool {

@@ -7,10 +7,13 @@ pub mod coreset;
 pub mod embed;
 pub mod export;
 pub mod fsck;
+pub mod hunt;
 pub mod import;
 pub mod patches;
 pub mod pretrain;
 pub mod qc;
+pub mod segment;
+pub mod train;
 
 use crate::history::CommitId;
 use crate::repo::Repo;

@@ -102,6 +102,9 @@ pub struct PatchSet {
     /// Method-specific results (objective value, coverage per condition, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// Per-patch objects by role (e.g. `uncertainty` → patch id → f32 map), kept by gc.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objects: BTreeMap<String, BTreeMap<String, ObjectId>>,
 }
 
 /// `models/<name>.json`: a trained network.
@@ -139,6 +142,28 @@ pub struct EmbeddingManifest {
     pub dim: usize,
     /// Patch id of each row.
     pub patches: Vec<String>,
+}
+
+/// One line of `metrics/rca.jsonl`: a stack's reverse-classification-accuracy score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RcaRecord {
+    pub stack: String,
+    /// The segmenter whose prediction was scored, and its checkpoint.
+    pub model: String,
+    pub checkpoint: String,
+    /// The annotated set the pixel classifier was tested on.
+    pub reference: String,
+    /// Best Dice over the reference patches: the RCA score.
+    pub rca: f64,
+    pub mean_dice: f64,
+    pub best_patch: String,
+    /// Share of the stack's voxels the model called foreground.
+    pub foreground: f64,
+    /// `rca < threshold`.
+    pub alarm: bool,
+    pub threshold: f64,
+    /// Seconds since the Unix epoch.
+    pub time: i64,
 }
 
 /// `stage.json`: the transition that made this version.

@@ -156,6 +156,15 @@ impl DatasetVersion {
                 .iter()
                 .map(|(n, e)| (format!("embeddings/{n}.json"), e.matrix)),
         );
+        for (n, set) in &self.sets {
+            for (role, objects) in &set.objects {
+                out.extend(
+                    objects
+                        .iter()
+                        .map(|(patch, id)| (format!("sets/{n}.json: {role} of {patch}"), *id)),
+                );
+            }
+        }
         out
     }
 }

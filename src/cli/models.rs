@@ -1,0 +1,212 @@
+//! Verbs around segmenters: train, hunt, segment.
+
+use super::{print_json, short};
+use crate::repo::Repo;
+use crate::stages::{self, hunt, segment, train};
+use anyhow::Result;
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// Train a TransUNet-style segmenter on annotated patches.
+///
+/// The encoder starts from a pretrained MAE (`--from mae`), the CNN stem and decoder from
+/// random weights; or the whole network from an earlier segmenter (`--from M0`), in which case
+/// each batch mixes annotations the parent saw and new ones (`--new-weight`) so it does not
+/// forget. Loss: binary cross-entropy + Dice; augmentation: flips, 90° rotations, intensity
+/// jitter. Masks of the round named by --validation are never trained on: they give the
+/// validation Dice recorded in models/<name>.json.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc train --name M0 --from mae --sets coreset\n  biodc train --name M1 --from M0 --sets coreset,candidates-1   # after annotating critical-1"
+)]
+pub struct TrainArgs {
+    /// Model name in models/<name>.json.
+    #[arg(long, default_value = "M0")]
+    pub name: String,
+    /// Start from this MAE or segmenter, or `none` for random weights.
+    #[arg(long, default_value = "mae")]
+    pub from: String,
+    /// Encoder architecture when --from none: tiny, small, base.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Comma-separated sets whose annotated patches to train on (default: every annotation).
+    #[arg(long, value_delimiter = ',')]
+    pub sets: Vec<String>,
+    #[arg(long, default_value_t = 40)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// When fine-tuning: share of each batch drawn from annotations the parent did not see.
+    #[arg(long, default_value_t = 0.5)]
+    pub new_weight: f64,
+    /// Annotation round kept for validation only.
+    #[arg(long, default_value = "validation")]
+    pub validation: String,
+    /// Stop after N steps (quick runs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let params = train::TrainParams {
+        name: a.name,
+        from: a.from,
+        preset: a.preset,
+        sets: a.sets,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        new_weight: a.new_weight,
+        validation: a.validation,
+        max_steps: a.max_steps,
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| train::train(repo, head, v, &params))?;
+    if a.json {
+        return print_json(&r);
+    }
+    let dice: Vec<String> = r.dice.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+    println!(
+        "version {}: model {} — {} steps on {} annotated patches ({:.1} images/s); Dice: {}",
+        short(&commit.expect("train commits")),
+        r.name,
+        r.steps,
+        r.examples,
+        r.images_per_second,
+        dice.join(", ")
+    );
+    Ok(0)
+}
+
+/// Rank unannotated patches by the segmenter's Monte-Carlo dropout uncertainty.
+///
+/// Every patch goes through the model --passes times with dropout on; the patches where the
+/// passes disagree most (default score: 1 − mean Dice between each pass and the mean mask) are
+/// stored as the set candidates-N with their uncertainty maps. Export them with
+/// `biodc export --set candidates-1 --with-prediction M0 --to DIR`, correct the predicted masks,
+/// and import them with `biodc annotate DIR --round critical-1`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc hunt --model M0 --top 30\n  biodc hunt --model M0 --sample 2000 --passes 10"
+)]
+pub struct HuntArgs {
+    #[arg(long, default_value = "M0")]
+    pub model: String,
+    /// How many patches to keep in the candidate set.
+    #[arg(long, default_value_t = 30)]
+    pub top: usize,
+    /// Dropout passes per patch.
+    #[arg(long, default_value_t = 10)]
+    pub passes: usize,
+    /// Score a random sample of N unannotated patches instead of all.
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Set name (default: the next free candidates-N).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, value_enum, default_value = "disagreement")]
+    pub score: hunt::Score,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Skip patches with these QC flags (e.g. --exclude blank,duplicate).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn hunt(dir: &Path, a: HuntArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let params = hunt::HuntParams {
+        model: a.model,
+        top: a.top,
+        passes: a.passes,
+        sample: a.sample,
+        name: a.name,
+        score: a.score,
+        seed: a.seed,
+        batch: a.batch,
+        exclude: a.exclude,
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| hunt::hunt(repo, head, v, &params))?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "version {}: set {} — top {} of {} unannotated patches by MC-dropout uncertainty ({:.1} patches/s)",
+        short(&commit.expect("hunt commits")),
+        r.set,
+        r.top.len(),
+        r.scored,
+        r.patches_per_second
+    );
+    for t in r.top.iter().take(10) {
+        println!(
+            "  {:<28} disagreement {:.3}  entropy {:.3}",
+            t.patch, t.disagreement, t.entropy
+        );
+    }
+    if r.top.len() > 10 {
+        println!("  … {} more in sets/{}.json", r.top.len() - 10, r.set);
+    }
+    Ok(0)
+}
+
+/// Segment whole stacks with a trained model; masks are written as TIFF stacks (0/255) of the
+/// input's shape. Tiles overlap by a quarter and are blended.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc segment --model M1 --all --out masks/\n  biodc segment --model M1 c0_s003 c1_s007 --out masks/"
+)]
+pub struct SegmentArgs {
+    #[arg(long, default_value = "M0")]
+    pub model: String,
+    /// Stacks to segment (names as in `biodc status`).
+    pub stacks: Vec<String>,
+    /// Segment every stack of the version.
+    #[arg(long, conflicts_with = "stacks")]
+    pub all: bool,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Revision to read (default HEAD).
+    #[arg(long)]
+    pub rev: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn segment(dir: &Path, a: SegmentArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    if a.stacks.is_empty() && !a.all {
+        anyhow::bail!("name the stacks to segment, or pass --all");
+    }
+    let (_, version) = repo.version(a.rev.as_deref())?;
+    let done = segment::segment(&repo, &version, &a.model, &a.stacks, &a.out)?;
+    if a.json {
+        return print_json(&done);
+    }
+    for s in &done {
+        println!(
+            "{} {:?} → {} ({:.1} % foreground, {:.1} s)",
+            s.stack,
+            s.shape,
+            s.file.display(),
+            100.0 * s.foreground_fraction,
+            s.seconds
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,247 @@
+//! `monitor`: quality of a deployed segmenter on stacks without ground truth, by reverse
+//! classification accuracy (RCA).
+//!
+//! For each stack: segment it with the model; train a random-forest pixel classifier on the
+//! stack's pixels labelled by that prediction (balanced sample over the whole stack); let the
+//! forest segment every reference patch (the annotated core set), whose ground truth is known;
+//! Dice against that truth. If the model's prediction was good, a classifier that imitates it
+//! segments at least one similar reference patch well: the stack's RCA score is the best Dice
+//! (the mean and the best-matching patch are kept too). Scores under the alarm threshold are
+//! alarms in `monitor`, `status` and `diff`.
+
+use super::train::{load_segmenter, model};
+use super::Next;
+use crate::history::CommitId;
+use crate::pixel::{dice, PixelClassifier, PixelClassifierParams};
+use crate::repo::Repo;
+use crate::version::{DatasetVersion, RcaRecord};
+use anyhow::{bail, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Where `metrics/rca.jsonl` lives in a version.
+pub const RCA_FILE: &str = "metrics/rca.jsonl";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorParams {
+    pub model: String,
+    /// Stack names to score; empty = every stack.
+    pub stacks: Vec<String>,
+    /// Set of annotated reference patches.
+    pub reference: String,
+    pub alarm: f64,
+    pub seed: u64,
+    pub trees: usize,
+    /// Training pixels per class for the forest.
+    pub per_class: usize,
+}
+
+impl Default for MonitorParams {
+    fn default() -> Self {
+        MonitorParams {
+            model: "M1".into(),
+            stacks: Vec::new(),
+            reference: "coreset".into(),
+            alarm: 0.6,
+            seed: 0,
+            trees: 100,
+            per_class: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorReport {
+    /// This run's scores, worst first.
+    pub scores: Vec<RcaRecord>,
+    pub alarms: Vec<String>,
+    pub seconds: f64,
+}
+
+/// RCA of one stack.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rca {
+    pub best: f64,
+    pub mean: f64,
+    pub best_patch: usize,
+}
+
+/// RCA of a stack (`slices`, each `h`×`w` raw intensities) whose predicted masks are `pred`,
+/// against `references` (raw image, true 0/1 mask; `size`×`size`).
+pub fn rca(
+    slices: &[Vec<f32>],
+    pred: &[Vec<u8>],
+    h: usize,
+    w: usize,
+    references: &[(Vec<f32>, Vec<u8>)],
+    size: usize,
+    params: &PixelClassifierParams,
+) -> Result<Rca> {
+    if references.is_empty() {
+        bail!("RCA needs at least one annotated reference patch");
+    }
+    let forest = PixelClassifier::train(slices, pred, h, w, params)?;
+    let dices: Vec<f64> = references
+        .iter()
+        .map(|(img, truth)| dice(&forest.predict(img, size, size), truth))
+        .collect();
+    let (best_patch, best) = dices
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    Ok(Rca {
+        best,
+        mean: dices.iter().sum::<f64>() / dices.len() as f64,
+        best_patch,
+    })
+}
+
+/// The RCA lines of a version (empty when it has none).
+pub fn rca_lines(version: &DatasetVersion) -> Result<Vec<RcaRecord>> {
+    let Some(bytes) = version.other.get(RCA_FILE) else {
+        return Ok(Vec::new());
+    };
+    std::str::from_utf8(bytes)?
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{RCA_FILE} line {}: {e}", i + 1))
+        })
+        .collect()
+}
+
+/// Latest RCA line per stack (the file keeps one line per (stack, model); this takes the most
+/// recent by time), worst first, and those under their alarm threshold.
+pub fn latest_by_stack(lines: &[RcaRecord]) -> Vec<&RcaRecord> {
+    let mut latest: std::collections::BTreeMap<&str, &RcaRecord> = Default::default();
+    for l in lines {
+        let e = latest.entry(l.stack.as_str()).or_insert(l);
+        if l.time >= e.time {
+            *e = l;
+        }
+    }
+    let mut v: Vec<&RcaRecord> = latest.into_values().collect();
+    v.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
+    v
+}
+
+pub fn monitor(
+    repo: &Repo,
+    _head: CommitId,
+    mut version: DatasetVersion,
+    params: &MonitorParams,
+) -> Result<(Next, MonitorReport)> {
+    let started = Instant::now();
+    let m = model(&version, &params.model)?.clone();
+    let net = load_segmenter(&repo.store, &m, &Device::Cpu)?;
+    let Some(set) = version.sets.get(&params.reference) else {
+        bail!(
+            "no reference set {:?}: RCA compares against annotated patches (e.g. --reference coreset)",
+            params.reference
+        );
+    };
+    let current = super::annotate::current_masks(&version);
+    let ref_ids: Vec<String> = set
+        .patches
+        .iter()
+        .filter(|p| current.contains_key(p.as_str()))
+        .cloned()
+        .collect();
+    if ref_ids.is_empty() {
+        bail!(
+            "set {} has no annotated patch: annotate it first (`biodc annotate DIR --round core`)",
+            params.reference
+        );
+    }
+    let masks = super::train::load_masks(&repo.store, &version, &ref_ids)?;
+    let mut references = Vec::with_capacity(ref_ids.len());
+    let mut size = 0;
+    for (id, m) in ref_ids.iter().zip(masks) {
+        let (info, plane) = super::export::patch_plane(&repo.store, &version, id)?;
+        size = info.shape[1];
+        references.push((plane.to_f32(), m.into_iter().map(|v| (v != 0) as u8).collect::<Vec<u8>>()));
+    }
+    let names: Vec<String> = if params.stacks.is_empty() {
+        version.stacks.keys().cloned().collect()
+    } else {
+        params.stacks.clone()
+    };
+    let forest = PixelClassifierParams {
+        trees: params.trees,
+        per_class: params.per_class,
+        seed: params.seed,
+        ..PixelClassifierParams::default()
+    };
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let pb = crate::progress::bar(names.len() as u64, "monitor", false);
+    let mut scores = Vec::new();
+    for name in &names {
+        let Some(stack) = version.stacks.get(name) else {
+            bail!("no stack named {name:?} in this version");
+        };
+        let [_, h, w] = stack.shape;
+        let slices = super::segment::stack_slices(&repo.store, &version, stack)?;
+        let pred = super::segment::segment_slices(&net, &slices, h, w)?;
+        let r = rca(&slices, &pred, h, w, &references, size, &forest)?;
+        let on: usize = pred.iter().map(|p| p.iter().map(|&v| v as usize).sum::<usize>()).sum();
+        scores.push(RcaRecord {
+            stack: name.clone(),
+            model: params.model.clone(),
+            checkpoint: m.checkpoint.to_hex(),
+            reference: params.reference.clone(),
+            rca: r.best,
+            mean_dice: r.mean,
+            best_patch: ref_ids[r.best_patch].clone(),
+            foreground: on as f64 / (h * w * slices.len()).max(1) as f64,
+            alarm: r.best < params.alarm,
+            threshold: params.alarm,
+            time,
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    // One line per (stack, model): this run's lines replace earlier ones of the same pair.
+    let mut lines: Vec<RcaRecord> = rca_lines(&version)?
+        .into_iter()
+        .filter(|l| !(l.model == params.model && names.contains(&l.stack)))
+        .collect();
+    lines.extend(scores.iter().cloned());
+    lines.sort_by(|a, b| a.stack.cmp(&b.stack).then(a.model.cmp(&b.model)));
+    let mut text = String::new();
+    for l in &lines {
+        text.push_str(&serde_json::to_string(l)?);
+        text.push('\n');
+    }
+    version.other.insert(RCA_FILE.into(), text.into_bytes());
+    scores.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
+    let alarms: Vec<String> = scores.iter().filter(|s| s.alarm).map(|s| s.stack.clone()).collect();
+    let mean = scores.iter().map(|s| s.rca).sum::<f64>() / scores.len().max(1) as f64;
+    let summary = format!(
+        "monitor: RCA of {} stacks with {} against {} ({} references): mean {mean:.3}, min {:.3}, {} under {}",
+        scores.len(),
+        params.model,
+        params.reference,
+        ref_ids.len(),
+        scores.first().map_or(f64::NAN, |s| s.rca),
+        alarms.len(),
+        params.alarm
+    );
+    let mut record = repo.stage_record("monitor", serde_json::to_value(params)?, Some(params.seed), &summary);
+    record.outputs.insert(RCA_FILE.into(), format!("{} stacks", scores.len()));
+    let seconds = started.elapsed().as_secs_f64();
+    record.timings_ms.insert("monitor".into(), (seconds * 1000.0) as u64);
+    Ok((
+        Some((version, record)),
+        MonitorReport {
+            scores,
+            alarms,
+            seconds,
+        },
+    ))
+}

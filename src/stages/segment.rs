@@ -1,0 +1,194 @@
+//! `segment`: whole stacks through a segmenter, slice by slice. Each slice is rebuilt from its
+//! stored tiles, cut into windows of the patch size that overlap by a quarter, each window
+//! normalised like a training patch; the windows' probabilities are blended with a tent weight
+//! (highest in the window's centre, where the network sees the most context) and thresholded
+//! at 0.5. Masks are written as 8-bit TIFF stacks (0/255) of the input's shape.
+
+use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
+use crate::nn::data::normalize_patch;
+use crate::nn::segmenter::Segmenter;
+use crate::repo::Repo;
+use crate::store::Store;
+use crate::version::{DatasetVersion, StackManifest};
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Every slice of `stack` as f32 pixels, rebuilt from its tiles (which cover it).
+pub fn stack_slices(
+    store: &Store,
+    version: &DatasetVersion,
+    stack: &StackManifest,
+) -> Result<Vec<Vec<f32>>> {
+    let [z, h, w] = stack.shape;
+    let t = stack.tile;
+    let patches = version
+        .patches
+        .get(&stack.name)
+        .with_context(|| format!("stack {} has no patch list", stack.name))?;
+    let tiles: Vec<(usize, usize, usize, Vec<f32>)> = patches
+        .par_iter()
+        .map(|p| {
+            let plane = Plane::from_le_bytes(stack.dtype, &store.get(&p.tile)?)?;
+            Ok((p.z, p.y, p.x, plane.to_f32()))
+        })
+        .collect::<Result<_>>()?;
+    let mut slices = vec![vec![0f32; h * w]; z];
+    for (pz, py, px, pixels) in tiles {
+        let slice = &mut slices[pz];
+        for r in 0..t {
+            slice[(py + r) * w + px..(py + r) * w + px + t]
+                .copy_from_slice(&pixels[r * t..(r + 1) * t]);
+        }
+    }
+    Ok(slices)
+}
+
+/// Window origins along an axis of `len`: step `size − size/4`, the last flush with the edge.
+fn window_starts(len: usize, size: usize) -> Vec<usize> {
+    let step = (size - size / 4).max(1);
+    let mut starts: Vec<usize> = (0..=len - size).step_by(step).collect();
+    if starts.last().map(|s| s + size) != Some(len) {
+        starts.push(len - size);
+    }
+    starts
+}
+
+/// Foreground probability of every pixel of an `h`×`w` slice (h, w ≥ the network's size).
+pub fn segment_slice(
+    net: &Segmenter,
+    slice: &[f32],
+    h: usize,
+    w: usize,
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let s = net.cfg.encoder.image_size;
+    if h < s || w < s {
+        bail!("a {h}×{w} slice is smaller than the model's {s}×{s} input");
+    }
+    let tent: Vec<f32> = (0..s).map(|i| (i.min(s - 1 - i) + 1) as f32).collect();
+    let windows: Vec<(usize, usize)> = window_starts(h, s)
+        .into_iter()
+        .flat_map(|y| window_starts(w, s).into_iter().map(move |x| (y, x)))
+        .collect();
+    let mut acc = vec![0f32; h * w];
+    let mut weight = vec![0f32; h * w];
+    let dev = net.device();
+    for chunk in windows.chunks(batch.max(1)) {
+        let crops: Vec<Vec<f32>> = chunk
+            .iter()
+            .map(|&(y, x)| {
+                let mut c = Vec::with_capacity(s * s);
+                for r in y..y + s {
+                    c.extend_from_slice(&slice[r * w + x..r * w + x + s]);
+                }
+                normalize_patch(&c)
+            })
+            .collect();
+        let probs = net.predict(&crate::nn::data::batch(&crops, s, &dev)?)?;
+        for (&(y, x), p) in chunk.iter().zip(probs) {
+            for r in 0..s {
+                for c in 0..s {
+                    let wt = tent[r] * tent[c];
+                    acc[(y + r) * w + x + c] += wt * p[r * s + c];
+                    weight[(y + r) * w + x + c] += wt;
+                }
+            }
+        }
+    }
+    Ok(acc.iter().zip(&weight).map(|(a, b)| a / b).collect())
+}
+
+/// 0/1 masks of every slice of `slices`.
+pub fn segment_slices(
+    net: &Segmenter,
+    slices: &[Vec<f32>],
+    h: usize,
+    w: usize,
+) -> Result<Vec<Vec<u8>>> {
+    slices
+        .iter()
+        .map(|s| {
+            Ok(segment_slice(net, s, h, w, 8)?
+                .iter()
+                .map(|&p| (p > 0.5) as u8)
+                .collect())
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentedStack {
+    pub stack: String,
+    pub file: PathBuf,
+    pub shape: [usize; 3],
+    pub foreground_fraction: f64,
+    pub seconds: f64,
+}
+
+/// Segments `stacks` (names; empty = all) of `version` with model `model`, writing
+/// `out/<stack>.tif`.
+pub fn segment(
+    repo: &Repo,
+    version: &DatasetVersion,
+    model: &str,
+    stacks: &[String],
+    out: &Path,
+) -> Result<Vec<SegmentedStack>> {
+    let m = super::train::model(version, model)?;
+    let net = super::train::load_segmenter(&repo.store, m, &candle_core::Device::Cpu)?;
+    let names: Vec<String> = if stacks.is_empty() {
+        version.stacks.keys().cloned().collect()
+    } else {
+        stacks.to_vec()
+    };
+    for n in &names {
+        if !version.stacks.contains_key(n) {
+            bail!(
+                "no stack named {n:?} in this version (see `biodc status --json` or `biodc show`)"
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let pb = crate::progress::bar(names.len() as u64, "segment", false);
+    let mut done = Vec::new();
+    for name in &names {
+        let started = Instant::now();
+        let stack = &version.stacks[name];
+        let [_, h, w] = stack.shape;
+        let slices = stack_slices(&repo.store, version, stack)?;
+        let masks = segment_slices(&net, &slices, h, w)?;
+        let on: usize = masks
+            .iter()
+            .map(|m| m.iter().map(|&v| v as usize).sum::<usize>())
+            .sum();
+        let file = out.join(format!("{name}.tif"));
+        write_stack(
+            &file,
+            &Stack {
+                info: StackInfo {
+                    shape: stack.shape,
+                    dtype: crate::io::Dtype::U8,
+                    voxel_size: stack.voxel_size,
+                },
+                planes: masks
+                    .into_iter()
+                    .map(|m| Plane::U8(m.into_iter().map(|v| v * 255).collect()))
+                    .collect(),
+            },
+        )
+        .with_context(|| format!("writing {}", file.display()))?;
+        done.push(SegmentedStack {
+            stack: name.clone(),
+            file,
+            shape: stack.shape,
+            foreground_fraction: on as f64 / (stack.shape.iter().product::<usize>()).max(1) as f64,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(done)
+}
