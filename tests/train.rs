@@ -216,3 +216,61 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
     let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
     cov / (va * vb).sqrt()
 }
+
+#[test]
+fn fine_tuning_on_a_critical_set_keeps_the_core_set() {
+    let (tmp, project, cohort) = trained_m0();
+    let hunt = json(
+        &project,
+        &["hunt", "--model", "M0", "--top", "30", "--json"],
+    );
+    let set = hunt["set"].as_str().unwrap().to_string();
+    // The expert corrects the 4 most uncertain candidates.
+    let fixed = tmp.path().join("critical");
+    ok(
+        &project,
+        &[
+            "expert",
+            "--cohort",
+            cohort.to_str().unwrap(),
+            "--set",
+            &set,
+            "--first",
+            "4",
+            "--to",
+            fixed.to_str().unwrap(),
+        ],
+    );
+    ok(
+        &project,
+        &["annotate", fixed.to_str().unwrap(), "--round", "critical-1"],
+    );
+    let r = json(
+        &project,
+        &[
+            "train", "--name", "M1", "--from", "M0", "--epochs", "15", "--seed", "1", "--json",
+        ],
+    );
+    assert_eq!((r["old"].as_u64(), r["new"].as_u64()), (Some(16), Some(4)));
+    let d = &r["dice"];
+    let f = |k: &str| d[k].as_f64().unwrap_or_else(|| panic!("no {k} in {d}"));
+    println!(
+        "core set: M0 {:.3} → M1 {:.3}; critical set: M0 {:.3} → M1 {:.3}",
+        f("parent_old"),
+        f("old"),
+        f("parent_new"),
+        f("new")
+    );
+    assert!(f("old") >= f("parent_old") - 0.05, "M1 forgot the core set");
+    assert!(
+        f("new") > f("parent_new"),
+        "M1 did not improve on the critical set"
+    );
+    // The model records what it was trained from and on.
+    let repo = biodc::repo::Repo::discover(&project).unwrap();
+    let (_, v) = repo.version(None).unwrap();
+    let m1 = &v.models["M1"];
+    assert!(m1.parent.as_deref().unwrap().starts_with("M0@"));
+    assert_eq!(m1.training["patches"].as_array().unwrap().len(), 20);
+    assert!(m1.metrics.contains_key("dice_new"));
+}

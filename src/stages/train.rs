@@ -331,6 +331,16 @@ pub fn train(
     let (old, new): (Vec<usize>, Vec<usize>) =
         (0..examples.len()).partition(|&i| parent_ids.contains(&examples[i].id));
     let balanced = !old.is_empty() && !new.is_empty();
+    let ids_of =
+        |set: &[usize]| -> Vec<String> { set.iter().map(|&i| examples[i].id.clone()).collect() };
+    // The parent's Dice on the old and new annotations, to show what fine-tuning changed.
+    let mut dice_by = BTreeMap::new();
+    if balanced {
+        for (key, set) in [("parent_old", &old), ("parent_new", &new)] {
+            let d = evaluate(&net, &repo.store, &version, &ids_of(set), size)?;
+            dice_by.insert(key.to_string(), mean(&d));
+        }
+    }
 
     let per_epoch = examples.len().div_ceil(params.batch) as u64;
     let total = (per_epoch * params.epochs as u64).min(params.max_steps.unwrap_or(u64::MAX));
@@ -386,7 +396,6 @@ pub fn train(
     let train_seconds = train_started.elapsed().as_secs_f64();
 
     // Dice on what it was trained on, per training set, and on the validation round.
-    let mut dice_by = BTreeMap::new();
     let train_dice = evaluate(&net, &repo.store, &version, &ids, size)?;
     let by_id: BTreeMap<&str, f64> = ids
         .iter()
