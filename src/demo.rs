@@ -85,6 +85,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<()> {
         name: "mae".into(),
         checkpoint_every: 50,
         max_steps: None,
+        scratch: false,
     };
     let (_, r) = stages::run(&repo, |repo, head, v| {
         pretrain::pretrain(repo, head, v, &pp, false)
@@ -100,6 +101,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<()> {
     let ep = embed::EmbedParams {
         model: "mae".into(),
         batch: 32,
+        fresh: false,
     };
     let (_, r) = stages::run(&repo, |repo, head, v| embed::embed(repo, head, v, &ep))?;
     say(

@@ -10,6 +10,7 @@ pub mod history;
 pub mod io;
 pub mod lock;
 pub mod nn;
+pub mod pixel;
 pub mod progress;
 pub mod repo;
 pub mod report;

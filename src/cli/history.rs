@@ -3,7 +3,7 @@
 use super::{print_json, short};
 use crate::history::HeadTarget;
 use crate::repo::{Config, Repo};
-use crate::version::{counts, diff as version_diff, Changes, DatasetVersion, VersionDiff};
+use crate::version::{counts, diff as version_diff, rca_of, Changes, DatasetVersion, RcaRecord, VersionDiff};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
@@ -49,6 +49,8 @@ struct Status {
     head: String,
     summary: String,
     counts: crate::version::Counts,
+    /// Stacks whose latest RCA score is under its alarm threshold, worst first.
+    alarms: Vec<RcaRecord>,
 }
 
 pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
@@ -60,6 +62,7 @@ pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
         head: head.to_string(),
         summary: info.message.lines().next().unwrap_or_default().to_string(),
         counts: counts(&repo.history, head)?,
+        alarms: rca_of(&repo.history, head)?.into_iter().filter(|r| r.alarm).collect(),
     };
     if a.json {
         return print_json(&s);
@@ -91,6 +94,12 @@ pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
     if !c.other_manifests.is_empty() {
         println!("other manifests: {}", c.other_manifests.join(", "));
     }
+    if !s.alarms.is_empty() {
+        println!("RCA alarms ({} stacks, worst first):", s.alarms.len());
+        for r in &s.alarms {
+            println!("  {:<28} RCA {:.3} < {} with {}", r.stack, r.rca, r.threshold, r.model);
+        }
+    }
     Ok(0)
 }
 
@@ -106,9 +115,41 @@ pub struct LogArgs {
     /// At most N versions.
     #[arg(short = 'n', long)]
     pub max: Option<usize>,
+    /// One line per version with the model scored and the mean/min RCA.
+    #[arg(long)]
+    pub metrics: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A version's RCA summary for `log --metrics`.
+#[derive(Serialize)]
+struct VersionMetrics {
+    id: String,
+    subject: String,
+    models: Vec<String>,
+    stacks: usize,
+    mean_rca: Option<f64>,
+    min_rca: Option<f64>,
+    alarms: usize,
+}
+
+fn version_metrics(repo: &Repo, info: &crate::history::CommitInfo) -> Result<VersionMetrics> {
+    let rca = rca_of(&repo.history, repo.history.resolve(&info.id)?)?;
+    let mut models: Vec<String> = rca.iter().map(|r| r.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    let n = rca.len();
+    Ok(VersionMetrics {
+        id: info.id.to_string(),
+        subject: info.message.lines().next().unwrap_or_default().to_string(),
+        models,
+        stacks: n,
+        mean_rca: (n > 0).then(|| rca.iter().map(|r| r.rca).sum::<f64>() / n as f64),
+        min_rca: rca.first().map(|r| r.rca),
+        alarms: rca.iter().filter(|r| r.alarm).count(),
+    })
 }
 
 pub fn log(dir: &Path, a: LogArgs) -> Result<i32> {
@@ -123,6 +164,30 @@ pub fn log(dir: &Path, a: LogArgs) -> Result<i32> {
         .take(a.max.unwrap_or(usize::MAX))
         .map(|id| repo.history.info(id))
         .collect::<Result<Vec<_>>>()?;
+    if a.metrics {
+        let rows = infos
+            .iter()
+            .map(|i| version_metrics(&repo, i))
+            .collect::<Result<Vec<_>>>()?;
+        if a.json {
+            return print_json(&rows);
+        }
+        println!("{:<12}  {:<10} {:>6} {:>8} {:>8} {:>6}  subject", "version", "model", "stacks", "mean RCA", "min RCA", "alarms");
+        for r in rows {
+            let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+            println!(
+                "{:<12}  {:<10} {:>6} {:>8} {:>8} {:>6}  {}",
+                short(&r.id),
+                if r.models.is_empty() { "-".to_string() } else { r.models.join(",") },
+                r.stacks,
+                f(r.mean_rca),
+                f(r.min_rca),
+                r.alarms,
+                r.subject
+            );
+        }
+        return Ok(0);
+    }
     if a.json {
         return print_json(&infos);
     }
@@ -276,6 +341,36 @@ pub fn diff(dir: &Path, a: DiffArgs) -> Result<i32> {
     ] {
         print_changes(what, c);
     }
+    for m in &d.model_metrics {
+        println!("model {}:", m.name);
+        let empty = Default::default();
+        let (ma, mb) = (m.a.as_ref().unwrap_or(&empty), m.b.as_ref().unwrap_or(&empty));
+        let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+        println!("  {:<24} {:>9} {:>9} {:>9}", "metric", "A", "B", "change");
+        for k in keys {
+            let (x, y) = (ma.get(k), mb.get(k));
+            let f = |v: Option<&f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+            let change = x.zip(y).map_or("".to_string(), |(x, y)| format!("{:+.4}", y - x));
+            println!("  {:<24} {:>9} {:>9} {:>9}", k, f(x), f(y), change);
+        }
+    }
+    if !d.rca.is_empty() {
+        println!("RCA per stack (largest drop first):");
+        println!("  {:<28} {:>14} {:>14} {:>8}", "stack", "A", "B", "change");
+        for r in &d.rca {
+            let f = |v: Option<f64>, m: &Option<String>| match (v, m) {
+                (Some(v), Some(m)) => format!("{v:.3} ({m})"),
+                _ => "-".to_string(),
+            };
+            println!(
+                "  {:<28} {:>14} {:>14} {:>8}",
+                r.stack,
+                f(r.a, &r.model_a),
+                f(r.b, &r.model_b),
+                r.change.map_or("".to_string(), |c| format!("{c:+.3}"))
+            );
+        }
+    }
     Ok(0)
 }
 
@@ -408,4 +503,56 @@ fn named_refs(
         println!("created {kind} {name} at {}", short(&target));
     }
     Ok(0)
+}
+
+/// Re-run the stage that made a version and check it comes out the same.
+///
+/// Reads REV's stage.json, runs that verb again with the same parameters, seed and thread
+/// count on REV's parent, and compares every output object by hash. Prints "bit-identical", or
+/// per output what differs and by how much (largest weight difference, Dice between masks, RCA
+/// change, …). Nothing is committed; HEAD does not move; the re-run's objects are removed.
+/// Exit status 1 when something differs.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  biodc reproduce HEAD\n  biodc reproduce 3f2a9c1b --json")]
+pub struct ReproduceArgs {
+    /// Revision to reproduce (default HEAD).
+    pub rev: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn reproduce(dir: &Path, a: ReproduceArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let r = crate::stages::reproduce::reproduce(&repo, a.rev.as_deref().unwrap_or("HEAD"))?;
+    let status = if r.identical { 0 } else { 1 };
+    if a.json {
+        print_json(&r)?;
+        return Ok(status);
+    }
+    if r.identical {
+        println!(
+            "{} ({} on {}, {} threads): bit-identical — {} outputs compared in {:.1} s",
+            short(&r.commit),
+            r.verb,
+            short(&r.parent),
+            r.threads,
+            r.compared,
+            r.seconds
+        );
+    } else {
+        println!(
+            "{} ({} on {}, {} threads): {} of {} outputs differ",
+            short(&r.commit),
+            r.verb,
+            short(&r.parent),
+            r.threads,
+            r.differences.len(),
+            r.compared
+        );
+        for d in &r.differences {
+            println!("  {}: {}", d.output, d.detail);
+        }
+    }
+    Ok(status)
 }

@@ -61,6 +61,7 @@ pub fn pretrain(dir: &Path, a: PretrainArgs) -> Result<i32> {
         name: a.name,
         checkpoint_every: a.checkpoint_every,
         max_steps: a.max_steps,
+        scratch: false,
     };
     let (commit, r) = stages::run(&repo, |repo, head, v| {
         pretrain::pretrain(repo, head, v, &params, a.resume)
@@ -100,6 +101,7 @@ pub fn embed(dir: &Path, a: EmbedArgs) -> Result<i32> {
     let params = embed::EmbedParams {
         model: a.model,
         batch: a.batch,
+        fresh: false,
     };
     let (commit, r) = stages::run(&repo, |repo, head, v| embed::embed(repo, head, v, &params))?;
     if a.json {

@@ -54,6 +54,8 @@ pub enum Verb {
     Train(models::TrainArgs),
     Hunt(models::HuntArgs),
     Segment(models::SegmentArgs),
+    Monitor(models::MonitorArgs),
+    Reproduce(history::ReproduceArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -87,6 +89,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Train(a) => models::train(&dir, a),
         Verb::Hunt(a) => models::hunt(&dir, a),
         Verb::Segment(a) => models::segment(&dir, a),
+        Verb::Monitor(a) => models::monitor(&dir, a),
+        Verb::Reproduce(a) => history::reproduce(&dir, a),
     }
 }
 

@@ -1,8 +1,8 @@
-//! Verbs around segmenters: train, hunt, segment.
+//! Verbs around segmenters: train, hunt, segment, monitor.
 
 use super::{print_json, short};
 use crate::repo::Repo;
-use crate::stages::{self, hunt, segment, train};
+use crate::stages::{self, hunt, monitor, segment, train};
 use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -206,6 +206,136 @@ pub fn segment(dir: &Path, a: SegmentArgs) -> Result<i32> {
             s.file.display(),
             100.0 * s.foreground_fraction,
             s.seconds
+        );
+    }
+    Ok(0)
+}
+
+/// Estimate a segmenter's quality on stacks without ground truth (reverse classification
+/// accuracy).
+///
+/// Each stack is segmented with the model; a random-forest pixel classifier is trained on the
+/// stack labelled by that prediction and applied to the annotated reference patches (the core
+/// set), whose truth is known. The best Dice is the stack's RCA score: low scores mean the model
+/// probably failed there. Stack files given on the command line are imported first (a normal
+/// import commit); the scores are committed as metrics/rca.jsonl and listed worst first, with
+/// alarms for scores under --alarm.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc monitor --model M1 new_stacks/*.tif --condition week-12\n  biodc monitor --model M1 --all --alarm 0.7"
+)]
+pub struct MonitorArgs {
+    #[arg(long, default_value = "M1")]
+    pub model: String,
+    /// New TIFF stacks (or folders) to import and score; or stack names already in the
+    /// repository.
+    pub stacks: Vec<String>,
+    /// Score every stack of the version.
+    #[arg(long, conflicts_with = "stacks")]
+    pub all: bool,
+    /// Annotated set to test the pixel classifier on.
+    #[arg(long, default_value = "coreset")]
+    pub reference: String,
+    /// Scores under this are alarms.
+    #[arg(long, default_value_t = 0.6)]
+    pub alarm: f64,
+    /// Condition tag for imported stacks.
+    #[arg(long)]
+    pub condition: Option<String>,
+    /// Trees of the pixel classifier.
+    #[arg(long, default_value_t = crate::pixel::forest::ForestParams::default().trees)]
+    pub trees: usize,
+    /// Training pixels per class for the pixel classifier.
+    #[arg(long, default_value_t = crate::pixel::PixelClassifierParams::default().per_class)]
+    pub per_class: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    if a.stacks.is_empty() && !a.all {
+        anyhow::bail!("name stack files or stacks to score, or pass --all");
+    }
+    // Arguments that exist on disk are files to import; the rest name stacks.
+    let (files, mut names): (Vec<String>, Vec<String>) =
+        a.stacks.into_iter().partition(|s| Path::new(s).exists());
+    let mut import_commit = None;
+    if !files.is_empty() {
+        let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        for f in stages::import::tiff_files(&paths)? {
+            names.push(stages::import::stack_name(&f));
+        }
+        let params = stages::import::ImportParams {
+            paths,
+            condition: a.condition.clone(),
+            condition_from_dir: false,
+            voxel_size: None,
+            patch: None,
+        };
+        let (commit, r) = stages::run(&repo, |repo, head, v| stages::import::import(repo, head, v, &params))?;
+        if let Some(c) = commit {
+            if !a.json {
+                println!(
+                    "version {}: imported {} new and {} changed stacks",
+                    short(&c),
+                    r.new_stacks.len(),
+                    r.changed_stacks.len()
+                );
+            }
+        }
+        import_commit = commit;
+    }
+    let params = monitor::MonitorParams {
+        model: a.model,
+        stacks: names,
+        reference: a.reference,
+        alarm: a.alarm,
+        seed: a.seed,
+        classifier: crate::pixel::PixelClassifierParams {
+            per_class: a.per_class,
+            forest: crate::pixel::forest::ForestParams {
+                trees: a.trees,
+                ..Default::default()
+            },
+            seed: a.seed,
+        },
+    };
+    let (commit, r) = stages::run(&repo, |repo, head, v| monitor::monitor(repo, head, v, &params))?;
+    if a.json {
+        let mut value = serde_json::to_value(&r)?;
+        value["commit"] = serde_json::json!(commit.map(|c| c.to_string()));
+        value["import_commit"] = serde_json::json!(import_commit.map(|c| c.to_string()));
+        return print_json(&value);
+    }
+    println!(
+        "version {}: RCA of {} stacks with {} in {:.1} s, worst first",
+        short(&commit.expect("monitor commits")),
+        r.scores.len(),
+        params.model,
+        r.seconds
+    );
+    for s in &r.scores {
+        println!(
+            "  {:<28} RCA {:.3}  (mean Dice {:.3}, best match {}, {:.1} % foreground){}",
+            s.stack,
+            s.rca,
+            s.mean_dice,
+            s.best_patch,
+            100.0 * s.foreground,
+            if s.alarm { "  ALARM" } else { "" }
+        );
+    }
+    if !r.alarms.is_empty() {
+        println!(
+            "{} stacks under {}: check their segmentations (`biodc segment --model {} {} --out DIR`)",
+            r.alarms.len(),
+            params.alarm,
+            params.model,
+            r.alarms.join(" ")
         );
     }
     Ok(0)

@@ -18,10 +18,13 @@ use candle_core::Device;
 use serde::Serialize;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EmbedParams {
     pub model: String,
     pub batch: usize,
+    /// Compute every vector, ignoring and not filling the cache (what `reproduce` does).
+    #[serde(skip)]
+    pub fresh: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,7 +86,7 @@ pub fn embed(
         .map(|(_, p)| {
             cache
                 .get::<Vec<f32>>(&tree, &p.tile.0)
-                .filter(|v| v.len() == EMBED_DIM)
+                .filter(|v| v.len() == EMBED_DIM && !params.fresh)
         })
         .collect();
     let todo: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_none()).collect();
@@ -92,7 +95,9 @@ pub fn embed(
         let x = batch(&list.load(&repo.store, chunk)?, list.size, &dev)?;
         let out: Vec<Vec<f32>> = mae.pooled(&x)?.to_vec2()?;
         for (&i, v) in chunk.iter().zip(out) {
-            cache.put(&tree, &list.items[i].1.tile.0, &v);
+            if !params.fresh {
+                cache.put(&tree, &list.items[i].1.tile.0, &v);
+            }
             rows[i] = Some(v);
         }
         pb.inc(chunk.len() as u64);

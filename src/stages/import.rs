@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What to import and how.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ImportParams {
     /// Files and folders (walked for .tif/.tiff).
     pub paths: Vec<PathBuf>,

@@ -9,9 +9,11 @@ pub mod export;
 pub mod fsck;
 pub mod hunt;
 pub mod import;
+pub mod monitor;
 pub mod patches;
 pub mod pretrain;
 pub mod qc;
+pub mod reproduce;
 pub mod segment;
 pub mod train;
 

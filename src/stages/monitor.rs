@@ -12,7 +12,7 @@
 use super::train::{load_segmenter, model};
 use super::Next;
 use crate::history::CommitId;
-use crate::pixel::{dice, PixelClassifier, PixelClassifierParams};
+use crate::pixel::{dice, normalise_together, PixelClassifier, PixelClassifierParams};
 use crate::repo::Repo;
 use crate::version::{DatasetVersion, RcaRecord};
 use anyhow::{bail, Result};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// Where `metrics/rca.jsonl` lives in a version.
-pub const RCA_FILE: &str = "metrics/rca.jsonl";
+pub const RCA_FILE: &str = "metrics/rca.jsonl"; // read without loading a version by crate::version::rca_of
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitorParams {
@@ -32,9 +32,8 @@ pub struct MonitorParams {
     pub reference: String,
     pub alarm: f64,
     pub seed: u64,
-    pub trees: usize,
-    /// Training pixels per class for the forest.
-    pub per_class: usize,
+    /// The pixel classifier: trees, depth, pixels per class.
+    pub classifier: PixelClassifierParams,
 }
 
 impl Default for MonitorParams {
@@ -45,8 +44,7 @@ impl Default for MonitorParams {
             reference: "coreset".into(),
             alarm: 0.6,
             seed: 0,
-            trees: 100,
-            per_class: 20_000,
+            classifier: PixelClassifierParams::default(),
         }
     }
 }
@@ -68,7 +66,8 @@ pub struct Rca {
 }
 
 /// RCA of a stack (`slices`, each `h`×`w` raw intensities) whose predicted masks are `pred`,
-/// against `references` (raw image, true 0/1 mask; `size`×`size`).
+/// against `references` (raw image, true 0/1 mask; `size`×`size`). The stack and the reference
+/// set are each intensity-normalised as a whole.
 pub fn rca(
     slices: &[Vec<f32>],
     pred: &[Vec<u8>],
@@ -81,10 +80,15 @@ pub fn rca(
     if references.is_empty() {
         bail!("RCA needs at least one annotated reference patch");
     }
-    let forest = PixelClassifier::train(slices, pred, h, w, params)?;
-    let dices: Vec<f64> = references
+    let mut slices = slices.to_vec();
+    normalise_together(&mut slices);
+    let forest = PixelClassifier::train(&slices, pred, h, w, params)?;
+    let mut images: Vec<Vec<f32>> = references.iter().map(|(img, _)| img.clone()).collect();
+    normalise_together(&mut images);
+    let dices: Vec<f64> = images
         .iter()
-        .map(|(img, truth)| dice(&forest.predict(img, size, size), truth))
+        .zip(references)
+        .map(|(img, (_, truth))| dice(&forest.predict(img, size, size), truth))
         .collect();
     let (best_patch, best) = dices
         .iter()
@@ -114,17 +118,10 @@ pub fn rca_lines(version: &DatasetVersion) -> Result<Vec<RcaRecord>> {
         .collect()
 }
 
-/// Latest RCA line per stack (the file keeps one line per (stack, model); this takes the most
-/// recent by time), worst first, and those under their alarm threshold.
-pub fn latest_by_stack(lines: &[RcaRecord]) -> Vec<&RcaRecord> {
-    let mut latest: std::collections::BTreeMap<&str, &RcaRecord> = Default::default();
-    for l in lines {
-        let e = latest.entry(l.stack.as_str()).or_insert(l);
-        if l.time >= e.time {
-            *e = l;
-        }
-    }
-    let mut v: Vec<&RcaRecord> = latest.into_values().collect();
+/// Latest RCA line per stack (the file keeps one line per (stack, model); this takes the one of
+/// the most recent run), worst first.
+pub fn latest_by_stack(lines: &[RcaRecord]) -> Vec<RcaRecord> {
+    let mut v: Vec<RcaRecord> = crate::version::diff::latest_rca(lines.to_vec()).into_values().collect();
     v.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
     v
 }
@@ -171,14 +168,11 @@ pub fn monitor(
         params.stacks.clone()
     };
     let forest = PixelClassifierParams {
-        trees: params.trees,
-        per_class: params.per_class,
         seed: params.seed,
-        ..PixelClassifierParams::default()
+        ..params.classifier.clone()
     };
-    let time = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let earlier = rca_lines(&version)?;
+    let run = earlier.iter().map(|l| l.run).max().unwrap_or(0) + 1;
     let pb = crate::progress::bar(names.len() as u64, "monitor", false);
     let mut scores = Vec::new();
     for name in &names {
@@ -201,13 +195,13 @@ pub fn monitor(
             foreground: on as f64 / (h * w * slices.len()).max(1) as f64,
             alarm: r.best < params.alarm,
             threshold: params.alarm,
-            time,
+            run,
         });
         pb.inc(1);
     }
     pb.finish_and_clear();
     // One line per (stack, model): this run's lines replace earlier ones of the same pair.
-    let mut lines: Vec<RcaRecord> = rca_lines(&version)?
+    let mut lines: Vec<RcaRecord> = earlier
         .into_iter()
         .filter(|l| !(l.model == params.model && names.contains(&l.stack)))
         .collect();

@@ -35,6 +35,10 @@ pub struct PretrainParams {
     pub checkpoint_every: u64,
     /// Stop after this many steps (for quick runs); None = all epochs.
     pub max_steps: Option<u64>,
+    /// Write no pending checkpoints (and leave any of the same name alone): a re-run by
+    /// `reproduce`, which must not touch an interrupted run the user may resume.
+    #[serde(skip)]
+    pub scratch: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,7 +186,10 @@ pub fn pretrain(
             pb.set_message(format!("loss {mean:.3}"));
         }
         pb.inc(1);
-        if trainer.step % params.checkpoint_every.max(1) == 0 && trainer.step < total {
+        if !params.scratch
+            && trainer.step % params.checkpoint_every.max(1) == 0
+            && trainer.step < total
+        {
             save_pending(
                 repo,
                 &pending_file,
@@ -246,7 +253,9 @@ pub fn pretrain(
     record
         .timings_ms
         .insert("pretrain".into(), (seconds * 1000.0) as u64);
-    std::fs::remove_file(&pending_file).ok();
+    if !params.scratch {
+        std::fs::remove_file(&pending_file).ok();
+    }
     let report = PretrainReport {
         steps: trainer.step,
         patches: train_idx.len(),

@@ -37,7 +37,7 @@ pub struct QcLine {
     pub z: BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct QcParams {
     /// Embeddings used for near duplicates and outliers (skipped when absent).
     pub model: String,

@@ -192,16 +192,7 @@ pub fn round_ids(version: &DatasetVersion, round: &str) -> Vec<String> {
         .collect()
 }
 
-/// Dice of two 0/1 masks; 1 when both are empty.
-pub fn dice(a: &[u8], b: &[u8]) -> f64 {
-    let inter = a.iter().zip(b).filter(|(&x, &y)| x != 0 && y != 0).count();
-    let total = a.iter().filter(|&&x| x != 0).count() + b.iter().filter(|&&y| y != 0).count();
-    if total == 0 {
-        1.0
-    } else {
-        2.0 * inter as f64 / total as f64
-    }
-}
+pub use crate::pixel::dice;
 
 /// Predicted 0/1 masks of normalised images, `batch` at a time, dropout off.
 pub fn predict_masks(

@@ -3,7 +3,7 @@
 //! one stack's manifests.
 
 use super::{parse_json, parse_jsonl, split_manifest_path, AnnotationRecord, PatchRecord};
-use super::{EmbeddingManifest, ModelManifest, PatchSet, StackManifest};
+use super::{EmbeddingManifest, ModelManifest, PatchSet, RcaRecord, StackManifest};
 use crate::history::{BlobId, CommitId, History};
 use anyhow::Result;
 use serde::Serialize;
@@ -56,6 +56,70 @@ pub struct VersionDiff {
     pub embeddings: Changes,
     /// Other manifests (qc, metrics) by path.
     pub other: Changes,
+    /// Metrics of every model added or changed, A beside B.
+    pub model_metrics: Vec<ModelMetrics>,
+    /// Per-stack RCA (the latest line of each stack) in A and B, largest drop first.
+    pub rca: Vec<RcaChange>,
+}
+
+/// One model's metrics in both versions (None where the model is absent).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelMetrics {
+    pub name: String,
+    pub a: Option<BTreeMap<String, f64>>,
+    pub b: Option<BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RcaChange {
+    pub stack: String,
+    pub model_a: Option<String>,
+    pub a: Option<f64>,
+    pub model_b: Option<String>,
+    pub b: Option<f64>,
+    /// b − a where both exist.
+    pub change: Option<f64>,
+}
+
+/// The latest RCA line of each stack (highest run).
+pub fn latest_rca(lines: Vec<RcaRecord>) -> BTreeMap<String, RcaRecord> {
+    let mut latest: BTreeMap<String, RcaRecord> = BTreeMap::new();
+    for l in lines {
+        match latest.get(&l.stack) {
+            Some(e) if e.run > l.run => {}
+            _ => {
+                latest.insert(l.stack.clone(), l);
+            }
+        }
+    }
+    latest
+}
+
+fn rca_changes(a: Vec<RcaRecord>, b: Vec<RcaRecord>) -> Vec<RcaChange> {
+    let (la, lb) = (latest_rca(a), latest_rca(b));
+    let stacks: BTreeSet<&String> = la.keys().chain(lb.keys()).collect();
+    let mut v: Vec<RcaChange> = stacks
+        .into_iter()
+        .map(|s| {
+            let (x, y) = (la.get(s), lb.get(s));
+            let (a, b) = (x.map(|r| r.rca), y.map(|r| r.rca));
+            RcaChange {
+                stack: s.clone(),
+                model_a: x.map(|r| r.model.clone()),
+                a,
+                model_b: y.map(|r| r.model.clone()),
+                b,
+                change: a.zip(b).map(|(a, b)| b - a),
+            }
+        })
+        .filter(|c| c.a != c.b || c.model_a != c.model_b)
+        .collect();
+    // Largest drop first; stacks scored on one side only go last.
+    v.sort_by(|x, y| {
+        let key = |c: &RcaChange| c.change.unwrap_or(f64::INFINITY);
+        key(x).total_cmp(&key(y)).then(x.stack.cmp(&y.stack))
+    });
+    v
 }
 
 impl VersionDiff {
@@ -97,7 +161,23 @@ pub fn diff(history: &History, a: CommitId, b: CommitId) -> Result<VersionDiff> 
             ("stage.json" | "biodc.json", _) => {}
             ("stacks", Some(name)) => d.stacks.extend(one::<StackManifest>(path, name, xa, xb)?),
             ("sets", Some(name)) => d.sets.extend(one::<PatchSet>(path, name, xa, xb)?),
-            ("models", Some(name)) => d.models.extend(one::<ModelManifest>(path, name, xa, xb)?),
+            ("models", Some(name)) => {
+                let metrics = |x: &Option<Vec<u8>>| -> Result<Option<BTreeMap<String, f64>>> {
+                    x.as_ref()
+                        .map(|b| parse_json::<ModelManifest>(path, b).map(|m| m.metrics))
+                        .transpose()
+                };
+                d.model_metrics.push(ModelMetrics {
+                    name: name.to_string(),
+                    a: metrics(&xa)?,
+                    b: metrics(&xb)?,
+                });
+                d.models.extend(one::<ModelManifest>(path, name, xa, xb)?)
+            }
+            ("metrics", Some("rca")) => {
+                d.rca = rca_changes(lines::<RcaRecord>(path, xa)?, lines::<RcaRecord>(path, xb)?);
+                d.other.extend(presence(path, ba.is_some(), bb.is_some()));
+            }
             ("embeddings", Some(name)) => d
                 .embeddings
                 .extend(one::<EmbeddingManifest>(path, name, xa, xb)?),

@@ -162,8 +162,9 @@ pub struct RcaRecord {
     /// `rca < threshold`.
     pub alarm: bool,
     pub threshold: f64,
-    /// Seconds since the Unix epoch.
-    pub time: i64,
+    /// Which `monitor` run of this history wrote the line (1, 2, …): the latest per stack is
+    /// the one with the highest run. A counter rather than a clock, so a re-run is identical.
+    pub run: u64,
 }
 
 /// `stage.json`: the transition that made this version.

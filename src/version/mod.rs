@@ -1,7 +1,7 @@
 //! A dataset version: the manifests of one commit, loaded, edited by a stage, saved as the next
 //! commit's tree; and the differences between two versions.
 
-mod diff;
+pub mod diff;
 pub mod manifest;
 
 pub use diff::{diff, Changes, VersionDiff};
@@ -239,6 +239,20 @@ pub struct Counts {
 }
 
 /// Counts the stacks, patches, annotations and sets of `commit`.
+/// The latest RCA line of each stack at `commit`, worst first (empty without monitor results).
+/// Reads one blob, not the whole version.
+pub fn rca_of(history: &History, commit: CommitId) -> Result<Vec<RcaRecord>> {
+    const PATH: &str = "metrics/rca.jsonl";
+    let tree: BTreeMap<String, BlobId> = history.tree_of(commit)?;
+    let Some(blob) = tree.get(PATH) else {
+        return Ok(Vec::new());
+    };
+    let lines: Vec<RcaRecord> = parse_jsonl(PATH, &history.blob(*blob)?)?;
+    let mut v: Vec<RcaRecord> = diff::latest_rca(lines).into_values().collect();
+    v.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
+    Ok(v)
+}
+
 pub fn counts(history: &History, commit: CommitId) -> Result<Counts> {
     let tree: BTreeMap<String, BlobId> = history.tree_of(commit)?;
     let mut c = Counts::default();
