@@ -128,6 +128,8 @@ fn m0_segments_held_out_stacks_and_hunt_finds_its_mistakes() {
     assert!(held_out >= 2, "the core set covered almost every stack");
     assert!(d >= 0.7, "M0 Dice on held-out stacks {d:.3} < 0.7");
 
+    rca_tracks_true_dice(&project, &cohort, &out);
+
     // Hunt over every unannotated patch; the uncertainty score must rank the patches by
     // their actual error.
     let hunt = json(
@@ -187,6 +189,124 @@ fn m0_segments_held_out_stacks_and_hunt_finds_its_mistakes() {
         ids.len()
     );
     assert!(rho >= 0.4, "Spearman {rho:.3} < 0.4");
+}
+
+/// Reverse classification accuracy against true Dice: every stack's M0 prediction (scored by
+/// `monitor`) plus, per stack, two copies of its ground truth degraded by erosion, dilation,
+/// dropped branches or noise (scored through the library with the same reference set).
+fn rca_tracks_true_dice(project: &Path, cohort: &Path, seg: &Path) {
+    use biodc::stages::monitor;
+    let mon = json(project, &["monitor", "--model", "M0", "--all", "--json"]);
+    let mut rca = Vec::new();
+    let mut truth_dice = Vec::new();
+    for s in mon["scores"].as_array().unwrap() {
+        let name = s["stack"].as_str().unwrap();
+        let (_, pred) = binary(&seg.join(format!("{name}.tif")));
+        let (_, truth) = binary(&cohort.join("masks").join(format!("{name}.tif")));
+        rca.push(s["rca"].as_f64().unwrap());
+        truth_dice.push(dice(&pred, &truth));
+    }
+    let real = rca.len();
+    let repo = biodc::repo::Repo::discover(project).unwrap();
+    let (_, v) = repo.version(None).unwrap();
+    let (_, refs, size) = monitor::references(&repo, &v, "coreset").unwrap();
+    let params = biodc::pixel::PixelClassifierParams::default();
+    for (i, (name, stack)) in v.stacks.iter().enumerate() {
+        let [z, h, w] = stack.shape;
+        let slices = biodc::stages::segment::stack_slices(&repo.store, &v, stack).unwrap();
+        let (_, truth) = binary(&cohort.join("masks").join(format!("{name}.tif")));
+        let planes: Vec<Vec<u8>> = truth.chunks(h * w).map(|c| c.to_vec()).collect();
+        assert_eq!(planes.len(), z);
+        for k in 0..2 {
+            let kind = (2 * i + k) % 4;
+            let severity = 1 + (i + 3 * k) % 3; // 1..=3
+            let bad: Vec<Vec<u8>> = planes
+                .iter()
+                .enumerate()
+                .map(|(j, p)| degrade(p, h, w, kind, severity, (i * 7 + j * 3 + k) as u64))
+                .collect();
+            let r = monitor::rca(&slices, &bad, h, w, &refs, size, &params).unwrap();
+            rca.push(r.best);
+            truth_dice.push(dice(&bad.concat(), &truth));
+        }
+    }
+    let n = rca.len() as f64;
+    let r = pearson(&rca, &truth_dice);
+    let mae = rca.iter().zip(&truth_dice).map(|(a, b)| (a - b).abs()).sum::<f64>() / n;
+    for (a, b) in rca.iter().zip(&truth_dice) {
+        println!("  RCA {a:.3}  true Dice {b:.3}");
+    }
+    println!(
+        "RCA vs true Dice over {} predictions ({real} by M0, {} degraded): Pearson r {r:.3}, mean abs error {mae:.3}",
+        rca.len(),
+        rca.len() - real
+    );
+    assert!(rca.len() >= 12 + real);
+    assert!(r >= 0.8, "Pearson r(RCA, true Dice) = {r:.3} < 0.8");
+}
+
+/// A degraded copy of an h×w 0/1 mask: 0 erosion, 1 dilation (radius = severity), 2 dropped
+/// branches (severity·3 random 48-pixel squares cleared), 3 noise (severity·8 % of pixels flipped).
+fn degrade(m: &[u8], h: usize, w: usize, kind: usize, severity: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let morph = |m: &[u8], r: usize, dilate: bool| -> Vec<u8> {
+        let r = r as isize;
+        (0..h * w)
+            .map(|p| {
+                let (y, x) = ((p / w) as isize, (p % w) as isize);
+                let mut any = false;
+                let mut all = true;
+                for dy in -r..=r {
+                    for dx in -r..=r {
+                        let (yy, xx) = (y + dy, x + dx);
+                        let v = if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                            m[p]
+                        } else {
+                            m[yy as usize * w + xx as usize]
+                        };
+                        any |= v != 0;
+                        all &= v != 0;
+                    }
+                }
+                (if dilate { any } else { all }) as u8
+            })
+            .collect()
+    };
+    match kind {
+        0 => morph(m, severity, false),
+        1 => morph(m, severity, true),
+        2 => {
+            let mut out = m.to_vec();
+            for _ in 0..severity * 3 {
+                let (y0, x0) = (next() as usize % h, next() as usize % w);
+                for y in y0..(y0 + 48).min(h) {
+                    for x in x0..(x0 + 48).min(w) {
+                        out[y * w + x] = 0;
+                    }
+                }
+            }
+            out
+        }
+        _ => m
+            .iter()
+            .map(|&v| if (next() % 100) < (severity * 8) as u64 { 1 - v } else { v })
+            .collect(),
+    }
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
 }
 
 fn ranks(v: &[f64]) -> Vec<f64> {
@@ -273,4 +393,39 @@ fn fine_tuning_on_a_critical_set_keeps_the_core_set() {
     assert!(m1.parent.as_deref().unwrap().starts_with("M0@"));
     assert_eq!(m1.training["patches"].as_array().unwrap().len(), 20);
     assert!(m1.metrics.contains_key("dice_new"));
+
+    // Monitor with M0, then with M1: the diff shows both models' metrics and every stack's RCA.
+    let after_m1 = head(&project);
+    ok(&project, &["monitor", "--model", "M0", "--all"]);
+    let with_m0 = head(&project);
+    ok(&project, &["monitor", "--model", "M1", "--all"]);
+    let d = json(&project, &["diff", &with_m0, "HEAD", "--json"]);
+    let models: Vec<&str> = d["model_metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(models.contains(&"M0") && models.contains(&"M1"), "diff models: {models:?}");
+    for m in d["model_metrics"].as_array().unwrap() {
+        let side = if m["name"] == "M0" { &m["a"] } else { &m["b"] };
+        assert!(side["dice_train"].as_f64().is_some(), "{m}");
+    }
+    let rca = d["rca"].as_array().unwrap();
+    assert_eq!(rca.len(), v.stacks.len(), "one RCA row per stack: {rca:?}");
+    for r in rca {
+        assert_eq!((r["model_a"].as_str(), r["model_b"].as_str()), (Some("M0"), Some("M1")));
+        let (a, b, c) = (r["a"].as_f64().unwrap(), r["b"].as_f64().unwrap(), r["change"].as_f64().unwrap());
+        assert!((b - a - c).abs() < 1e-9);
+    }
+    let text = ok(&project, &["diff", &with_m0, "HEAD"]);
+    assert!(text.contains("RCA per stack") && text.contains("model M1:"), "{text}");
+    let first_stack = rca[0]["stack"].as_str().unwrap();
+    assert!(text.contains(first_stack));
+    // The history shows the monitored versions' RCA.
+    let log = json(&project, &["log", "--metrics", "-n", "3", "--json"]);
+    assert_eq!(log[0]["models"][0], "M1");
+    assert_eq!(log[1]["models"][0], "M0");
+    assert_eq!(log[2]["id"].as_str().unwrap(), after_m1);
+    assert_eq!(log[2]["stacks"], 0);
 }

@@ -126,6 +126,36 @@ pub fn latest_by_stack(lines: &[RcaRecord]) -> Vec<RcaRecord> {
     v
 }
 
+/// The annotated patches of set `name` as RCA references: (ids, (raw image, 0/1 truth), edge).
+pub fn references(
+    repo: &Repo,
+    version: &DatasetVersion,
+    name: &str,
+) -> Result<(Vec<String>, Vec<(Vec<f32>, Vec<u8>)>, usize)> {
+    let Some(set) = version.sets.get(name) else {
+        bail!("no reference set {name:?}: RCA compares against annotated patches (e.g. --reference coreset)");
+    };
+    let current = super::annotate::current_masks(version);
+    let ids: Vec<String> = set
+        .patches
+        .iter()
+        .filter(|p| current.contains_key(p.as_str()))
+        .cloned()
+        .collect();
+    if ids.is_empty() {
+        bail!("set {name} has no annotated patch: annotate it first (`biodc annotate DIR --round core`)");
+    }
+    let masks = super::train::load_masks(&repo.store, version, &ids)?;
+    let mut refs = Vec::with_capacity(ids.len());
+    let mut size = 0;
+    for (id, m) in ids.iter().zip(masks) {
+        let (info, plane) = super::export::patch_plane(&repo.store, version, id)?;
+        size = info.shape[1];
+        refs.push((plane.to_f32(), m.into_iter().map(|v| (v != 0) as u8).collect()));
+    }
+    Ok((ids, refs, size))
+}
+
 pub fn monitor(
     repo: &Repo,
     _head: CommitId,
@@ -135,33 +165,7 @@ pub fn monitor(
     let started = Instant::now();
     let m = model(&version, &params.model)?.clone();
     let net = load_segmenter(&repo.store, &m, &Device::Cpu)?;
-    let Some(set) = version.sets.get(&params.reference) else {
-        bail!(
-            "no reference set {:?}: RCA compares against annotated patches (e.g. --reference coreset)",
-            params.reference
-        );
-    };
-    let current = super::annotate::current_masks(&version);
-    let ref_ids: Vec<String> = set
-        .patches
-        .iter()
-        .filter(|p| current.contains_key(p.as_str()))
-        .cloned()
-        .collect();
-    if ref_ids.is_empty() {
-        bail!(
-            "set {} has no annotated patch: annotate it first (`biodc annotate DIR --round core`)",
-            params.reference
-        );
-    }
-    let masks = super::train::load_masks(&repo.store, &version, &ref_ids)?;
-    let mut references = Vec::with_capacity(ref_ids.len());
-    let mut size = 0;
-    for (id, m) in ref_ids.iter().zip(masks) {
-        let (info, plane) = super::export::patch_plane(&repo.store, &version, id)?;
-        size = info.shape[1];
-        references.push((plane.to_f32(), m.into_iter().map(|v| (v != 0) as u8).collect::<Vec<u8>>()));
-    }
+    let (ref_ids, references, size) = references(repo, &version, &params.reference)?;
     let names: Vec<String> = if params.stacks.is_empty() {
         version.stacks.keys().cloned().collect()
     } else {

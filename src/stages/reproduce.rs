@@ -214,7 +214,25 @@ fn describe_manifest(path: &str, a: &str, b: &str) -> String {
         if gone > 0 {
             return format!("{gone} of {} picks differ", x.len());
         }
-        return "same picks, different scores or parameters".into();
+        let fields = |t: &str| -> BTreeMap<String, serde_json::Value> {
+            let mut out = BTreeMap::new();
+            if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(t) {
+                for (k, v) in m {
+                    match v {
+                        serde_json::Value::Object(inner) if k == "extra" => {
+                            out.extend(inner.into_iter().map(|(ik, iv)| (format!("extra.{ik}"), iv)))
+                        }
+                        v => {
+                            out.insert(k, v);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let (fa, fb) = (fields(a), fields(b));
+        let changed: Vec<&String> = fa.keys().filter(|k| fa.get(*k) != fb.get(*k)).collect();
+        return format!("same picks; fields that differ: {changed:?}");
     }
     let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
     let differing = la.iter().zip(&lb).filter(|(x, y)| x != y).count() + la.len().abs_diff(lb.len());

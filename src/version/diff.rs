@@ -210,6 +210,29 @@ pub fn diff(history: &History, a: CommitId, b: CommitId) -> Result<VersionDiff> 
             _ => d.other.extend(presence(path, ba.is_some(), bb.is_some())),
         }
     }
+    // Models that scored the stacks on either side are shown too, even when unchanged.
+    let scoring: BTreeSet<String> = d
+        .rca
+        .iter()
+        .flat_map(|r| r.model_a.iter().chain(&r.model_b).cloned())
+        .collect();
+    for name in scoring {
+        if d.model_metrics.iter().any(|m| m.name == name) {
+            continue;
+        }
+        let path = format!("models/{name}.json");
+        let metrics = |t: &BTreeMap<String, BlobId>| -> Result<Option<BTreeMap<String, f64>>> {
+            t.get(&path)
+                .map(|b| parse_json::<ModelManifest>(&path, &history.blob(*b)?).map(|m| m.metrics))
+                .transpose()
+        };
+        d.model_metrics.push(ModelMetrics {
+            a: metrics(&ta)?,
+            b: metrics(&tb)?,
+            name,
+        });
+    }
+    d.model_metrics.sort_by(|x, y| x.name.cmp(&y.name));
     Ok(d)
 }
 
