@@ -232,7 +232,12 @@ fn rca_tracks_true_dice(project: &Path, cohort: &Path, seg: &Path) {
     }
     let n = rca.len() as f64;
     let r = pearson(&rca, &truth_dice);
-    let mae = rca.iter().zip(&truth_dice).map(|(a, b)| (a - b).abs()).sum::<f64>() / n;
+    let mae = rca
+        .iter()
+        .zip(&truth_dice)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / n;
     for (a, b) in rca.iter().zip(&truth_dice) {
         println!("  RCA {a:.3}  true Dice {b:.3}");
     }
@@ -295,7 +300,13 @@ fn degrade(m: &[u8], h: usize, w: usize, kind: usize, severity: usize, seed: u64
         }
         _ => m
             .iter()
-            .map(|&v| if (next() % 100) < (severity * 8) as u64 { 1 - v } else { v })
+            .map(|&v| {
+                if (next() % 100) < (severity * 8) as u64 {
+                    1 - v
+                } else {
+                    v
+                }
+            })
             .collect(),
     }
 }
@@ -406,7 +417,10 @@ fn fine_tuning_on_a_critical_set_keeps_the_core_set() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert!(models.contains(&"M0") && models.contains(&"M1"), "diff models: {models:?}");
+    assert!(
+        models.contains(&"M0") && models.contains(&"M1"),
+        "diff models: {models:?}"
+    );
     for m in d["model_metrics"].as_array().unwrap() {
         let side = if m["name"] == "M0" { &m["a"] } else { &m["b"] };
         assert!(side["dice_train"].as_f64().is_some(), "{m}");
@@ -414,12 +428,22 @@ fn fine_tuning_on_a_critical_set_keeps_the_core_set() {
     let rca = d["rca"].as_array().unwrap();
     assert_eq!(rca.len(), v.stacks.len(), "one RCA row per stack: {rca:?}");
     for r in rca {
-        assert_eq!((r["model_a"].as_str(), r["model_b"].as_str()), (Some("M0"), Some("M1")));
-        let (a, b, c) = (r["a"].as_f64().unwrap(), r["b"].as_f64().unwrap(), r["change"].as_f64().unwrap());
+        assert_eq!(
+            (r["model_a"].as_str(), r["model_b"].as_str()),
+            (Some("M0"), Some("M1"))
+        );
+        let (a, b, c) = (
+            r["a"].as_f64().unwrap(),
+            r["b"].as_f64().unwrap(),
+            r["change"].as_f64().unwrap(),
+        );
         assert!((b - a - c).abs() < 1e-9);
     }
     let text = ok(&project, &["diff", &with_m0, "HEAD"]);
-    assert!(text.contains("RCA per stack") && text.contains("model M1:"), "{text}");
+    assert!(
+        text.contains("RCA per stack") && text.contains("model M1:"),
+        "{text}"
+    );
     let first_stack = rca[0]["stack"].as_str().unwrap();
     assert!(text.contains(first_stack));
     // The history shows the monitored versions' RCA.

@@ -3,7 +3,9 @@
 use super::{print_json, short};
 use crate::history::HeadTarget;
 use crate::repo::{Config, Repo};
-use crate::version::{counts, diff as version_diff, rca_of, Changes, DatasetVersion, RcaRecord, VersionDiff};
+use crate::version::{
+    counts, diff as version_diff, rca_of, Changes, DatasetVersion, RcaRecord, VersionDiff,
+};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
@@ -62,7 +64,10 @@ pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
         head: head.to_string(),
         summary: info.message.lines().next().unwrap_or_default().to_string(),
         counts: counts(&repo.history, head)?,
-        alarms: rca_of(&repo.history, head)?.into_iter().filter(|r| r.alarm).collect(),
+        alarms: rca_of(&repo.history, head)?
+            .into_iter()
+            .filter(|r| r.alarm)
+            .collect(),
     };
     if a.json {
         return print_json(&s);
@@ -97,7 +102,10 @@ pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
     if !s.alarms.is_empty() {
         println!("RCA alarms ({} stacks, worst first):", s.alarms.len());
         for r in &s.alarms {
-            println!("  {:<28} RCA {:.3} < {} with {}", r.stack, r.rca, r.threshold, r.model);
+            println!(
+                "  {:<28} RCA {:.3} < {} with {}",
+                r.stack, r.rca, r.threshold, r.model
+            );
         }
     }
     Ok(0)
@@ -172,13 +180,20 @@ pub fn log(dir: &Path, a: LogArgs) -> Result<i32> {
         if a.json {
             return print_json(&rows);
         }
-        println!("{:<12}  {:<10} {:>6} {:>8} {:>8} {:>6}  subject", "version", "model", "stacks", "mean RCA", "min RCA", "alarms");
+        println!(
+            "{:<12}  {:<10} {:>6} {:>8} {:>8} {:>6}  subject",
+            "version", "model", "stacks", "mean RCA", "min RCA", "alarms"
+        );
         for r in rows {
             let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
             println!(
                 "{:<12}  {:<10} {:>6} {:>8} {:>8} {:>6}  {}",
                 short(&r.id),
-                if r.models.is_empty() { "-".to_string() } else { r.models.join(",") },
+                if r.models.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.models.join(",")
+                },
                 r.stacks,
                 f(r.mean_rca),
                 f(r.min_rca),
@@ -344,13 +359,18 @@ pub fn diff(dir: &Path, a: DiffArgs) -> Result<i32> {
     for m in &d.model_metrics {
         println!("model {}:", m.name);
         let empty = Default::default();
-        let (ma, mb) = (m.a.as_ref().unwrap_or(&empty), m.b.as_ref().unwrap_or(&empty));
+        let (ma, mb) = (
+            m.a.as_ref().unwrap_or(&empty),
+            m.b.as_ref().unwrap_or(&empty),
+        );
         let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
         println!("  {:<24} {:>9} {:>9} {:>9}", "metric", "A", "B", "change");
         for k in keys {
             let (x, y) = (ma.get(k), mb.get(k));
             let f = |v: Option<&f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-            let change = x.zip(y).map_or("".to_string(), |(x, y)| format!("{:+.4}", y - x));
+            let change = x
+                .zip(y)
+                .map_or("".to_string(), |(x, y)| format!("{:+.4}", y - x));
             println!("  {:<24} {:>9} {:>9} {:>9}", k, f(x), f(y), change);
         }
     }
@@ -555,4 +575,39 @@ pub fn reproduce(dir: &Path, a: ReproduceArgs) -> Result<i32> {
         }
     }
     Ok(status)
+}
+
+/// Write a static HTML report of a version: history with stage records, core-set gallery,
+/// hunt candidates as triptychs, loss curves, Dice and RCA per model, RCA histogram with
+/// alarms, QC summary. Charts are inline SVG, pictures PNG files beside the page; nothing is
+/// loaded from the network.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc report --out report/ && xdg-open report/index.html\n  biodc report v1 --out report-v1/"
+)]
+pub struct ReportArgs {
+    /// Revision (default HEAD).
+    pub rev: Option<String>,
+    /// Output folder (created).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn report(dir: &Path, a: ReportArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let r = crate::report::html::report(&repo, a.rev.as_deref(), &a.out)?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "report of {} ({} versions, {} pictures) → {}",
+        short(&r.commit),
+        r.versions,
+        r.pictures.len(),
+        r.html.display()
+    );
+    Ok(0)
 }

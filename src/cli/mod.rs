@@ -56,6 +56,7 @@ pub enum Verb {
     Segment(models::SegmentArgs),
     Monitor(models::MonitorArgs),
     Reproduce(history::ReproduceArgs),
+    Report(history::ReportArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -91,6 +92,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Segment(a) => models::segment(&dir, a),
         Verb::Monitor(a) => models::monitor(&dir, a),
         Verb::Reproduce(a) => history::reproduce(&dir, a),
+        Verb::Report(a) => history::report(&dir, a),
     }
 }
 

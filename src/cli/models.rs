@@ -276,7 +276,9 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
             voxel_size: None,
             patch: None,
         };
-        let (commit, r) = stages::run(&repo, |repo, head, v| stages::import::import(repo, head, v, &params))?;
+        let (commit, r) = stages::run(&repo, |repo, head, v| {
+            stages::import::import(repo, head, v, &params)
+        })?;
         if let Some(c) = commit {
             if !a.json {
                 println!(
@@ -304,7 +306,9 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
             seed: a.seed,
         },
     };
-    let (commit, r) = stages::run(&repo, |repo, head, v| monitor::monitor(repo, head, v, &params))?;
+    let (commit, r) = stages::run(&repo, |repo, head, v| {
+        monitor::monitor(repo, head, v, &params)
+    })?;
     if a.json {
         let mut value = serde_json::to_value(&r)?;
         value["commit"] = serde_json::json!(commit.map(|c| c.to_string()));

@@ -286,7 +286,9 @@ impl Segmenter {
 
 /// Logistic function from elementary operations (all of which have gradients).
 pub fn sigmoid(z: &Tensor) -> Result<Tensor> {
-    Ok((z.neg()?.exp()? + 1.0)?.recip()?)
+    // As (tanh(z/2) + 1)/2: 1/(1 + e^{−z}) overflows for z < −88 and its gradient is then
+    // 0·∞ = NaN, which poisons training once a logit is confidently negative.
+    Ok((((z * 0.5)?.tanh()? + 1.0)? * 0.5)?)
 }
 
 /// Mean binary cross-entropy of logits `z` against `y`, plus 1 − soft Dice over the batch.

@@ -9,7 +9,14 @@ pub const SIGMAS: [f32; 5] = [0.7, 1.0, 1.6, 3.5, 5.0];
 
 /// Features per scale, in the order [`feature_planes`] returns them after the raw plane.
 pub const PER_SCALE: [&str; 8] = [
-    "gaussian", "log", "gradient", "dog", "hessian-1", "hessian-2", "structure-1", "structure-2",
+    "gaussian",
+    "log",
+    "gradient",
+    "dog",
+    "hessian-1",
+    "hessian-2",
+    "structure-1",
+    "structure-2",
 ];
 
 /// How many features [`feature_planes`] returns.
@@ -36,7 +43,11 @@ pub fn gaussian_kernels(sigma: f32) -> [Vec<f32>; 3] {
     let sum: f32 = g.iter().sum();
     g.iter_mut().for_each(|v| *v /= sum);
     let g1: Vec<f32> = xs.iter().zip(&g).map(|(x, v)| -x / s2 * v).collect();
-    let mut g2: Vec<f32> = xs.iter().zip(&g).map(|(x, v)| (x * x / (s2 * s2) - 1.0 / s2) * v).collect();
+    let mut g2: Vec<f32> = xs
+        .iter()
+        .zip(&g)
+        .map(|(x, v)| (x * x / (s2 * s2) - 1.0 / s2) * v)
+        .collect();
     let mean = g2.iter().sum::<f32>() / g2.len() as f32;
     g2.iter_mut().for_each(|v| *v -= mean);
     [g, g1, g2]
@@ -196,7 +207,8 @@ mod tests {
         (0..h * w)
             .map(|i| {
                 let (y, x) = ((i / w) as f32, (i % w) as f32);
-                0.5 + 0.3 * (x * 0.31).sin() * (y * 0.17).cos() + 0.2 * ((x - 20.0).powi(2) + (y - 9.0).powi(2) < 40.0) as u8 as f32
+                0.5 + 0.3 * (x * 0.31).sin() * (y * 0.17).cos()
+                    + 0.2 * ((x - 20.0).powi(2) + (y - 9.0).powi(2) < 40.0) as u8 as f32
             })
             .collect()
     }
@@ -210,8 +222,15 @@ mod tests {
             for (ky, kx) in [(&g, &g), (&g, &g1), (&g1, &g), (&g2, &g), (&g1, &g1)] {
                 let sep = conv_cols(&conv_rows(&img, h, w, kx), h, w, ky);
                 let dir = direct(&img, h, w, ky, kx);
-                let worst = sep.iter().zip(&dir).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(worst < 1e-4, "σ={sigma}: separable vs direct differ by {worst}");
+                let worst = sep
+                    .iter()
+                    .zip(&dir)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst < 1e-4,
+                    "σ={sigma}: separable vs direct differ by {worst}"
+                );
             }
         }
     }
@@ -223,7 +242,10 @@ mod tests {
         assert_eq!(planes.len(), COUNT);
         assert_eq!(names().len(), COUNT);
         for (p, name) in planes.iter().zip(names()) {
-            assert!(p.iter().all(|&v| v == p[0]), "feature {name} varies on a constant image");
+            assert!(
+                p.iter().all(|&v| v == p[0]),
+                "feature {name} varies on a constant image"
+            );
         }
         // Smoothing keeps the value; derivative-based features vanish.
         assert!((planes[1][0] - 0.37).abs() < 1e-5);

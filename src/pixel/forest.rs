@@ -50,7 +50,9 @@ impl Bins {
             .map(|j| {
                 let mut col: Vec<f32> = (0..n).map(|i| x[i * k + j]).collect();
                 col.sort_unstable_by(|a, b| a.total_cmp(b));
-                let mut c: Vec<f32> = (1..bins).map(|b| col[(b * n / bins).min(n.saturating_sub(1))]).collect();
+                let mut c: Vec<f32> = (1..bins)
+                    .map(|b| col[(b * n / bins).min(n.saturating_sub(1))])
+                    .collect();
                 c.dedup();
                 c
             })
@@ -156,7 +158,13 @@ fn grow(
     let mut nodes = Vec::new();
     // (node index, range of idx, depth)
     let mut todo = vec![(0usize, 0usize, idx.len(), 0usize)];
-    nodes.push(Node { feature: u16::MAX, threshold: 0, left: 0, right: 0, p: 0.0 });
+    nodes.push(Node {
+        feature: u16::MAX,
+        threshold: 0,
+        left: 0,
+        right: 0,
+        p: 0.0,
+    });
     let mut hist = vec![[0u32; 2]; 256];
     while let Some((node, lo, hi, depth)) = todo.pop() {
         let part = &mut idx[lo..hi];
@@ -185,7 +193,8 @@ fn grow(
                 if l < params.min_leaf || n - l < params.min_leaf {
                     continue;
                 }
-                let gain = parent - gini(l1 as f64, l as f64) - gini((n1 - l1) as f64, (n - l) as f64);
+                let gain =
+                    parent - gini(l1 as f64, l as f64) - gini((n1 - l1) as f64, (n - l) as f64);
                 if gain > 1e-12 && best.is_none_or(|(g, _, _)| gain > g) {
                     best = Some((gain, f, b as u8));
                 }
@@ -201,9 +210,21 @@ fn grow(
             }
         }
         let (left, right) = (nodes.len(), nodes.len() + 1);
-        let leaf = Node { feature: u16::MAX, threshold: 0, left: 0, right: 0, p: 0.0 };
+        let leaf = Node {
+            feature: u16::MAX,
+            threshold: 0,
+            left: 0,
+            right: 0,
+            p: 0.0,
+        };
         nodes.extend([leaf, leaf]);
-        nodes[node] = Node { feature: f as u16, threshold: t, left: left as u32, right: right as u32, p: 0.0 };
+        nodes[node] = Node {
+            feature: f as u16,
+            threshold: t,
+            left: left as u32,
+            right: right as u32,
+            p: 0.0,
+        };
         todo.push((left, lo, lo + split, depth + 1));
         todo.push((right, lo + split, hi, depth + 1));
     }
@@ -222,7 +243,9 @@ impl Forest {
         let trees = (0..params.trees)
             .into_par_iter()
             .map(|t| {
-                let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    params.seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
                 let mut idx: Vec<u32> = if n == 0 {
                     Vec::new()
                 } else {
@@ -251,7 +274,10 @@ impl Forest {
 
     /// 0/1 labels (probability ≥ 0.5).
     pub fn predict(&self, x: &[f32]) -> Vec<u8> {
-        self.predict_proba(x).into_iter().map(|p| (p >= 0.5) as u8).collect()
+        self.predict_proba(x)
+            .into_iter()
+            .map(|p| (p >= 0.5) as u8)
+            .collect()
     }
 }
 
@@ -284,17 +310,29 @@ mod tests {
         let pred = forest.predict(&xt);
         let acc = pred.iter().zip(&yt).filter(|(a, b)| a == b).count() as f64 / yt.len() as f64;
         assert!(acc >= 0.99, "accuracy {acc} on a separable case");
-        assert!(forest.trees.iter().all(|t| t.depth() <= ForestParams::default().max_depth + 1));
+        assert!(forest
+            .trees
+            .iter()
+            .all(|t| t.depth() <= ForestParams::default().max_depth + 1));
     }
 
     #[test]
     fn same_seed_same_forest_and_degenerate_inputs() {
         let (x, y) = separable(500, 3);
-        let p = ForestParams { trees: 4, ..ForestParams::default() };
-        assert_eq!(Forest::fit(&x, 500, 5, &y, &p), Forest::fit(&x, 500, 5, &y, &p));
+        let p = ForestParams {
+            trees: 4,
+            ..ForestParams::default()
+        };
+        assert_eq!(
+            Forest::fit(&x, 500, 5, &y, &p),
+            Forest::fit(&x, 500, 5, &y, &p)
+        );
         // One class only: every prediction is that class.
         let ones = vec![1u8; 500];
-        assert!(Forest::fit(&x, 500, 5, &ones, &p).predict(&x).iter().all(|&v| v == 1));
+        assert!(Forest::fit(&x, 500, 5, &ones, &p)
+            .predict(&x)
+            .iter()
+            .all(|&v| v == 1));
         // Constant features: no split, the prior decides.
         let flat = vec![0.5f32; 500 * 5];
         let probs = Forest::fit(&flat, 500, 5, &y, &p).predict_proba(&flat);

@@ -63,9 +63,17 @@ impl PixelClassifier {
         w: usize,
         params: &PixelClassifierParams,
     ) -> Result<PixelClassifier> {
-        ensure!(slices.len() == labels.len(), "{} slices but {} label planes", slices.len(), labels.len());
+        ensure!(
+            slices.len() == labels.len(),
+            "{} slices but {} label planes",
+            slices.len(),
+            labels.len()
+        );
         for (s, l) in slices.iter().zip(labels) {
-            ensure!(s.len() == h * w && l.len() == h * w, "a slice or label plane is not {h}×{w}");
+            ensure!(
+                s.len() == h * w && l.len() == h * w,
+                "a slice or label plane is not {h}×{w}"
+            );
         }
         // Global pixel index = slice × h·w + pixel; pick ranks within each class.
         let mut by_class: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
@@ -80,7 +88,11 @@ impl PixelClassifier {
         for (c, pool) in by_class.iter().enumerate() {
             let take = params.per_class.min(pool.len());
             samples[c] = take;
-            picked.extend(sample(&mut rng, pool.len(), take).into_iter().map(|r| (pool[r], c as u8)));
+            picked.extend(
+                sample(&mut rng, pool.len(), take)
+                    .into_iter()
+                    .map(|r| (pool[r], c as u8)),
+            );
         }
         picked.sort_unstable();
         let k = features::COUNT;
@@ -95,7 +107,10 @@ impl PixelClassifier {
                     return (Vec::new(), Vec::new());
                 }
                 let at: Vec<usize> = here.iter().map(|&(g, _)| g - z * h * w).collect();
-                (gather(img, h, w, &at), here.iter().map(|&(_, c)| c).collect())
+                (
+                    gather(img, h, w, &at),
+                    here.iter().map(|&(_, c)| c).collect(),
+                )
             })
             .collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
@@ -103,7 +118,10 @@ impl PixelClassifier {
             x.extend(xs);
             y.extend(ys);
         }
-        let forest_params = ForestParams { seed: params.seed, ..params.forest.clone() };
+        let forest_params = ForestParams {
+            seed: params.seed,
+            ..params.forest.clone()
+        };
         let forest = Forest::fit(&x, y.len(), k, &y, &forest_params);
         Ok(PixelClassifier { forest, samples })
     }
@@ -135,7 +153,13 @@ mod tests {
         use rand::Rng;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let centres: Vec<(f32, f32, f32)> = (0..6)
-            .map(|_| (rng.random_range(0.0..h as f32), rng.random_range(0.0..w as f32), rng.random_range(3.0..8.0)))
+            .map(|_| {
+                (
+                    rng.random_range(0.0..h as f32),
+                    rng.random_range(0.0..w as f32),
+                    rng.random_range(3.0..8.0),
+                )
+            })
             .collect();
         let mut img = vec![0f32; h * w];
         let mut lab = vec![0u8; h * w];
@@ -155,9 +179,15 @@ mod tests {
     fn pixel_classifier_segments_discs_it_was_not_trained_on() {
         let (h, w) = (64, 64);
         let (slices, labels): (Vec<_>, Vec<_>) = (0..3).map(|s| discs(h, w, s)).unzip();
-        let p = PixelClassifierParams { per_class: 2000, ..Default::default() };
+        let p = PixelClassifierParams {
+            per_class: 2000,
+            ..Default::default()
+        };
         let clf = PixelClassifier::train(&slices, &labels, h, w, &p).unwrap();
-        assert_eq!(clf.samples[1], 2000.min(labels.iter().flatten().filter(|&&v| v == 1).count()));
+        assert_eq!(
+            clf.samples[1],
+            2000.min(labels.iter().flatten().filter(|&&v| v == 1).count())
+        );
         let (img, truth) = discs(h, w, 99);
         let d = dice(&clf.predict(&img, h, w), &truth);
         assert!(d > 0.9, "Dice {d} on an unseen image");

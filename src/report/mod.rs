@@ -1,3 +1,5 @@
-//! Pictures for people: contact sheets of patch sets (and, later, the HTML report).
+//! Pictures for people: contact sheets, triptychs, inline SVG charts and the HTML report.
 
 pub mod gallery;
+pub mod html;
+pub mod svg;

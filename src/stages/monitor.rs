@@ -121,12 +121,15 @@ pub fn rca_lines(version: &DatasetVersion) -> Result<Vec<RcaRecord>> {
 /// Latest RCA line per stack (the file keeps one line per (stack, model); this takes the one of
 /// the most recent run), worst first.
 pub fn latest_by_stack(lines: &[RcaRecord]) -> Vec<RcaRecord> {
-    let mut v: Vec<RcaRecord> = crate::version::diff::latest_rca(lines.to_vec()).into_values().collect();
+    let mut v: Vec<RcaRecord> = crate::version::diff::latest_rca(lines.to_vec())
+        .into_values()
+        .collect();
     v.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
     v
 }
 
-/// The annotated patches of set `name` as RCA references: (ids, (raw image, 0/1 truth), edge).
+/// The annotated patches of set `name` with some foreground, as RCA references: (ids, (raw
+/// image, 0/1 truth), edge).
 pub fn references(
     repo: &Repo,
     version: &DatasetVersion,
@@ -146,14 +149,27 @@ pub fn references(
         bail!("set {name} has no annotated patch: annotate it first (`biodc annotate DIR --round core`)");
     }
     let masks = super::train::load_masks(&repo.store, version, &ids)?;
+    let mut kept = Vec::with_capacity(ids.len());
     let mut refs = Vec::with_capacity(ids.len());
     let mut size = 0;
     for (id, m) in ids.iter().zip(masks) {
+        // An empty reference scores Dice 1 against any classifier that predicts nothing, so
+        // it would hide every failure behind a perfect RCA.
+        if !m.iter().any(|&v| v != 0) {
+            continue;
+        }
         let (info, plane) = super::export::patch_plane(&repo.store, version, id)?;
         size = info.shape[1];
-        refs.push((plane.to_f32(), m.into_iter().map(|v| (v != 0) as u8).collect()));
+        kept.push(id.clone());
+        refs.push((
+            plane.to_f32(),
+            m.into_iter().map(|v| (v != 0) as u8).collect(),
+        ));
     }
-    Ok((ids, refs, size))
+    if kept.is_empty() {
+        bail!("every annotated patch of set {name} has an empty mask: RCA needs references with foreground");
+    }
+    Ok((kept, refs, size))
 }
 
 pub fn monitor(
@@ -187,7 +203,10 @@ pub fn monitor(
         let slices = super::segment::stack_slices(&repo.store, &version, stack)?;
         let pred = super::segment::segment_slices(&net, &slices, h, w)?;
         let r = rca(&slices, &pred, h, w, &references, size, &forest)?;
-        let on: usize = pred.iter().map(|p| p.iter().map(|&v| v as usize).sum::<usize>()).sum();
+        let on: usize = pred
+            .iter()
+            .map(|p| p.iter().map(|&v| v as usize).sum::<usize>())
+            .sum();
         scores.push(RcaRecord {
             stack: name.clone(),
             model: params.model.clone(),
@@ -218,7 +237,11 @@ pub fn monitor(
     }
     version.other.insert(RCA_FILE.into(), text.into_bytes());
     scores.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
-    let alarms: Vec<String> = scores.iter().filter(|s| s.alarm).map(|s| s.stack.clone()).collect();
+    let alarms: Vec<String> = scores
+        .iter()
+        .filter(|s| s.alarm)
+        .map(|s| s.stack.clone())
+        .collect();
     let mean = scores.iter().map(|s| s.rca).sum::<f64>() / scores.len().max(1) as f64;
     let summary = format!(
         "monitor: RCA of {} stacks with {} against {} ({} references): mean {mean:.3}, min {:.3}, {} under {}",
@@ -230,10 +253,19 @@ pub fn monitor(
         alarms.len(),
         params.alarm
     );
-    let mut record = repo.stage_record("monitor", serde_json::to_value(params)?, Some(params.seed), &summary);
-    record.outputs.insert(RCA_FILE.into(), format!("{} stacks", scores.len()));
+    let mut record = repo.stage_record(
+        "monitor",
+        serde_json::to_value(params)?,
+        Some(params.seed),
+        &summary,
+    );
+    record
+        .outputs
+        .insert(RCA_FILE.into(), format!("{} stacks", scores.len()));
     let seconds = started.elapsed().as_secs_f64();
-    record.timings_ms.insert("monitor".into(), (seconds * 1000.0) as u64);
+    record
+        .timings_ms
+        .insert("monitor".into(), (seconds * 1000.0) as u64);
     Ok((
         Some((version, record)),
         MonitorReport {

@@ -88,19 +88,22 @@ fn new_objects(v: &DatasetVersion, parent: &DatasetVersion) -> BTreeMap<String, 
 
 /// Manifest files with volatile fields (wall-clock times) removed, so equal work compares equal.
 fn stable_files(v: &DatasetVersion) -> Result<BTreeMap<String, String>> {
-    let stage = v.stage.clone().unwrap_or_else(|| crate::version::StageRecord {
-        verb: String::new(),
-        argv: Vec::new(),
-        params: serde_json::Value::Null,
-        parent: None,
-        inputs: Default::default(),
-        outputs: Default::default(),
-        seed: None,
-        threads: 0,
-        biodc_version: String::new(),
-        timings_ms: Default::default(),
-        summary: String::new(),
-    });
+    let stage = v
+        .stage
+        .clone()
+        .unwrap_or_else(|| crate::version::StageRecord {
+            verb: String::new(),
+            argv: Vec::new(),
+            params: serde_json::Value::Null,
+            parent: None,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            seed: None,
+            threads: 0,
+            biodc_version: String::new(),
+            timings_ms: Default::default(),
+            summary: String::new(),
+        });
     let mut out = BTreeMap::new();
     for (path, bytes) in v.to_files(&stage)? {
         if path == "stage.json" {
@@ -219,9 +222,11 @@ fn describe_manifest(path: &str, a: &str, b: &str) -> String {
             if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(t) {
                 for (k, v) in m {
                     match v {
-                        serde_json::Value::Object(inner) if k == "extra" => {
-                            out.extend(inner.into_iter().map(|(ik, iv)| (format!("extra.{ik}"), iv)))
-                        }
+                        serde_json::Value::Object(inner) if k == "extra" => out.extend(
+                            inner
+                                .into_iter()
+                                .map(|(ik, iv)| (format!("extra.{ik}"), iv)),
+                        ),
                         v => {
                             out.insert(k, v);
                         }
@@ -235,7 +240,8 @@ fn describe_manifest(path: &str, a: &str, b: &str) -> String {
         return format!("same picks; fields that differ: {changed:?}");
     }
     let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let differing = la.iter().zip(&lb).filter(|(x, y)| x != y).count() + la.len().abs_diff(lb.len());
+    let differing =
+        la.iter().zip(&lb).filter(|(x, y)| x != y).count() + la.len().abs_diff(lb.len());
     format!("{differing} of {} lines differ", la.len().max(lb.len()))
 }
 
@@ -244,11 +250,17 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
     let id = repo.history.resolve(rev)?;
     let recorded = DatasetVersion::load(&repo.history, id)?;
     let Some(stage) = recorded.stage.clone() else {
-        bail!("version {} has no stage record (the initial commit): nothing to re-run", &id.to_string()[..12]);
+        bail!(
+            "version {} has no stage record (the initial commit): nothing to re-run",
+            &id.to_string()[..12]
+        );
     };
     let info = repo.history.info(id)?;
     let Some(parent_hex) = info.parents.first() else {
-        bail!("version {} has no parent to re-run on", &id.to_string()[..12]);
+        bail!(
+            "version {} has no parent to re-run on",
+            &id.to_string()[..12]
+        );
     };
     let parent = repo.history.resolve(parent_hex)?;
     let parent_version = DatasetVersion::load(&repo.history, parent)?;
@@ -260,7 +272,13 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
         .num_threads(stage.threads.max(1))
         .build_global();
     let threads = rayon::current_num_threads();
-    let outcome = rerun(repo, &stage.verb, &stage.params, parent, parent_version.clone());
+    let outcome = rerun(
+        repo,
+        &stage.verb,
+        &stage.params,
+        parent,
+        parent_version.clone(),
+    );
 
     let mut differences = Vec::new();
     let mut compared = 0;
@@ -271,7 +289,10 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
         if let Some(damage) = repo.store.verify(obj) {
             differences.push(Difference {
                 output: role.clone(),
-                detail: format!("the recorded object {} is damaged in the store: {damage:?}", obj.short()),
+                detail: format!(
+                    "the recorded object {} is damaged in the store: {damage:?}",
+                    obj.short()
+                ),
             });
         }
     }
@@ -282,7 +303,10 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
         }),
         Ok(again) => {
             let rerun_objects = new_objects(&again, &parent_version);
-            let roles: BTreeSet<&String> = recorded_objects.keys().chain(rerun_objects.keys()).collect();
+            let roles: BTreeSet<&String> = recorded_objects
+                .keys()
+                .chain(rerun_objects.keys())
+                .collect();
             for role in roles {
                 compared += 1;
                 match (recorded_objects.get(role), rerun_objects.get(role)) {
@@ -301,7 +325,11 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
                     }),
                 }
             }
-            let (a, b, base) = (stable_files(&recorded)?, stable_files(&again)?, stable_files(&parent_version)?);
+            let (a, b, base) = (
+                stable_files(&recorded)?,
+                stable_files(&again)?,
+                stable_files(&parent_version)?,
+            );
             let paths: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for path in paths {
                 let (x, y) = (a.get(path), b.get(path));
@@ -311,11 +339,17 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
                 compared += 1;
                 if x != y {
                     // Manifests that only name differing objects are reported through them.
-                    let already = differences.iter().any(|d| d.output.starts_with(path.as_str()));
+                    let already = differences
+                        .iter()
+                        .any(|d| d.output.starts_with(path.as_str()));
                     if !already {
                         differences.push(Difference {
                             output: path.clone(),
-                            detail: describe_manifest(path, x.map_or("", |s| s), y.map_or("", |s| s)),
+                            detail: describe_manifest(
+                                path,
+                                x.map_or("", |s| s),
+                                y.map_or("", |s| s),
+                            ),
                         });
                     }
                 }
