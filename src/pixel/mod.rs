@@ -3,6 +3,7 @@
 
 pub mod features;
 pub mod forest;
+pub mod frangi;
 
 use anyhow::{ensure, Result};
 use forest::{Forest, ForestParams};
