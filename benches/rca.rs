@@ -26,20 +26,6 @@ fn u8_planes(s: &biodc::io::Stack) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn erode(m: &[u8], h: usize, w: usize) -> Vec<u8> {
-    (0..h * w)
-        .map(|p| {
-            let (y, x) = (p / w, p % w);
-            let ok = |yy: usize, xx: usize| m[yy * w + xx] != 0;
-            (ok(y, x)
-                && ok(y.saturating_sub(1), x)
-                && ok((y + 1).min(h - 1), x)
-                && ok(y, x.saturating_sub(1))
-                && ok(y, (x + 1).min(w - 1))) as u8
-        })
-        .collect()
-}
-
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -58,7 +44,7 @@ fn main() {
     let slices = f32_planes(&target.image);
     let pred: Vec<Vec<u8>> = u8_planes(&target.mask)
         .iter()
-        .map(|m| erode(m, size, size))
+        .map(|m| biodc::pixel::morph(m, size, size, 1, false))
         .collect();
     // 25 references: crops from four other stacks.
     let tile = 224.min(size);

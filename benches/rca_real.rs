@@ -9,30 +9,8 @@
 //!     cargo bench --bench rca_real -- /tmp/sd/stardist/data/images/img2d.tif /tmp/sd/stardist/data/images/mask2d.tif
 
 use biodc::io::tiff::read_stack;
-use biodc::pixel::{dice, PixelClassifierParams};
+use biodc::pixel::{dice, morph, PixelClassifierParams};
 use biodc::stages::monitor::rca;
-
-fn morph(m: &[u8], h: usize, w: usize, r: isize, dilate: bool) -> Vec<u8> {
-    (0..h * w)
-        .map(|p| {
-            let (y, x) = ((p / w) as isize, (p % w) as isize);
-            let mut any = false;
-            let mut all = true;
-            for dy in -r..=r {
-                for dx in -r..=r {
-                    let (yy, xx) = (
-                        (y + dy).clamp(0, h as isize - 1),
-                        (x + dx).clamp(0, w as isize - 1),
-                    );
-                    let v = m[yy as usize * w + xx as usize] != 0;
-                    any |= v;
-                    all &= v;
-                }
-            }
-            (if dilate { any } else { all }) as u8
-        })
-        .collect()
-}
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -128,14 +106,8 @@ fn main() {
         xs.push(r.best);
         ys.push(d);
     }
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let cov: f64 = xs.iter().zip(&ys).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let r = cov
-        / (xs.iter().map(|a| (a - mx).powi(2)).sum::<f64>()
-            * ys.iter().map(|b| (b - my).powi(2)).sum::<f64>())
-        .sqrt();
-    let mae = xs.iter().zip(&ys).map(|(a, b)| (a - b).abs()).sum::<f64>() / n;
+    let r = biodc::stats::pearson(&xs, &ys);
+    let mae = biodc::stats::mean_abs_error(&xs, &ys);
     println!(
         "Pearson r(RCA, true Dice) = {r:.3} over {} predictions; mean abs error {mae:.3}",
         xs.len()

@@ -49,15 +49,6 @@ fn truth_voxels(path: &Path) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
-}
-
 /// How big a demo to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scale {
@@ -417,13 +408,8 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
         format!("{} ({} pictures)", rep.html.display(), rep.pictures.len()),
     );
 
-    let r = pearson(&rca, &truth_dice);
-    let mae = rca
-        .iter()
-        .zip(&truth_dice)
-        .map(|(a, b)| (a - b).abs())
-        .sum::<f64>()
-        / rca.len().max(1) as f64;
+    let r = crate::stats::pearson(&rca, &truth_dice);
+    let mae = crate::stats::mean_abs_error(&rca, &truth_dice);
     let outcome = DemoOutcome {
         dice_m0: pooled[0],
         dice_m1: pooled[1],

@@ -16,6 +16,7 @@ pub mod repo;
 pub mod report;
 pub mod select;
 pub mod stages;
+pub mod stats;
 pub mod store;
 pub mod synth;
 pub mod version;

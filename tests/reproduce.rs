@@ -52,18 +52,7 @@ fn every_stage_reproduces_bit_identically_and_tampering_is_reported() {
     step(&["qc"]);
     step(&["coreset", "-k", "6"]);
     let masks = tmp.path().join("masks");
-    ok(
-        &project,
-        &[
-            "expert",
-            "--cohort",
-            cohort.to_str().unwrap(),
-            "--set",
-            "coreset",
-            "--to",
-            masks.to_str().unwrap(),
-        ],
-    );
+    expert(&project, &cohort, "coreset", None, &masks);
     step(&["annotate", masks.to_str().unwrap(), "--round", "core"]);
     step(&[
         "train",

@@ -46,18 +46,7 @@ fn trained_m0() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     ok(&project, &["embed"]);
     ok(&project, &["coreset", "-k", "16"]);
     let masks = tmp.path().join("masks-core");
-    ok(
-        &project,
-        &[
-            "expert",
-            "--cohort",
-            cohort.to_str().unwrap(),
-            "--set",
-            "coreset",
-            "--to",
-            masks.to_str().unwrap(),
-        ],
-    );
+    expert(&project, &cohort, "coreset", None, &masks);
     ok(
         &project,
         &["annotate", masks.to_str().unwrap(), "--round", "core"],
@@ -146,18 +135,7 @@ fn m0_segments_held_out_stacks_and_hunt_finds_its_mistakes() {
         .map(|t| t["patch"].as_str().unwrap().to_string())
         .collect();
     let truth_dir = tmp.path().join("truth");
-    ok(
-        &project,
-        &[
-            "expert",
-            "--cohort",
-            cohort.to_str().unwrap(),
-            "--set",
-            &set,
-            "--to",
-            truth_dir.to_str().unwrap(),
-        ],
-    );
+    expert(&project, &cohort, &set, None, &truth_dir);
     let pred_dir = tmp.path().join("pred");
     ok(
         &project,
@@ -183,7 +161,7 @@ fn m0_segments_held_out_stacks_and_hunt_finds_its_mistakes() {
             .join(format!("{id}.png"))
             .exists());
     }
-    let rho = spearman(&score, &error);
+    let rho = biodc::stats::spearman(&score, &error);
     println!(
         "Spearman(uncertainty, 1 − Dice) over {} patches: {rho:.3}",
         ids.len()
@@ -230,14 +208,8 @@ fn rca_tracks_true_dice(project: &Path, cohort: &Path, seg: &Path) {
             truth_dice.push(dice(&bad.concat(), &truth));
         }
     }
-    let n = rca.len() as f64;
-    let r = pearson(&rca, &truth_dice);
-    let mae = rca
-        .iter()
-        .zip(&truth_dice)
-        .map(|(a, b)| (a - b).abs())
-        .sum::<f64>()
-        / n;
+    let r = biodc::stats::pearson(&rca, &truth_dice);
+    let mae = biodc::stats::mean_abs_error(&rca, &truth_dice);
     for (a, b) in rca.iter().zip(&truth_dice) {
         println!("  RCA {a:.3}  true Dice {b:.3}");
     }
@@ -260,29 +232,7 @@ fn degrade(m: &[u8], h: usize, w: usize, kind: usize, severity: usize, seed: u64
         state ^= state << 17;
         state
     };
-    let morph = |m: &[u8], r: usize, dilate: bool| -> Vec<u8> {
-        let r = r as isize;
-        (0..h * w)
-            .map(|p| {
-                let (y, x) = ((p / w) as isize, (p % w) as isize);
-                let mut any = false;
-                let mut all = true;
-                for dy in -r..=r {
-                    for dx in -r..=r {
-                        let (yy, xx) = (y + dy, x + dx);
-                        let v = if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
-                            m[p]
-                        } else {
-                            m[yy as usize * w + xx as usize]
-                        };
-                        any |= v != 0;
-                        all &= v != 0;
-                    }
-                }
-                (if dilate { any } else { all }) as u8
-            })
-            .collect()
-    };
+    let morph = |m: &[u8], r: usize, dilate: bool| biodc::pixel::morph(m, h, w, r, dilate);
     match kind {
         0 => morph(m, severity, false),
         1 => morph(m, severity, true),
@@ -311,43 +261,6 @@ fn degrade(m: &[u8], h: usize, w: usize, kind: usize, severity: usize, seed: u64
     }
 }
 
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
-}
-
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-            j += 1;
-        }
-        for k in i..=j {
-            r[idx[k]] = (i + j) as f64 / 2.0;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = a.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
-}
-
 #[test]
 fn fine_tuning_on_a_critical_set_keeps_the_core_set() {
     let (tmp, project, cohort) = trained_m0();
@@ -358,20 +271,7 @@ fn fine_tuning_on_a_critical_set_keeps_the_core_set() {
     let set = hunt["set"].as_str().unwrap().to_string();
     // The expert corrects the 4 most uncertain candidates.
     let fixed = tmp.path().join("critical");
-    ok(
-        &project,
-        &[
-            "expert",
-            "--cohort",
-            cohort.to_str().unwrap(),
-            "--set",
-            &set,
-            "--first",
-            "4",
-            "--to",
-            fixed.to_str().unwrap(),
-        ],
-    );
+    expert(&project, &cohort, &set, Some(4), &fixed);
     ok(
         &project,
         &["annotate", fixed.to_str().unwrap(), "--round", "critical-1"],

@@ -134,6 +134,28 @@ impl PixelClassifier {
     }
 }
 
+/// Binary erosion (or dilation) of an h×w 0/1 mask by a (2r+1)² square, border pixels
+/// replicated.
+pub fn morph(m: &[u8], h: usize, w: usize, r: usize, dilate: bool) -> Vec<u8> {
+    let r = r as isize;
+    (0..h * w)
+        .map(|p| {
+            let (y, x) = ((p / w) as isize, (p % w) as isize);
+            let (mut any, mut all) = (false, true);
+            for dy in -r..=r {
+                let yy = (y + dy).clamp(0, h as isize - 1) as usize;
+                for dx in -r..=r {
+                    let xx = (x + dx).clamp(0, w as isize - 1) as usize;
+                    let v = m[yy * w + xx] != 0;
+                    any |= v;
+                    all &= v;
+                }
+            }
+            (if dilate { any } else { all }) as u8
+        })
+        .collect()
+}
+
 /// Dice overlap of two 0/1 masks; 1 when both are empty.
 pub fn dice(a: &[u8], b: &[u8]) -> f64 {
     let inter = a.iter().zip(b).filter(|(&x, &y)| x != 0 && y != 0).count();
@@ -196,6 +218,26 @@ mod tests {
         let empty: Vec<Vec<u8>> = labels.iter().map(|l| vec![0; l.len()]).collect();
         let none = PixelClassifier::train(&slices, &empty, h, w, &p).unwrap();
         assert!(none.predict(&img, h, w).iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn morphology_grows_and_shrinks_a_square() {
+        let (h, w) = (9, 9);
+        let m: Vec<u8> = (0..81)
+            .map(|p| ((3..6).contains(&(p / 9)) && (3..6).contains(&(p % 9))) as u8)
+            .collect();
+        assert_eq!(
+            morph(&m, h, w, 1, true).iter().filter(|&&v| v == 1).count(),
+            25
+        );
+        assert_eq!(
+            morph(&m, h, w, 1, false)
+                .iter()
+                .filter(|&&v| v == 1)
+                .count(),
+            1
+        );
+        assert_eq!(morph(&m, h, w, 0, false), m);
     }
 
     #[test]

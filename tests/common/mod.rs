@@ -113,3 +113,22 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("fixtures")
         .join(name)
 }
+
+/// The simulated expert: ground-truth masks of `set`'s patches (the first `first` only, when
+/// given) written to `to`.
+pub fn expert(project: &Path, cohort: &Path, set: &str, first: Option<usize>, to: &Path) {
+    let n = first.map(|n| n.to_string());
+    let mut args = vec![
+        "expert",
+        "--cohort",
+        cohort.to_str().unwrap(),
+        "--set",
+        set,
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    if let Some(n) = &n {
+        args.extend(["--first", n.as_str()]);
+    }
+    ok(project, &args);
+}
