@@ -270,46 +270,46 @@ fn models_section(v: &DatasetVersion, rca: &[crate::version::RcaRecord], html: &
     for r in rca {
         by_model.entry(r.model.as_str()).or_default().push(r.rca);
     }
-    let _ = write!(
-        html,
-        "<h3>Metrics per model</h3><table><tr><th>model</th><th>kind</th><th>from</th>"
-    );
-    for k in &keys {
-        let _ = write!(html, "<th>{}</th>", esc(k));
+    // One column per model, one row per metric: models are few, metrics many.
+    let names: Vec<&String> = v.models.keys().collect();
+    html.push_str("<h3>Metrics per model</h3><table><tr><th></th>");
+    for n in &names {
+        let _ = write!(html, "<th>{}</th>", esc(n));
     }
-    html.push_str("<th>stacks scored</th><th>mean RCA</th><th>min RCA</th></tr>");
-    for (name, m) in &v.models {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td>",
-            esc(name),
-            esc(&m.kind),
-            esc(m
-                .parent
-                .as_deref()
-                .map_or("-", |p| p.split('@').next().unwrap_or(p)))
-        );
-        for k in &keys {
-            let _ = write!(
-                html,
-                "<td class=n>{}</td>",
-                m.metrics.get(*k).map_or("".into(), |x| f3(*x))
-            );
-        }
-        match by_model.get(name.as_str()) {
-            Some(s) => {
-                let _ = write!(
-                    html,
-                    "<td class=n>{}</td><td class=n>{}</td><td class=n>{}</td>",
-                    s.len(),
-                    f3(s.iter().sum::<f64>() / s.len() as f64),
-                    f3(s.iter().copied().fold(f64::MAX, f64::min))
-                );
-            }
-            None => html.push_str("<td></td><td></td><td></td>"),
+    html.push_str("</tr>");
+    let row = |html: &mut String, label: &str, cell: &dyn Fn(&str) -> String| {
+        let _ = write!(html, "<tr><th>{}</th>", esc(label));
+        for n in &names {
+            let _ = write!(html, "<td class=n>{}</td>", cell(n));
         }
         html.push_str("</tr>");
+    };
+    row(html, "kind", &|n| esc(&v.models[n].kind));
+    row(html, "from", &|n| {
+        esc(v.models[n]
+            .parent
+            .as_deref()
+            .map_or("-", |p| p.split('@').next().unwrap_or(p)))
+    });
+    for k in &keys {
+        row(html, k, &|n| {
+            v.models[n]
+                .metrics
+                .get(*k)
+                .map_or(String::new(), |x| f3(*x))
+        });
     }
+    let rca_stat =
+        |n: &str, f: &dyn Fn(&[f64]) -> String| by_model.get(n).map_or(String::new(), |s| f(s));
+    row(html, "stacks monitored", &|n| {
+        rca_stat(n, &|s| s.len().to_string())
+    });
+    row(html, "mean RCA", &|n| {
+        rca_stat(n, &|s| f3(s.iter().sum::<f64>() / s.len() as f64))
+    });
+    row(html, "min RCA", &|n| {
+        rca_stat(n, &|s| f3(s.iter().copied().fold(f64::MAX, f64::min)))
+    });
     html.push_str("</table>");
 }
 
@@ -423,7 +423,7 @@ pub fn report(repo: &Repo, rev: Option<&str>, out: &Path) -> Result<ReportSummar
     let versions = history_section(repo, id, &mut html)?;
     gallery_section(repo, &v, out, &mut html, &mut pictures)?;
     candidates_section(repo, &v, out, &mut html, &mut pictures)?;
-    models_section(&v, &rca, &mut html);
+    models_section(&v, &monitor::rca_lines(&v)?, &mut html);
     rca_section(&rca, &mut html);
     qc_section(&v, &mut html)?;
     let _ = write!(
