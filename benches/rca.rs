@@ -5,7 +5,8 @@
 //!
 //!     cargo bench --bench rca [-- Z SIZE]        (default 7 1024)
 //!
-//! The "prediction" scored is the stack's ground truth eroded by a 3×3 square; the references are 224² crops of four other synthetic stacks with their truth.
+//! The "prediction" scored is the stack's ground truth eroded by a 3×3 square; the references
+//! are 224² crops of four other synthetic stacks with their truth.
 
 use biodc::io::Plane;
 use biodc::pixel::{dice, features, forest, PixelClassifierParams};
