@@ -206,9 +206,10 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// The simulated expert of a synthetic cohort: writes the ground-truth mask of every patch of
-/// a set (one TIFF per patch, named by patch id, 0/255), as a biologist would return them.
-/// For demos, tests and benchmarks; real data needs a real expert.
+/// Play the expert on a synthetic cohort: write ground-truth masks of a set's patches.
+///
+/// One TIFF per patch, named by patch id, 0/255, as a biologist would return them. For demos,
+/// tests and benchmarks; real data needs a real expert.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Example:\n  biodc export --set coreset --to todo/\n  biodc expert --cohort cohort/ --set coreset --to masks/\n  biodc annotate masks/ --round core"

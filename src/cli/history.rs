@@ -577,8 +577,9 @@ pub fn reproduce(dir: &Path, a: ReproduceArgs) -> Result<i32> {
     Ok(status)
 }
 
-/// Write a static HTML report of a version: history with stage records, core-set gallery,
-/// hunt candidates as triptychs, loss curves, Dice and RCA per model, RCA histogram with
+/// Write a static HTML report of a version.
+///
+/// History with stage records, core-set gallery, hunt candidates as triptychs, loss curves, Dice and RCA per model, RCA histogram with
 /// alarms, QC summary. Charts are inline SVG, pictures PNG files beside the page; nothing is
 /// loaded from the network.
 #[derive(Debug, Args)]

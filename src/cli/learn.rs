@@ -245,8 +245,10 @@ pub fn annotate(dir: &Path, a: AnnotateArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Flag quality problems (never deletes): duplicates, near duplicates, blank, saturated,
-/// blurred, low-SNR and outlier patches; counts per condition and core-set cluster, imbalance.
+/// Flag quality problems (never deletes anything).
+///
+/// Duplicates, near duplicates, blank, saturated, blurred, low-SNR and outlier patches; counts
+/// per condition and core-set cluster, imbalance.
 ///
 /// Blurred / low SNR / outlier are robust z-scores (median and MAD over the cohort) beyond 4.
 /// Near duplicates and outliers need `embed` first; clusters and coverage need a core set.

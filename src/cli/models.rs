@@ -163,8 +163,10 @@ pub fn hunt(dir: &Path, a: HuntArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Segment whole stacks with a trained model; masks are written as TIFF stacks (0/255) of the
-/// input's shape. Tiles overlap by a quarter and are blended.
+/// Segment whole stacks with a trained model.
+///
+/// Masks are written as TIFF stacks (0/255) of the input's shape. Windows overlap by a quarter
+/// and are blended.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  biodc segment --model M1 --all --out masks/\n  biodc segment --model M1 c0_s003 c1_s007 --out masks/"
