@@ -298,7 +298,10 @@ pub fn qc(
                 .collect();
             dist[i] =
                 1.0 - others.iter().map(|&s| s as f64).sum::<f64>() / others.len().max(1) as f64;
-            if let Some((j, s)) = nb.of(i).find(|(j, _)| (*j as usize) < i) {
+            // Neighbouring slices of a z-stack at the same place are expected to look alike.
+            if let Some((j, s)) = nb.of(i).find(|(j, _)| {
+                (*j as usize) < i && !z_neighbours(&e.patches[i], &e.patches[*j as usize])
+            }) {
                 let (a, b) = (&e.patches[i], &e.patches[j as usize]);
                 if s >= NEAR_DUPLICATE && !dup_of.contains_key(a) && !stats_blank(&list, &stats, a)
                 {
@@ -451,6 +454,22 @@ fn imbalance(counts: &BTreeMap<String, usize>) -> Option<f64> {
 }
 
 /// The QC lines of a version (empty when `qc` has not run).
+/// Whether two patch ids are the same place of one stack in adjacent slices.
+fn z_neighbours(a: &str, b: &str) -> bool {
+    let split = |id: &str| -> Option<(String, i64)> {
+        let mut parts = id.rsplitn(4, '-');
+        let (x, y, z, stack) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        Some((
+            format!("{stack}-{y}-{x}"),
+            z.strip_prefix('z')?.parse().ok()?,
+        ))
+    };
+    match (split(a), split(b)) {
+        (Some((pa, za)), Some((pb, zb))) => pa == pb && (za - zb).abs() == 1,
+        _ => false,
+    }
+}
+
 pub fn qc_lines(version: &DatasetVersion) -> Result<Vec<QcLine>> {
     let Some(text) = version.other.get("qc.jsonl") else {
         return Ok(Vec::new());
@@ -475,4 +494,29 @@ pub fn flagged_patches(version: &DatasetVersion, flags: &[String]) -> Result<BTr
         .filter(|l| l.flags.iter().any(|f| flags.contains(f)))
         .map(|l| l.patch)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn z_neighbours_are_the_same_place_in_adjacent_slices() {
+        use super::z_neighbours;
+        assert!(z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z3-y0224-x0000"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z4-y0224-x0000"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z3-y0224-x0224"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s002-z3-y0224-x0000"
+        ));
+        assert!(!z_neighbours("odd", "c0_s002-z3-y0224-x0000"));
+    }
 }
