@@ -27,14 +27,7 @@ const STACKS: usize = 22;
 const SHAPE: [usize; 3] = [3, 336, 336];
 
 fn truth(path: &Path) -> Vec<u8> {
-    let s = read_stack(path).unwrap();
-    s.planes
-        .iter()
-        .flat_map(|p| match p {
-            Plane::U8(v) => v.iter().map(|&x| (x > 0) as u8).collect::<Vec<_>>(),
-            o => o.to_f32().iter().map(|&x| (x > 0.0) as u8).collect(),
-        })
-        .collect()
+    biodc::io::tiff::read_binary_mask(path).unwrap().1
 }
 
 fn pooled(pairs: &[(Vec<u8>, Vec<u8>)]) -> f64 {

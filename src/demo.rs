@@ -4,7 +4,7 @@
 //! the 3 worst of the top 30) → train M1 → monitor stacks held back from the import → report.
 //! Ends with M0's and M1's Dice on the held-back stacks and how well RCA tracked it.
 
-use crate::io::{tiff::read_stack, Plane};
+use crate::io::tiff::read_binary_mask;
 use crate::pixel::dice;
 use crate::repo::{Config, Repo};
 use crate::stages::{
@@ -34,19 +34,6 @@ pub struct DemoOutcome {
 /// the last three), imported only when monitored, as new data would arrive.
 fn held_back(n_held: usize) -> std::ops::Range<usize> {
     3..3 + n_held
-}
-
-/// 0/1 voxels of a ground-truth TIFF.
-fn truth_voxels(path: &Path) -> Result<Vec<u8>> {
-    let s = read_stack(path)?;
-    let mut v = Vec::new();
-    for p in &s.planes {
-        match p {
-            Plane::U8(px) => v.extend(px.iter().map(|&x| (x > 0) as u8)),
-            other => v.extend(other.to_f32().iter().map(|&x| (x > 0.0) as u8)),
-        }
-    }
-    Ok(v)
 }
 
 /// How big a demo to run.
@@ -291,7 +278,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
     let mut worst: Vec<(f64, &String)> = Vec::new();
     for id in &set.patches {
         let pred = repo.store.get(&set.objects["prediction"][id])?;
-        let truth = truth_voxels(&all_truth.join(format!("{id}.tif")))?;
+        let truth = read_binary_mask(&all_truth.join(format!("{id}.tif")))?.1;
         worst.push((dice(&pred, &truth), id));
     }
     worst.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -374,7 +361,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
                 .iter()
                 .find(|e| e.name == s.stack)
                 .context("held-back stack not in the cohort")?;
-            let truth = truth_voxels(&cohort.join(&entry.mask))?;
+            let truth = read_binary_mask(&cohort.join(&entry.mask))?.1;
             inter += pred
                 .iter()
                 .zip(&truth)

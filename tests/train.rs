@@ -3,33 +3,17 @@
 
 mod common;
 
-use biodc::io::{tiff::read_stack, Plane};
 use common::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// 0/1 voxels of a TIFF mask stack.
+/// (shape, 0/1 voxels) of a TIFF mask stack.
 fn binary(path: &Path) -> (Vec<usize>, Vec<u8>) {
-    let s = read_stack(path).unwrap();
-    let mut v = Vec::new();
-    for p in &s.planes {
-        match p {
-            Plane::U8(px) => v.extend(px.iter().map(|&x| (x > 0) as u8)),
-            other => v.extend(other.to_f32().iter().map(|&x| (x > 0.0) as u8)),
-        }
-    }
-    (s.info.shape.to_vec(), v)
+    let (info, v) = biodc::io::tiff::read_binary_mask(path).unwrap();
+    (info.shape.to_vec(), v)
 }
 
-fn dice(a: &[u8], b: &[u8]) -> f64 {
-    let inter = a.iter().zip(b).filter(|(&x, &y)| x & y == 1).count();
-    let total: usize = a.iter().chain(b).map(|&x| x as usize).sum();
-    if total == 0 {
-        1.0
-    } else {
-        2.0 * inter as f64 / total as f64
-    }
-}
+use biodc::pixel::dice;
 
 /// A project with a pretrained MAE, a 16-patch core set annotated from ground truth and M0
 /// trained on it: (tempdir, project, cohort).

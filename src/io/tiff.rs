@@ -278,6 +278,19 @@ fn xml_attr<'a>(xml: &'a str, key: &str) -> Option<&'a str> {
     Some(&xml[start..end])
 }
 
+/// Reads a mask stack as 0/1 voxels (any non-zero value is foreground), slices concatenated.
+pub fn read_binary_mask(path: &Path) -> Result<(StackInfo, Vec<u8>)> {
+    let s = read_stack(path)?;
+    let mut v = Vec::with_capacity(s.info.shape.iter().product());
+    for p in &s.planes {
+        match p {
+            Plane::U8(px) => v.extend(px.iter().map(|&x| (x > 0) as u8)),
+            other => v.extend(other.to_f32().iter().map(|&x| (x > 0.0) as u8)),
+        }
+    }
+    Ok((s.info, v))
+}
+
 /// Reads a whole stack into memory.
 pub fn read_stack(path: &Path) -> Result<Stack> {
     let mut reader = TiffStackReader::open(path)?;
