@@ -20,8 +20,17 @@ pub const Z: f64 = 4.0;
 /// Robust z-score of log sharpness below which a patch is blurred: lower than [`Z`] because
 /// blur only ever lowers sharpness, and in-focus tiles spread little on that scale.
 pub const BLUR_Z: f64 = 3.0;
-/// Cosine similarity at or above which two patches are near duplicates.
+/// Cosine similarity at or above which two patches are near-duplicate candidates.
 pub const NEAR_DUPLICATE: f32 = 0.995;
+/// Pearson correlation of the two patches' thumbnails ([`THUMB`]² block means) at or above
+/// which a candidate is confirmed. A weakly trained encoder packs many unrelated patches above
+/// cosine 0.995 (at `demo --scale small` a third of all patches); the same field imaged twice
+/// also matches pixel for pixel once the noise is averaged out, different tissue does not.
+pub const NEAR_DUPLICATE_PIXELS: f64 = 0.9;
+/// Thumbnail edge for the pixel check: blocks of (size / 32)² pixels average the noise away
+/// and keep vessel-scale structure; a background-only thumbnail is noise and correlates with
+/// nothing.
+const THUMB: usize = 32;
 /// Fraction of pixels at the dtype's maximum that makes a patch saturated.
 pub const SATURATED: f64 = 0.05;
 
@@ -32,7 +41,8 @@ pub struct QcLine {
     pub flags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
-    /// Robust z-scores behind the statistical flags.
+    /// Scores behind the statistical flags: robust z-scores, and for a near duplicate the
+    /// thumbnail correlation (`pixel_correlation`) that confirmed it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub z: BTreeMap<String, f64>,
 }
@@ -61,7 +71,7 @@ pub struct QcReport {
 }
 
 /// Per-tile statistics.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct TileStats {
     blank: bool,
     saturated: f64,
@@ -72,6 +82,8 @@ struct TileStats {
     /// Mean Hessian anisotropy |λ₁ − λ₂| / (|λ₁| + |λ₂|) over the brightest 10 % of the
     /// smoothed patch: high for tubes, low for blobs and other non-vessel textures.
     tubularity: f64,
+    /// Block means on a [`THUMB`]² grid, centred and scaled to unit length (zeros when flat).
+    thumb: Vec<f64>,
 }
 
 fn tile_stats(plane: &Plane, size: usize) -> TileStats {
@@ -114,7 +126,37 @@ fn tile_stats(plane: &Plane, size: usize) -> TileStats {
         saturated,
         log_sharpness: ((lap_var + 1e-12) / (var + 1e-12)).ln(),
         log_snr: ((q(0.99) - q(0.5)).max(1e-12) / sigma.max(1e-12)).ln(),
+        thumb: thumbnail(&v, size),
     }
+}
+
+/// See [`TileStats::thumb`]. Blocks are the rows/columns `[k·size/t, (k+1)·size/t)`.
+fn thumbnail(v: &[f32], size: usize) -> Vec<f64> {
+    let t = THUMB.min(size);
+    let edge = |k: usize| k * size / t;
+    let mut out: Vec<f64> = (0..t * t)
+        .map(|c| {
+            let (by, bx) = (c / t, c % t);
+            let (y0, y1, x0, x1) = (edge(by), edge(by + 1), edge(bx), edge(bx + 1));
+            let sum: f64 = (y0..y1)
+                .flat_map(|y| v[y * size + x0..y * size + x1].iter())
+                .map(|&p| p as f64)
+                .sum();
+            sum / ((y1 - y0) * (x1 - x0)) as f64
+        })
+        .collect();
+    let mean = out.iter().sum::<f64>() / out.len() as f64;
+    out.iter_mut().for_each(|p| *p -= mean);
+    let norm = out.iter().map(|p| p * p).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        out.iter_mut().for_each(|p| *p /= norm);
+    }
+    out
+}
+
+/// Pearson correlation of two thumbnails (0 when either is flat).
+fn thumb_correlation(a: &TileStats, b: &TileStats) -> f64 {
+    a.thumb.iter().zip(&b.thumb).map(|(x, y)| x * y).sum()
 }
 
 /// See [`TileStats::tubularity`]; Hessian of the patch smoothed with σ = 2 px.
@@ -289,6 +331,12 @@ pub fn qc(
     if let Some(e) = version.embeddings.get(&params.model) {
         let x = read_f32_matrix(store, &e.matrix, e.rows, e.dim)?;
         let nb = exact_knn(&x, e.rows, e.dim, 11);
+        let index: BTreeMap<&str, usize> = list
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| (p.id.as_str(), i))
+            .collect();
         let mut dist = vec![0f64; e.rows];
         for i in 0..e.rows {
             let others: Vec<f32> = nb
@@ -303,18 +351,20 @@ pub fn qc(
                 (*j as usize) < i && !z_neighbours(&e.patches[i], &e.patches[*j as usize])
             }) {
                 let (a, b) = (&e.patches[i], &e.patches[j as usize]);
-                if s >= NEAR_DUPLICATE && !dup_of.contains_key(a) && !stats_blank(&list, &stats, a)
-                {
-                    flag(&mut lines, a, "near_duplicate").duplicate_of = Some(b.clone());
+                let (ia, ib) = (index.get(a.as_str()), index.get(b.as_str()));
+                if let (true, Some(&ia), Some(&ib)) = (s >= NEAR_DUPLICATE, ia, ib) {
+                    let pixels = thumb_correlation(&stats[ia], &stats[ib]);
+                    if pixels >= NEAR_DUPLICATE_PIXELS
+                        && !dup_of.contains_key(a)
+                        && !stats[ia].blank
+                    {
+                        let line = flag(&mut lines, a, "near_duplicate");
+                        line.duplicate_of = Some(b.clone());
+                        line.z.insert("pixel_correlation".into(), pixels);
+                    }
                 }
             }
         }
-        let index: BTreeMap<&str, usize> = list
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| (p.id.as_str(), i))
-            .collect();
         let use_: Vec<bool> = e
             .patches
             .iter()
@@ -423,13 +473,6 @@ fn flag<'a>(lines: &'a mut BTreeMap<String, QcLine>, id: &str, f: &str) -> &'a m
     line
 }
 
-fn stats_blank(list: &PatchList, stats: &[TileStats], id: &str) -> bool {
-    list.items
-        .iter()
-        .position(|(_, p)| p.id == id)
-        .is_some_and(|i| stats[i].blank)
-}
-
 fn dot(x: &[f32], d: usize, a: usize, b: usize) -> f32 {
     x[a * d..(a + 1) * d]
         .iter()
@@ -498,6 +541,62 @@ pub fn flagged_patches(version: &DatasetVersion, flags: &[String]) -> Result<BTr
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Roughly standard normal: the centred sum of four uniforms, scaled to unit variance.
+    fn noise_sample(rng: &mut rand_chacha::ChaCha8Rng) -> f32 {
+        ((0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0) * 3f32.sqrt()
+    }
+
+    /// A 128² patch: a vessel-like bright band along `angle` plus noise of σ `noise` from `seed`.
+    fn patch(angle: f32, noise: f32, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (c, s) = (angle.cos(), angle.sin());
+        (0..128 * 128)
+            .map(|i| {
+                let (y, x) = ((i / 128) as f32 - 64.0, (i % 128) as f32 - 64.0);
+                let d = (x * s - y * c).abs();
+                1000.0
+                    + 2000.0 * (-d * d / 18.0).exp()
+                    + noise * noise_sample(&mut rng)
+            })
+            .collect()
+    }
+
+    fn stats(v: &[f32]) -> TileStats {
+        TileStats {
+            blank: false,
+            saturated: 0.0,
+            log_sharpness: 0.0,
+            log_snr: 0.0,
+            tubularity: 0.0,
+            thumb: thumbnail(v, 128),
+        }
+    }
+
+    #[test]
+    fn the_same_field_imaged_twice_matches_in_pixels_other_fields_do_not() {
+        let field = stats(&patch(0.3, 300.0, 1));
+        let again = stats(&patch(0.3, 300.0, 2));
+        let other = stats(&patch(1.2, 300.0, 3));
+        let same = thumb_correlation(&field, &again);
+        assert!(same >= NEAR_DUPLICATE_PIXELS, "re-imaged field: {same}");
+        assert!(thumb_correlation(&field, &other) < 0.5);
+        // Background only: noise correlates with nothing.
+        let pure = |seed| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            stats(
+                &(0..128 * 128)
+                    .map(|_| 1000.0 + 100.0 * noise_sample(&mut rng))
+                    .collect::<Vec<f32>>(),
+            )
+        };
+        assert!(thumb_correlation(&pure(6), &pure(7)).abs() < 0.3);
+        // A flat thumbnail correlates with nothing (and does not divide by zero).
+        let flat = stats(&[5.0; 128 * 128]);
+        assert_eq!(thumb_correlation(&flat, &field), 0.0);
+    }
     #[test]
     fn z_neighbours_are_the_same_place_in_adjacent_slices() {
         use super::z_neighbours;
