@@ -31,12 +31,9 @@ fn truth(path: &Path) -> Vec<u8> {
 }
 
 fn pooled(pairs: &[(Vec<u8>, Vec<u8>)]) -> f64 {
-    let (mut i, mut t) = (0usize, 0usize);
-    for (p, g) in pairs {
-        i += p.iter().zip(g).filter(|(&a, &b)| a != 0 && b != 0).count();
-        t += p.iter().chain(g).filter(|&&v| v != 0).count();
-    }
-    2.0 * i as f64 / t.max(1) as f64
+    let mut tally = biodc::pixel::DiceTally::default();
+    pairs.iter().for_each(|(p, g)| tally.add(p, g));
+    tally.dice()
 }
 
 struct Run {

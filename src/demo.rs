@@ -5,7 +5,7 @@
 //! Ends with M0's and M1's Dice on the held-back stacks and how well RCA tracked it.
 
 use crate::io::tiff::read_binary_mask;
-use crate::pixel::dice;
+use crate::pixel::{dice, DiceTally};
 use crate::repo::{Config, Repo};
 use crate::stages::{
     self, annotate, coreset, embed, export, hunt, import, monitor, pretrain, qc, train,
@@ -333,6 +333,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
             model: (*model).into(),
             stacks: held_files.iter().map(|f| import::stack_name(f)).collect(),
             seed,
+            keep_predictions: true,
             ..monitor::MonitorParams::default()
         };
         if k == 0 {
@@ -344,34 +345,20 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
             stages::run(&repo, |repo, head, v| import::import(repo, head, v, &ip))?;
         }
         let (_, m) = stages::run(&repo, |repo, head, v| monitor::monitor(repo, head, v, &mp))?;
-        let (_, version) = repo.version(None)?;
-        let net = train::load_segmenter(
-            &repo.store,
-            train::model(&version, model)?,
-            &candle_core::Device::Cpu,
-        )?;
-        let (mut inter, mut total) = (0usize, 0usize);
+        let mut tally = DiceTally::default();
         for s in &m.scores {
-            let stack = &version.stacks[&s.stack];
-            let [_, hgt, wid] = stack.shape;
-            let slices = stages::segment::stack_slices(&repo.store, &version, stack)?;
-            let pred: Vec<u8> = stages::segment::segment_slices(&net, &slices, hgt, wid)?.concat();
+            let pred = &m.predictions[&s.stack];
             let entry = manifest
                 .stacks
                 .iter()
                 .find(|e| e.name == s.stack)
                 .context("held-back stack not in the cohort")?;
             let truth = read_binary_mask(&cohort.join(&entry.mask))?.1;
-            inter += pred
-                .iter()
-                .zip(&truth)
-                .filter(|(&a, &b)| a != 0 && b != 0)
-                .count();
-            total += pred.iter().chain(&truth).filter(|&&v| v != 0).count();
+            tally.add(pred, &truth);
             rca.push(s.rca);
-            truth_dice.push(dice(&pred, &truth));
+            truth_dice.push(dice(pred, &truth));
         }
-        pooled[k] = 2.0 * inter as f64 / total.max(1) as f64;
+        pooled[k] = tally.dice();
         let worst = m.scores.first().map_or(String::new(), |s| {
             format!(", lowest {} {:.3}", s.stack, s.rca)
         });

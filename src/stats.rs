@@ -1,4 +1,5 @@
-//! Correlations used to check that a score tracks the truth (RCA vs Dice, uncertainty vs error).
+//! Correlations used to check that a score tracks the truth (RCA vs Dice, uncertainty vs error),
+//! and column standardisation of feature tables.
 
 /// Pearson correlation of two equally long samples (NaN when either is constant).
 pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
@@ -39,6 +40,31 @@ pub fn mean_abs_error(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len().max(1) as f64
 }
 
+/// Scales each column of `rows` (equally long) to mean 0 and standard deviation 1 across the
+/// rows; a constant column becomes 0.
+pub fn standardise_columns(rows: &mut [Vec<f32>]) {
+    let Some(width) = rows.first().map(Vec::len) else {
+        return;
+    };
+    let n = rows.len() as f64;
+    for c in 0..width {
+        let mean = rows.iter().map(|r| r[c] as f64).sum::<f64>() / n;
+        let sd = (rows
+            .iter()
+            .map(|r| (r[c] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        for r in rows.iter_mut() {
+            r[c] = if sd > 1e-12 {
+                ((r[c] as f64 - mean) / sd) as f32
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +78,18 @@ mod tests {
         assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![1.5, 0.0, 1.5]);
         assert!(pearson(&a, &[1.0; 4]).is_nan());
         assert_eq!(mean_abs_error(&a, &[1.0, 2.0, 3.0, 5.0]), 0.25);
+    }
+
+    #[test]
+    fn standardised_columns_have_mean_0_and_sd_1() {
+        let mut rows = vec![vec![1.0, 5.0], vec![2.0, 5.0], vec![6.0, 5.0]];
+        standardise_columns(&mut rows);
+        let col0: Vec<f64> = rows.iter().map(|r| r[0] as f64).collect();
+        assert!(col0.iter().sum::<f64>().abs() < 1e-6);
+        assert!((col0.iter().map(|v| v * v).sum::<f64>() / 3.0 - 1.0).abs() < 1e-5);
+        assert!(
+            rows.iter().all(|r| r[1] == 0.0),
+            "a constant column becomes 0"
+        );
     }
 }

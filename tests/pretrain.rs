@@ -110,35 +110,8 @@ fn interrupted_pretrain_resumes_to_the_same_weights() {
     assert_eq!(model(&a, "mae").checkpoint, model(&b, "mae").checkpoint);
 }
 
-/// Leave-one-out k-NN accuracy of condition labels under cosine similarity.
-fn knn_accuracy(x: &[Vec<f32>], labels: &[String], k: usize) -> f64 {
-    let unit: Vec<Vec<f32>> = x
-        .iter()
-        .map(|v| {
-            let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
-            v.iter().map(|a| a / n).collect()
-        })
-        .collect();
-    let mut right = 0;
-    for i in 0..unit.len() {
-        let mut sims: Vec<(f32, usize)> = (0..unit.len())
-            .filter(|&j| j != i)
-            .map(|j| (unit[i].iter().zip(&unit[j]).map(|(a, b)| a * b).sum(), j))
-            .collect();
-        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut votes: std::collections::BTreeMap<&str, usize> = Default::default();
-        for (_, j) in &sims[..k] {
-            *votes.entry(labels[*j].as_str()).or_default() += 1;
-        }
-        let best = votes.iter().max_by_key(|(_, c)| **c).unwrap().0;
-        right += (*best == labels[i]) as usize;
-    }
-    right as f64 / unit.len() as f64
-}
-
 #[test]
 fn mae_embeddings_separate_conditions_better_than_raw_pixels() {
-    let size = 128;
     let (_tmp, project, cohort) = project_with(Cohort {
         stacks: 12,
         shape: "2,256,256",
@@ -156,41 +129,17 @@ fn mae_embeddings_separate_conditions_better_than_raw_pixels() {
     ok(&project, &["embed"]);
     let repo = Repo::discover(&project).unwrap();
     let (_, v) = repo.version(None).unwrap();
-    let e = &v.embeddings["mae"];
-    let m = biodc::stages::read_f32_matrix(&repo.store, &e.matrix, e.rows, e.dim).unwrap();
-    let emb: Vec<Vec<f32>> = m.chunks(e.dim).map(|c| c.to_vec()).collect();
-    let labels: Vec<String> = e
-        .patches
-        .iter()
-        .map(|p| biodc::stages::coreset::condition_of(&v, p))
-        .collect();
-    // Raw-pixel baseline: normalised patches averaged down to 8×8.
-    let raw: Vec<Vec<f32>> = e
-        .patches
-        .iter()
-        .map(|id| {
-            let (_, plane) = biodc::stages::export::patch_plane(&repo.store, &v, id).unwrap();
-            let px = biodc::nn::data::normalize_patch(&plane.to_f32());
-            let (s, f) = (size, 8);
-            (0..f * f)
-                .map(|c| {
-                    let (cy, cx) = (c / f * (s / f), c % f * (s / f));
-                    (0..s / f)
-                        .flat_map(|y| (0..s / f).map(move |x| (y, x)))
-                        .map(|(y, x)| px[(cy + y) * s + cx + x])
-                        .sum::<f32>()
-                })
-                .collect()
-        })
-        .collect();
-    let (mae_acc, raw_acc) = (
-        knn_accuracy(&emb, &labels, 5),
-        knn_accuracy(&raw, &labels, 5),
+    let r = biodc::stages::embed::condition_knn(&repo, &v, "mae", 5).unwrap();
+    let (mae_acc, raw_acc) = (r.embedding, r.raw_pixels);
+    println!(
+        "leave-one-out 5-NN condition accuracy over {} patches: MAE embeddings {mae_acc:.3}, raw \
+         pixels (8×8) {raw_acc:.3}, filter-response statistics {:.3}",
+        r.patches, r.texture
     );
-    println!("leave-one-out 5-NN condition accuracy: MAE embeddings {mae_acc:.3}, raw pixels (8×8) {raw_acc:.3}");
-    // Issue 3 asks for >= 0.9; at this test scale (96 patches, 88 steps) the MAE reaches ~0.66,
-    // well above raw pixels (~0.35) but short of 0.9 — see the closing note. What is asserted is
-    // what holds: the learned features separate conditions clearly better than pixels.
+    // Issue 3 asks for >= 0.9; at this test scale (96 patches, 88 steps) the MAE reaches ~0.6,
+    // above raw pixels (~0.35) but short of 0.9, and below hand-made texture statistics (~0.8)
+    // — see docs/BENCHMARKS.md. What is asserted is what holds: the learned features separate
+    // conditions clearly better than pixels.
     assert!(
         mae_acc >= raw_acc + 0.15,
         "MAE embeddings 5-NN accuracy {mae_acc} vs raw pixels {raw_acc}"

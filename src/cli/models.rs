@@ -307,6 +307,7 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
             },
             seed: a.seed,
         },
+        keep_predictions: false,
     };
     let (commit, r) = stages::run(&repo, |repo, head, v| {
         monitor::monitor(repo, head, v, &params)

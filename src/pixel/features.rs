@@ -111,6 +111,21 @@ fn eigen2(a: f32, b: f32, c: f32) -> (f32, f32) {
     (m + d, m - d)
 }
 
+/// A hand-made texture descriptor of a whole image: the mean and standard deviation of each of
+/// the [`COUNT`] feature planes (2 × COUNT values). The classical baseline that learned
+/// embeddings are compared with.
+pub fn image_statistics(img: &[f32], h: usize, w: usize) -> Vec<f32> {
+    feature_planes(img, h, w)
+        .iter()
+        .flat_map(|f| {
+            let n = f.len() as f64;
+            let mean = f.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = f.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            [mean as f32, var.sqrt() as f32]
+        })
+        .collect()
+}
+
 /// All [`COUNT`] feature planes of an h×w image (each h×w), raw first.
 pub fn feature_planes(img: &[f32], h: usize, w: usize) -> Vec<Vec<f32>> {
     assert_eq!(img.len(), h * w, "image is not {h}×{w}");

@@ -158,12 +158,33 @@ pub fn morph(m: &[u8], h: usize, w: usize, r: usize, dilate: bool) -> Vec<u8> {
 
 /// Dice overlap of two 0/1 masks; 1 when both are empty.
 pub fn dice(a: &[u8], b: &[u8]) -> f64 {
-    let inter = a.iter().zip(b).filter(|(&x, &y)| x != 0 && y != 0).count();
-    let total = a.iter().filter(|&&x| x != 0).count() + b.iter().filter(|&&y| y != 0).count();
-    if total == 0 {
-        1.0
-    } else {
-        2.0 * inter as f64 / total as f64
+    let mut tally = DiceTally::default();
+    tally.add(a, b);
+    tally.dice()
+}
+
+/// Dice pooled over several mask pairs: overlaps and foreground counted over all of them, so a
+/// large stack weighs more than a small one (the cohort-level score).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiceTally {
+    overlap: usize,
+    foreground: usize,
+}
+
+impl DiceTally {
+    pub fn add(&mut self, a: &[u8], b: &[u8]) {
+        self.overlap += a.iter().zip(b).filter(|(&x, &y)| x != 0 && y != 0).count();
+        self.foreground +=
+            a.iter().filter(|&&x| x != 0).count() + b.iter().filter(|&&y| y != 0).count();
+    }
+
+    /// 2|A∩B| / (|A| + |B|) over everything added; 1 when both are empty.
+    pub fn dice(&self) -> f64 {
+        if self.foreground == 0 {
+            1.0
+        } else {
+            2.0 * self.overlap as f64 / self.foreground as f64
+        }
     }
 }
 

@@ -73,6 +73,35 @@ struct BlockTops {
     floors: Vec<f32>,
 }
 
+/// Leave-one-out k-NN accuracy of `labels` under cosine similarity: each of the `n` rows of `x`
+/// (`d` columns, any length) gets the label most frequent among its `k` nearest other rows,
+/// ties going to the label with the larger summed similarity. How well an embedding separates
+/// known groups (conditions) without training a classifier on it.
+pub fn leave_one_out_accuracy(x: &[f32], n: usize, d: usize, labels: &[String], k: usize) -> f64 {
+    assert_eq!(labels.len(), n);
+    let mut unit = x.to_vec();
+    for row in unit.chunks_exact_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let nb = exact_knn(&unit, n, d, k + 1);
+    let right = (0..n)
+        .filter(|&i| {
+            let mut votes: std::collections::BTreeMap<&str, (usize, f32)> = Default::default();
+            for (j, s) in nb.of(i).filter(|(j, _)| *j as usize != i).take(k) {
+                let v = votes.entry(labels[j as usize].as_str()).or_default();
+                *v = (v.0 + 1, v.1 + s);
+            }
+            let best = votes
+                .iter()
+                .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(a.1 .1.total_cmp(&b.1 .1)))
+                .map(|(l, _)| *l);
+            best == Some(labels[i].as_str())
+        })
+        .count();
+    right as f64 / n.max(1) as f64
+}
+
 /// Top-`k` neighbours of each of the `n` rows of `x` (row-major, `d` columns).
 ///
 /// Similarity is symmetric, so only blocks (I, J) with J ≥ I are multiplied, and each product
@@ -215,5 +244,16 @@ mod tests {
             }
             assert_eq!(got[0].0, i as u32, "a point is its own nearest neighbour");
         }
+    }
+
+    #[test]
+    fn leave_one_out_accuracy_of_clusters_and_of_noise() {
+        let (x, n, d) = test_points(200, 4, 3);
+        let by_cluster: Vec<String> = (0..n).map(|i| format!("c{}", i % 4)).collect();
+        assert_eq!(leave_one_out_accuracy(&x, n, d, &by_cluster, 5), 1.0);
+        // Labels unrelated to the clusters: about chance (1/2), never near 1.
+        let unrelated: Vec<String> = (0..n).map(|i| format!("l{}", (i / 4) % 2)).collect();
+        let acc = leave_one_out_accuracy(&x, n, d, &unrelated, 5);
+        assert!((0.3..0.7).contains(&acc), "{acc}");
     }
 }

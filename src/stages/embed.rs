@@ -149,6 +149,62 @@ pub fn embed(
     Ok((Some((version, record)), report))
 }
 
+/// Leave-one-out k-NN accuracy of condition labels on one embedding, beside two baselines on
+/// the same patches: the normalised pixels averaged down to 8×8, and hand-made texture
+/// statistics ([`crate::pixel::features::image_statistics`], standardised per column).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConditionKnn {
+    pub k: usize,
+    pub patches: usize,
+    pub embedding: f64,
+    pub raw_pixels: f64,
+    pub texture: f64,
+}
+
+/// [`ConditionKnn`] for the embeddings of `model` in `version`.
+pub fn condition_knn(
+    repo: &Repo,
+    version: &DatasetVersion,
+    model: &str,
+    k: usize,
+) -> Result<ConditionKnn> {
+    use crate::select::knn::leave_one_out_accuracy;
+    let e = version
+        .embeddings
+        .get(model)
+        .with_context(|| format!("no embeddings of model {model:?}: run `biodc embed` first"))?;
+    let x = super::read_f32_matrix(&repo.store, &e.matrix, e.rows, e.dim)?;
+    let labels: Vec<String> = e
+        .patches
+        .iter()
+        .map(|p| super::coreset::condition_of(version, p))
+        .collect();
+    let (mut raw, mut texture) = (Vec::new(), Vec::new());
+    for id in &e.patches {
+        let (info, plane) = super::export::patch_plane(&repo.store, version, id)?;
+        let (h, w) = (info.shape[1], info.shape[2]);
+        let px = crate::nn::data::normalize_patch(&plane.to_f32());
+        raw.extend((0..64).map(|c| {
+            let (by, bx) = (c / 8, c % 8);
+            let (ys, xs) = (by * h / 8..(by + 1) * h / 8, bx * w / 8..(bx + 1) * w / 8);
+            ys.flat_map(|y| xs.clone().map(move |x| (y, x)))
+                .map(|(y, x)| px[y * w + x])
+                .sum::<f32>()
+        }));
+        texture.push(crate::pixel::features::image_statistics(&px, h, w));
+    }
+    crate::stats::standardise_columns(&mut texture);
+    let width = texture.first().map_or(1, Vec::len);
+    let n = e.rows;
+    Ok(ConditionKnn {
+        k,
+        patches: n,
+        embedding: leave_one_out_accuracy(&x, n, e.dim, &labels, k),
+        raw_pixels: leave_one_out_accuracy(&raw, n, 64, &labels, k),
+        texture: leave_one_out_accuracy(&texture.concat(), n, width, &labels, k),
+    })
+}
+
 /// Subtracts the mean row, then scales each row to unit length (flattened, row-major).
 fn centred_unit_rows(rows: &[Vec<f32>]) -> Vec<f32> {
     let n = rows.len().max(1) as f64;

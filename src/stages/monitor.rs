@@ -18,6 +18,7 @@ use crate::version::{DatasetVersion, RcaRecord};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Where `metrics/rca.jsonl` lives in a version.
@@ -34,6 +35,10 @@ pub struct MonitorParams {
     pub seed: u64,
     /// The pixel classifier: trees, depth, pixels per class.
     pub classifier: PixelClassifierParams,
+    /// Return each stack's predicted mask in the report (callers that compare with a truth);
+    /// off by default, as a cohort's masks would all sit in memory.
+    #[serde(skip)]
+    pub keep_predictions: bool,
 }
 
 impl Default for MonitorParams {
@@ -45,6 +50,7 @@ impl Default for MonitorParams {
             alarm: 0.6,
             seed: 0,
             classifier: PixelClassifierParams::default(),
+            keep_predictions: false,
         }
     }
 }
@@ -55,6 +61,9 @@ pub struct MonitorReport {
     pub scores: Vec<RcaRecord>,
     pub alarms: Vec<String>,
     pub seconds: f64,
+    /// Stack → predicted mask (slices concatenated), with `keep_predictions`.
+    #[serde(skip)]
+    pub predictions: BTreeMap<String, Vec<u8>>,
 }
 
 /// RCA of one stack.
@@ -195,6 +204,7 @@ pub fn monitor(
     let run = earlier.iter().map(|l| l.run).max().unwrap_or(0) + 1;
     let pb = crate::progress::bar(names.len() as u64, "monitor", false);
     let mut scores = Vec::new();
+    let mut predictions = BTreeMap::new();
     for name in &names {
         let Some(stack) = version.stacks.get(name) else {
             bail!("no stack named {name:?} in this version");
@@ -220,6 +230,9 @@ pub fn monitor(
             threshold: params.alarm,
             run,
         });
+        if params.keep_predictions {
+            predictions.insert(name.clone(), pred.concat());
+        }
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -272,6 +285,7 @@ pub fn monitor(
             scores,
             alarms,
             seconds,
+            predictions,
         },
     ))
 }

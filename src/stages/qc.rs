@@ -1,7 +1,7 @@
 //! `qc`: flags, never deletes. Per patch: exact duplicates (same tile hash), near duplicates
-//! (cosine ≥ 0.995), blank, saturated, blurred (variance of Laplacian), low SNR, odd texture
+//! (cosine ≥ 0.995, confirmed by the pixels), blank, saturated, blurred (variance of Laplacian), low SNR, odd texture
 //! (not tube-like: low Hessian anisotropy of the bright structures), and embedding outliers
-//! (robust z-score of the distance to the nearest neighbours); per condition and per core-set
+//! (robust z-score of the log distance to the nearest neighbours); per condition and per core-set
 //! cluster: counts and the imbalance ratio, and conditions the core set under-covers.
 
 use super::{patches::PatchList, read_f32_matrix, Next};
@@ -344,8 +344,12 @@ pub fn qc(
                 .filter(|(j, _)| *j as usize != i)
                 .map(|(_, s)| s)
                 .collect();
-            dist[i] =
-                1.0 - others.iter().map(|&s| s as f64).sum::<f64>() / others.len().max(1) as f64;
+            // On a log scale: kNN distances are right-skewed (most patches sit in dense
+            // regions), and a robust z of the raw distance flagged 7 % of clean patches at
+            // 2,520 patches, none of them a planted defect.
+            let mean_sim =
+                others.iter().map(|&s| s as f64).sum::<f64>() / others.len().max(1) as f64;
+            dist[i] = (1.0 - mean_sim).max(1e-6).ln();
             // Neighbouring slices of a z-stack at the same place are expected to look alike.
             if let Some((j, s)) = nb.of(i).find(|(j, _)| {
                 (*j as usize) < i && !z_neighbours(&e.patches[i], &e.patches[*j as usize])
@@ -557,9 +561,7 @@ mod tests {
             .map(|i| {
                 let (y, x) = ((i / 128) as f32 - 64.0, (i % 128) as f32 - 64.0);
                 let d = (x * s - y * c).abs();
-                1000.0
-                    + 2000.0 * (-d * d / 18.0).exp()
-                    + noise * noise_sample(&mut rng)
+                1000.0 + 2000.0 * (-d * d / 18.0).exp() + noise * noise_sample(&mut rng)
             })
             .collect()
     }

@@ -88,27 +88,8 @@ fn new_objects(v: &DatasetVersion, parent: &DatasetVersion) -> BTreeMap<String, 
 
 /// Manifest files with volatile fields (wall-clock times) removed, so equal work compares equal.
 fn stable_files(v: &DatasetVersion) -> Result<BTreeMap<String, String>> {
-    let stage = v
-        .stage
-        .clone()
-        .unwrap_or_else(|| crate::version::StageRecord {
-            verb: String::new(),
-            argv: Vec::new(),
-            params: serde_json::Value::Null,
-            parent: None,
-            inputs: Default::default(),
-            outputs: Default::default(),
-            seed: None,
-            threads: 0,
-            biodc_version: String::new(),
-            timings_ms: Default::default(),
-            summary: String::new(),
-        });
     let mut out = BTreeMap::new();
-    for (path, bytes) in v.to_files(&stage)? {
-        if path == "stage.json" {
-            continue;
-        }
+    for (path, bytes) in v.data_files()? {
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let text = if path.ends_with(".jsonl") {
             text.lines()

@@ -92,9 +92,15 @@ impl DatasetVersion {
 
     /// The files of this version's tree, including `stage` as `stage.json`.
     pub fn to_files(&self, stage: &StageRecord) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut files = self.data_files()?;
+        files.insert("stage.json".into(), to_json(stage)?);
+        Ok(files)
+    }
+
+    /// Every manifest file except `stage.json` (the record of how the version was made).
+    pub fn data_files(&self) -> Result<BTreeMap<String, Vec<u8>>> {
         let mut files = self.other.clone();
         files.insert("biodc.json".into(), to_json(&self.meta)?);
-        files.insert("stage.json".into(), to_json(stage)?);
         for (name, s) in &self.stacks {
             files.insert(format!("stacks/{name}.json"), to_json(s)?);
         }
