@@ -3,15 +3,38 @@
 //! cohort (12 stacks of 2×256×256, 96 patches of 128²), beside raw pixels (8×8) and hand-made
 //! filter-response statistics on the same patches.
 //!
-//!     cargo bench --bench embedding_knn [-- EPOCHS...]     (default 0 2 8 30; ~3 min on 2 cores)
+//!     cargo bench --bench embedding_knn [-- EPOCHS...]     (default 0 2 8 30; ~1 min on 2 cores)
+//!
+//! Or the same measure for every embedding of an existing project's HEAD:
+//!
+//!     cargo bench --bench embedding_knn -- --project DIR
 
 use biodc::repo::{Config, Repo};
 use biodc::stages::{self, embed, import, pretrain};
 use biodc::synth::{write_cohort, SynthParams};
 
+/// Prints the condition k-NN table for every embedding at `dir`'s HEAD.
+fn existing_project(dir: &str) {
+    let repo = Repo::discover(std::path::Path::new(dir)).unwrap();
+    let (_, v) = repo.version(None).unwrap();
+    println!("| embedding | patches | 5-NN | raw pixels 8×8 | filter statistics |");
+    println!("|---|---|---|---|---|");
+    for model in v.embeddings.keys() {
+        let k = embed::condition_knn(&repo, &v, model, 5).unwrap();
+        println!(
+            "| {model} | {} | {:.3} | {:.3} | {:.3} |",
+            k.patches, k.embedding, k.raw_pixels, k.texture
+        );
+    }
+}
+
 fn main() {
-    let epochs: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--project") {
+        return existing_project(args.get(i + 1).expect("--project DIR"));
+    }
+    let epochs: Vec<usize> = args
+        .iter()
         .filter_map(|a| a.parse().ok())
         .collect();
     let epochs = if epochs.is_empty() {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # qc on a cohort bigger than the tests' (issue 4, acceptance 2 beyond test scale): 40 stacks of
 # 7x672x672 with the synth's planted defects → 2,520 patches of 224x224; tiny MAE, 3 epochs;
-# then qc, and how many planted and clean patches it flags, by flag. ~8 min on 2 cores.
+# then qc, and how many planted and clean patches it flags, by flag. Last, the 5-NN condition
+# accuracy of these embeddings beside the same encoder at random initialisation (issue 3,
+# acceptance 3, at this scale). ~10 min on 2 cores.
 #
 #   bash benches/qc_scale.sh [WORKDIR]
 set -euo pipefail
@@ -50,3 +52,6 @@ n_clean = total - planted_patches
 print(f"clean patches flagged: {flagged_clean} of {n_clean} ({100 * flagged_clean / n_clean:.1f} %): "
       + ", ".join(f"{k} {v}" for k, v in sorted(clean.items())))
 PY
+"$B" -C p pretrain --max-steps 0 --name random-init | tail -1
+"$B" -C p embed --model random-init | tail -1
+cd "$ROOT" && cargo bench -q --bench embedding_knn -- --project "$WORK/p" 2>/dev/null
