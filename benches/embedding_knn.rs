@@ -33,10 +33,7 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--project") {
         return existing_project(args.get(i + 1).expect("--project DIR"));
     }
-    let epochs: Vec<usize> = args
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let epochs: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let epochs = if epochs.is_empty() {
         vec![0, 2, 8, 30]
     } else {
@@ -87,8 +84,7 @@ fn main() {
             max_steps: (e == 0).then_some(0),
             scratch: true,
         };
-        let (_, r) =
-            stages::run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false)).unwrap();
+        let (_, r) = stages::run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false)).unwrap();
         let ep = embed::EmbedParams {
             model: "mae".into(),
             batch: 32,

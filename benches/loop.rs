@@ -84,6 +84,7 @@ impl Run {
             method,
             seed: self.seed,
             exclude: Vec::new(),
+            per_condition: 0,
         };
         stages::run(&self.repo, |r, h, v| coreset::coreset(r, h, v, &p)).unwrap();
         let (_, v) = self.repo.version(None).unwrap();

@@ -188,6 +188,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
         exclude: ["blank", "duplicate", "saturated", "blurred", "odd_texture"]
             .map(String::from)
             .to_vec(),
+        per_condition: 0,
     };
     let (_, r) = stages::run(&repo, |repo, head, v| coreset::coreset(repo, head, v, &cp))?;
     let covered: Vec<String> = r

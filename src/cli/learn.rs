@@ -126,7 +126,7 @@ pub fn embed(dir: &Path, a: EmbedArgs) -> Result<i32> {
 /// neighbours. `random` and `kcenter` (farthest point, the seed paper's code) are baselines.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  biodc coreset -k 25\n  biodc coreset -k 25 --method kcenter --name coreset-kcenter"
+    after_help = "Examples:\n  biodc coreset -k 25\n  biodc coreset -k 25 --per-condition 2 --exclude blank duplicate\n  biodc coreset -k 25 --method kcenter --name coreset-kcenter"
 )]
 pub struct CoresetArgs {
     #[arg(short = 'k', default_value_t = 25)]
@@ -148,6 +148,10 @@ pub struct CoresetArgs {
     /// Never pick patches with these QC flags (e.g. blank duplicate).
     #[arg(long, num_args = 1..)]
     pub exclude: Vec<String>,
+    /// At least this many picks from every condition (K-cover under a quota), for when `qc`
+    /// reports conditions the core set under-covers.
+    #[arg(long, default_value_t = 0)]
+    pub per_condition: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -163,6 +167,7 @@ pub fn coreset(dir: &Path, a: CoresetArgs) -> Result<i32> {
         method: a.method,
         seed: a.seed,
         exclude: a.exclude,
+        per_condition: a.per_condition,
     };
     let (commit, r) = stages::run(&repo, |repo, head, v| {
         coreset::coreset(repo, head, v, &params)

@@ -64,6 +64,33 @@ impl PartialOrd for Entry {
 /// Greedy max K-cover over the neighbour graph `nb`; `allowed[c]` false excludes a candidate
 /// (e.g. QC-flagged patches) without removing it from what must be covered.
 pub fn greedy(nb: &Neighbours, k: usize, allowed: &[bool]) -> Cover {
+    greedy_with_quota(nb, k, allowed, None)
+}
+
+/// At least `min` picks from each group (`group[c]` of each candidate), where a group has that
+/// many allowed candidates: the greedy picks freely until the free slots are all needed for
+/// groups still short of their quota, then only from those groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota<'a> {
+    pub group: &'a [usize],
+    pub min: usize,
+}
+
+/// [`greedy`] under an optional [`Quota`].
+pub fn greedy_with_quota(
+    nb: &Neighbours,
+    k: usize,
+    allowed: &[bool],
+    quota: Option<Quota>,
+) -> Cover {
+    let groups = quota.map_or(0, |q| q.group.iter().max().map_or(0, |g| g + 1));
+    let mut need = vec![0usize; groups];
+    if let Some(q) = quota {
+        for (c, &g) in q.group.iter().enumerate() {
+            need[g] += allowed[c] as usize;
+        }
+        need.iter_mut().for_each(|n| *n = (*n).min(q.min));
+    }
     let inv = covered_by(nb);
     let mut best = vec![0f32; nb.len()];
     let mut heap: BinaryHeap<Entry> = (0..nb.len())
@@ -83,6 +110,13 @@ pub fn greedy(nb: &Neighbours, k: usize, allowed: &[bool]) -> Cover {
     while cover.picks.len() < k {
         let Some(top) = heap.pop() else { break };
         let round = cover.picks.len();
+        if let Some(q) = quota {
+            // Once every free slot is needed, a candidate of a satisfied group never becomes
+            // eligible again: drop it.
+            if k - round <= need.iter().sum::<usize>() && need[q.group[top.candidate]] == 0 {
+                continue;
+            }
+        }
         if fresh[top.candidate] != round {
             // Stale bound: recompute and push back; it is picked only if it stays on top.
             fresh[top.candidate] = round;
@@ -96,6 +130,10 @@ pub fn greedy(nb: &Neighbours, k: usize, allowed: &[bool]) -> Cover {
         for &(x, s) in &inv[top.candidate] {
             let b = &mut best[x as usize];
             *b = b.max(s);
+        }
+        if let Some(q) = quota {
+            let n = &mut need[q.group[top.candidate]];
+            *n = n.saturating_sub(1);
         }
         cover.picks.push(top.candidate);
         cover.gains.push(top.bound);
@@ -165,5 +203,31 @@ mod tests {
         let cover = greedy(&nb, 5, &allowed);
         assert_eq!(cover.picks.len(), 5);
         assert!(cover.picks.iter().all(|&p| p % 2 == 0));
+    }
+
+    #[test]
+    fn a_quota_gives_every_group_its_minimum_and_costs_little_objective() {
+        let (x, n, d) = test_points(60, 4, 2);
+        let nb = exact_knn(&x, n, d, 8);
+        let free = greedy(&nb, 4, &vec![true; n]);
+        // Group 1 is two points the free greedy does not pick; group 2 has no allowed candidate.
+        let lonely: Vec<usize> = (0..n).filter(|c| !free.picks.contains(c)).take(2).collect();
+        let mut group = vec![0usize; n];
+        lonely.iter().for_each(|&c| group[c] = 1);
+        group[n - 1] = 2;
+        let mut allowed = vec![true; n];
+        allowed[n - 1] = false;
+        let q = Quota {
+            group: &group,
+            min: 1,
+        };
+        let held = greedy_with_quota(&nb, 4, &allowed, Some(q));
+        assert_eq!(held.picks.len(), 4);
+        assert_eq!(held.picks.iter().filter(|&&c| group[c] == 1).count(), 1);
+        assert!(held.picks.iter().all(|&c| allowed[c]));
+        assert!((held.objective - objective(&nb, &held.picks)).abs() < 1e-4);
+        assert!(held.objective <= free.objective + 1e-9);
+        // The first three picks are the free greedy's: the quota only binds at the last slot.
+        assert_eq!(held.picks[..3], free.picks[..3]);
     }
 }

@@ -35,6 +35,9 @@ pub struct CoresetParams {
     pub seed: u64,
     /// QC flags whose patches may not be picked (they still count as data to cover).
     pub exclude: Vec<String>,
+    /// K-cover only: at least this many picks from each condition (0: no quota).
+    #[serde(default)]
+    pub per_condition: usize,
 }
 
 /// Coverage of one condition by the picks.
@@ -83,6 +86,9 @@ pub fn coreset(
         );
     }
     let x = read_f32_matrix(&repo.store, &emb.matrix, n, d)?;
+    if params.per_condition > 0 && params.method != Method::Kcover {
+        bail!("--per-condition applies to --method kcover only");
+    }
     let flagged = super::qc::flagged_patches(&version, &params.exclude)?;
     let allowed: Vec<bool> = emb.patches.iter().map(|p| !flagged.contains(p)).collect();
     if allowed.iter().filter(|a| **a).count() < params.k {
@@ -91,7 +97,28 @@ pub fn coreset(
     let nb = exact_knn(&x, n, d, params.neighbours.max(1));
     let (picks, scores) = match params.method {
         Method::Kcover => {
-            let c = cover::greedy(&nb, params.k, &allowed);
+            let conditions: Vec<String> = emb
+                .patches
+                .iter()
+                .map(|p| condition_of(&version, p))
+                .collect();
+            let names: BTreeSet<&String> = conditions.iter().collect();
+            if params.k < params.per_condition * names.len() {
+                bail!(
+                    "-k {} cannot hold --per-condition {} picks from each of {} conditions",
+                    params.k,
+                    params.per_condition,
+                    names.len()
+                );
+            }
+            let index: BTreeMap<&String, usize> =
+                names.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+            let group: Vec<usize> = conditions.iter().map(|c| index[c]).collect();
+            let quota = (params.per_condition > 0).then_some(cover::Quota {
+                group: &group,
+                min: params.per_condition,
+            });
+            let c = cover::greedy_with_quota(&nb, params.k, &allowed, quota);
             (c.picks, c.gains)
         }
         Method::Random => {
