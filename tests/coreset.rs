@@ -64,8 +64,14 @@ fn kcover_beats_random_on_coverage_in_five_seeds() {
         );
         println!("seed {seed}: k-cover covers {kcover}/4 conditions (objective {obj_k:.1}), random {random}/4 ({obj_r:.1}), k-cover with --per-condition 1 {quota}/4 ({obj_q:.1})");
         // The quota is a constraint, not a heuristic: it always holds, at some objective.
-        assert_eq!(quota, 4, "seed {seed}: --per-condition 1 missed a condition");
-        assert!(obj_q <= obj_k + 1e-6 && obj_q > obj_r, "seed {seed}: {obj_q} vs {obj_k}, {obj_r}");
+        assert_eq!(
+            quota, 4,
+            "seed {seed}: --per-condition 1 missed a condition"
+        );
+        assert!(
+            obj_q <= obj_k + 1e-6 && obj_q > obj_r,
+            "seed {seed}: {obj_q} vs {obj_k}, {obj_r}"
+        );
         assert!(
             obj_k > obj_r,
             "seed {seed}: greedy objective {obj_k} not above random {obj_r}"

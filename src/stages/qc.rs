@@ -1,8 +1,9 @@
 //! `qc`: flags, never deletes. Per patch: exact duplicates (same tile hash), near duplicates
-//! (cosine ≥ 0.995, confirmed by the pixels), blank, saturated, blurred (variance of Laplacian), low SNR, odd texture
-//! (not tube-like: low Hessian anisotropy of the bright structures), and embedding outliers
-//! (robust z-score of the log distance to the nearest neighbours); per condition and per core-set
-//! cluster: counts and the imbalance ratio, and conditions the core set under-covers.
+//! (cosine ≥ 0.995, confirmed by the pixels), blank, saturated, blurred (variance of
+//! Laplacian), low SNR, odd texture (not tube-like: low Hessian anisotropy of the bright
+//! structures), and embedding outliers (robust z-score of the log distance to the nearest
+//! neighbours); per condition and per core-set cluster: counts and the imbalance ratio, and
+//! conditions the core set under-covers.
 
 use super::{patches::PatchList, read_f32_matrix, Next};
 use crate::history::CommitId;
@@ -350,23 +351,31 @@ pub fn qc(
             let mean_sim =
                 others.iter().map(|&s| s as f64).sum::<f64>() / others.len().max(1) as f64;
             dist[i] = (1.0 - mean_sim).max(1e-6).ln();
-            // Neighbouring slices of a z-stack at the same place are expected to look alike.
-            if let Some((j, s)) = nb.of(i).find(|(j, _)| {
-                (*j as usize) < i && !z_neighbours(&e.patches[i], &e.patches[*j as usize])
-            }) {
-                let (a, b) = (&e.patches[i], &e.patches[j as usize]);
-                let (ia, ib) = (index.get(a.as_str()), index.get(b.as_str()));
-                if let (true, Some(&ia), Some(&ib)) = (s >= NEAR_DUPLICATE, ia, ib) {
-                    let pixels = thumb_correlation(&stats[ia], &stats[ib]);
-                    if pixels >= NEAR_DUPLICATE_PIXELS
-                        && !dup_of.contains_key(a)
-                        && !stats[ia].blank
-                    {
-                        let line = flag(&mut lines, a, "near_duplicate");
-                        line.duplicate_of = Some(b.clone());
-                        line.z.insert("pixel_correlation".into(), pixels);
-                    }
-                }
+            // Candidates: earlier patches above the cosine threshold, except the same place in
+            // an adjacent slice (expected to look alike); the first whose pixels agree is it.
+            let a = &e.patches[i];
+            let Some(&ia) = index.get(a.as_str()) else {
+                continue;
+            };
+            if dup_of.contains_key(a) || stats[ia].blank {
+                continue;
+            }
+            let confirmed = nb
+                .of(i)
+                .filter(|&(j, s)| {
+                    (j as usize) < i
+                        && s >= NEAR_DUPLICATE
+                        && !z_neighbours(a, &e.patches[j as usize])
+                })
+                .find_map(|(j, _)| {
+                    let b = &e.patches[j as usize];
+                    let pixels = thumb_correlation(&stats[ia], &stats[*index.get(b.as_str())?]);
+                    (pixels >= NEAR_DUPLICATE_PIXELS).then_some((b, pixels))
+                });
+            if let Some((b, pixels)) = confirmed {
+                let line = flag(&mut lines, a, "near_duplicate");
+                line.duplicate_of = Some(b.clone());
+                line.z.insert("pixel_correlation".into(), pixels);
             }
         }
         let use_: Vec<bool> = e
