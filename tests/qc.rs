@@ -123,3 +123,58 @@ fn qc_flags_every_planted_defect_and_few_clean_patches() {
         .iter()
         .all(|p| !flagged.contains(p)));
 }
+
+/// A stack imaged twice (the same field, new noise of σ ≈ 52 grey levels, as much as the
+/// camera's own) is a near duplicate of the first,
+/// patch for patch; nothing else in the cohort is.
+#[test]
+fn a_reimaged_stack_is_a_near_duplicate_and_nothing_else_is() {
+    use rand::{Rng, SeedableRng};
+    let (_tmp, project, cohort) = project_with(Cohort {
+        stacks: 8,
+        shape: "2,256,256",
+        seed: 5,
+        patch: 128,
+        defects: false,
+    });
+    let original = cohort.join("images/c0/c0_s000.tif");
+    let mut stack = biodc::io::tiff::read_stack(&original).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for plane in &mut stack.planes {
+        let biodc::io::Plane::U16(px) = plane else {
+            panic!("synthetic stacks are 16-bit")
+        };
+        for p in px.iter_mut() {
+            *p = (*p as f32 + rng.random_range(-90.0..90.0)).max(0.0) as u16;
+        }
+    }
+    biodc::io::tiff::write_stack(&cohort.join("images/c0/c0_s000_again.tif"), &stack).unwrap();
+    import_cohort(&project, &cohort);
+    ok(&project, &["pretrain", "--epochs", "2"]);
+    ok(&project, &["embed"]);
+    ok(&project, &["qc"]);
+    let (_, v) = Repo::discover(&project).unwrap().version(None).unwrap();
+    let near: Vec<_> = biodc::stages::qc::qc_lines(&v)
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.flags.iter().any(|f| f == "near_duplicate"))
+        .collect();
+    for l in &near {
+        println!(
+            "{} ~ {} (pixel correlation {:.3})",
+            l.patch,
+            l.duplicate_of.as_deref().unwrap_or("?"),
+            l.z["pixel_correlation"]
+        );
+    }
+    let copies: Vec<String> = v.patches["c0_s000_again"]
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(near.len(), copies.len(), "only the re-imaged patches");
+    for l in &near {
+        assert!(copies.contains(&l.patch), "{} is not a copy", l.patch);
+        let same_place = l.patch.replace("c0_s000_again", "c0_s000");
+        assert_eq!(l.duplicate_of.as_deref(), Some(same_place.as_str()));
+    }
+}
