@@ -124,9 +124,8 @@ fn qc_flags_every_planted_defect_and_few_clean_patches() {
         .all(|p| !flagged.contains(p)));
 }
 
-/// A stack imaged twice (the same field, new noise of σ ≈ 52 grey levels, as much as the
-/// camera's own) is a near duplicate of the first,
-/// patch for patch; nothing else in the cohort is.
+/// A stack imaged twice (the same field, new noise of σ ≈ 52 grey levels, about the camera's
+/// own) is a near duplicate of the first, patch for patch; nothing else in the cohort is.
 #[test]
 fn a_reimaged_stack_is_a_near_duplicate_and_nothing_else_is() {
     use rand::{Rng, SeedableRng};
