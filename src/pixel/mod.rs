@@ -134,6 +134,23 @@ impl PixelClassifier {
     }
 }
 
+/// The h×w image averaged down to a t×t grid (t ≤ h, w): block (by, bx) covers rows
+/// `[by·h/t, (by+1)·h/t)` and the matching columns; row-major.
+pub fn block_means(img: &[f32], h: usize, w: usize, t: usize) -> Vec<f32> {
+    let (ey, ex) = (|k: usize| k * h / t, |k: usize| k * w / t);
+    (0..t * t)
+        .map(|c| {
+            let (by, bx) = (c / t, c % t);
+            let (y0, y1, x0, x1) = (ey(by), ey(by + 1), ex(bx), ex(bx + 1));
+            let sum: f64 = (y0..y1)
+                .flat_map(|y| img[y * w + x0..y * w + x1].iter())
+                .map(|&p| p as f64)
+                .sum();
+            (sum / ((y1 - y0) * (x1 - x0)).max(1) as f64) as f32
+        })
+        .collect()
+}
+
 /// Binary erosion (or dilation) of an h×w 0/1 mask by a (2r+1)² square, border pixels
 /// replicated.
 pub fn morph(m: &[u8], h: usize, w: usize, r: usize, dilate: bool) -> Vec<u8> {

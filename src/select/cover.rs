@@ -91,6 +91,8 @@ pub fn greedy_with_quota(
         }
         need.iter_mut().for_each(|n| *n = (*n).min(q.min));
     }
+    // Σ need: the slots still reserved for groups short of their quota.
+    let mut reserved: usize = need.iter().sum();
     let inv = covered_by(nb);
     let mut best = vec![0f32; nb.len()];
     let mut heap: BinaryHeap<Entry> = (0..nb.len())
@@ -113,7 +115,7 @@ pub fn greedy_with_quota(
         if let Some(q) = quota {
             // Once every free slot is needed, a candidate of a satisfied group never becomes
             // eligible again: drop it.
-            if k - round <= need.iter().sum::<usize>() && need[q.group[top.candidate]] == 0 {
+            if k - round <= reserved && need[q.group[top.candidate]] == 0 {
                 continue;
             }
         }
@@ -133,7 +135,10 @@ pub fn greedy_with_quota(
         }
         if let Some(q) = quota {
             let n = &mut need[q.group[top.candidate]];
-            *n = n.saturating_sub(1);
+            if *n > 0 {
+                *n -= 1;
+                reserved -= 1;
+            }
         }
         cover.picks.push(top.candidate);
         cover.gains.push(top.bound);

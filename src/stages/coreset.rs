@@ -95,13 +95,13 @@ pub fn coreset(
         bail!("fewer than {} patches are left after --exclude", params.k);
     }
     let nb = exact_knn(&x, n, d, params.neighbours.max(1));
+    let conditions: Vec<String> = emb
+        .patches
+        .iter()
+        .map(|p| condition_of(&version, p))
+        .collect();
     let (picks, scores) = match params.method {
         Method::Kcover => {
-            let conditions: Vec<String> = emb
-                .patches
-                .iter()
-                .map(|p| condition_of(&version, p))
-                .collect();
             let names: BTreeSet<&String> = conditions.iter().collect();
             if params.k < params.per_condition * names.len() {
                 bail!(
@@ -137,7 +137,7 @@ pub fn coreset(
         }
     };
     let objective = cover::objective(&nb, &picks);
-    let coverage = coverage(&version, &emb.patches, &x, d, &picks);
+    let coverage = coverage(&conditions, &x, d, &picks);
     let ids: Vec<String> = picks.iter().map(|&i| emb.patches[i].clone()).collect();
     let mut extra = BTreeMap::new();
     extra.insert("objective".into(), serde_json::json!(objective));
@@ -208,15 +208,14 @@ pub fn coreset(
 
 /// Per condition: patch count, picks, and mean similarity to the nearest pick (exact).
 fn coverage(
-    version: &DatasetVersion,
-    patches: &[String],
+    conditions: &[String],
     x: &[f32],
     d: usize,
     picks: &[usize],
 ) -> BTreeMap<String, Coverage> {
     let picked: BTreeSet<usize> = picks.iter().copied().collect();
     let mut out: BTreeMap<String, Coverage> = BTreeMap::new();
-    for (i, id) in patches.iter().enumerate() {
+    for (i, condition) in conditions.iter().enumerate() {
         let row = &x[i * d..(i + 1) * d];
         let best = picks
             .iter()
@@ -227,7 +226,7 @@ fn coverage(
                     .sum::<f32>()
             })
             .fold(f32::NEG_INFINITY, f32::max);
-        let c = out.entry(condition_of(version, id)).or_insert(Coverage {
+        let c = out.entry(condition.clone()).or_insert(Coverage {
             patches: 0,
             picks: 0,
             mean_similarity: 0.0,

@@ -184,13 +184,7 @@ pub fn condition_knn(
         let (info, plane) = super::export::patch_plane(&repo.store, version, id)?;
         let (h, w) = (info.shape[1], info.shape[2]);
         let px = crate::nn::data::normalize_patch(&plane.to_f32());
-        raw.extend((0..64).map(|c| {
-            let (by, bx) = (c / 8, c % 8);
-            let (ys, xs) = (by * h / 8..(by + 1) * h / 8, bx * w / 8..(bx + 1) * w / 8);
-            ys.flat_map(|y| xs.clone().map(move |x| (y, x)))
-                .map(|(y, x)| px[y * w + x])
-                .sum::<f32>()
-        }));
+        raw.extend(crate::pixel::block_means(&px, h, w, 8));
         texture.push(crate::pixel::features::image_statistics(&px, h, w));
     }
     crate::stats::standardise_columns(&mut texture);

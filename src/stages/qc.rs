@@ -133,20 +133,11 @@ fn tile_stats(plane: &Plane, size: usize) -> TileStats {
     }
 }
 
-/// See [`TileStats::thumb`]. Blocks are the rows/columns `[k·size/t, (k+1)·size/t)`.
+/// See [`TileStats::thumb`].
 fn thumbnail(v: &[f32], size: usize) -> Vec<f64> {
-    let t = THUMB.min(size);
-    let edge = |k: usize| k * size / t;
-    let mut out: Vec<f64> = (0..t * t)
-        .map(|c| {
-            let (by, bx) = (c / t, c % t);
-            let (y0, y1, x0, x1) = (edge(by), edge(by + 1), edge(bx), edge(bx + 1));
-            let sum: f64 = (y0..y1)
-                .flat_map(|y| v[y * size + x0..y * size + x1].iter())
-                .map(|&p| p as f64)
-                .sum();
-            sum / ((y1 - y0) * (x1 - x0)) as f64
-        })
+    let mut out: Vec<f64> = crate::pixel::block_means(v, size, size, THUMB.min(size))
+        .into_iter()
+        .map(f64::from)
         .collect();
     let mean = out.iter().sum::<f64>() / out.len() as f64;
     out.iter_mut().for_each(|p| *p -= mean);
