@@ -15,7 +15,7 @@ use biodc::pixel::frangi;
 use biodc::repo::{Config, Repo};
 use biodc::stages::{self, annotate, coreset, embed, hunt, import, pretrain, segment, train};
 use biodc::synth::{expert::write_masks, generate_stack, write_cohort, SynthParams};
-use candle_core::Device;
+use biodc::segmentation::SegmentationModel;
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -46,18 +46,17 @@ struct Run {
 
 impl Run {
     fn train(&self, name: &str, from: &str, sets: &[&str], epochs: usize) {
+        // The TransUNet on its epoch schedule: the configuration this ablation measured.
         let p = train::TrainParams {
             name: name.into(),
+            kind: train::ModelKind::Transunet,
             from: from.into(),
-            preset: "tiny".into(),
             sets: sets.iter().map(|s| s.to_string()).collect(),
+            steps: None,
             epochs,
-            batch: 8,
-            lr: 1e-3,
+            crop: None,
             seed: self.seed,
-            new_weight: 0.5,
-            validation: "validation".into(),
-            max_steps: None,
+            ..train::TrainParams::default()
         };
         stages::run(&self.repo, |r, h, v| train::train(r, h, v, &p)).unwrap();
     }
@@ -94,12 +93,8 @@ impl Run {
     /// Pooled Dice of a model on the held-back stacks.
     fn dice(&self, model: &str) -> f64 {
         let (_, v) = self.repo.version(None).unwrap();
-        let net = train::load_segmenter(
-            &self.repo.store,
-            train::model(&v, model).unwrap(),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let net = SegmentationModel::load(&self.repo.store, train::model(&v, model).unwrap())
+            .unwrap();
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
             .held
             .iter()
@@ -308,12 +303,8 @@ fn one_seed(seed: u64, rows: &mut BTreeMap<&'static str, Vec<f64>>, speed: bool)
         );
         let slices: Vec<Vec<f32>> = big.image.planes.iter().map(Plane::to_f32).collect();
         let (_, v) = run.repo.version(None).unwrap();
-        let net = train::load_segmenter(
-            &run.repo.store,
-            train::model(&v, "M1").unwrap(),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let net =
+            SegmentationModel::load(&run.repo.store, train::model(&v, "M1").unwrap()).unwrap();
         let t = Instant::now();
         segment::segment_slices(&net, &slices, 1024, 1024).unwrap();
         println!(

@@ -51,10 +51,10 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!("{} is not empty: give --dir a new folder", dir.display());
     }
-    // (imported stacks, held back, shape, patch, pretrain epochs, M0 epochs, M1 epochs)
-    let (imported, n_held, shape, patch, epochs, m0_epochs, m1_epochs) = match scale {
-        Scale::Tiny => (16, 6, [3, 336, 336], 112, 2, 30, 15),
-        Scale::Small => (32, 8, [7, 672, 672], 224, 3, 40, 20),
+    // (imported stacks, held back, shape, patch, pretrain epochs, M0 steps, M1 steps)
+    let (imported, n_held, shape, patch, epochs, m0_steps, m1_steps) = match scale {
+        Scale::Tiny => (16, 6, [3, 336, 336], 112, 2, 150, 100),
+        Scale::Small => (32, 8, [7, 672, 672], 224, 3, 400, 200),
     };
     let stacks = imported + n_held;
     let started = Instant::now();
@@ -221,26 +221,20 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
     })?;
     say("annotate", format!("{n} core-set patches exported to {}; the simulated expert returned {} masks ({:.1} % vessel)", todo.display(), r.masks, 100.0 * r.foreground_fraction));
 
-    let train_params =
-        |name: &str, from: &str, sets: Vec<String>, epochs: usize| train::TrainParams {
-            name: name.into(),
-            from: from.into(),
-            preset: "tiny".into(),
-            sets,
-            epochs,
-            batch: 8,
-            lr: 1e-3,
-            seed,
-            new_weight: 0.5,
-            validation: "validation".into(),
-            max_steps: None,
-        };
-    let tp = train_params("M0", "mae", vec!["coreset".into()], m0_epochs);
+    let train_params = |name: &str, from: &str, sets: Vec<String>, steps: u64| train::TrainParams {
+        name: name.into(),
+        from: from.into(),
+        sets,
+        steps: Some(steps),
+        seed,
+        ..train::TrainParams::default()
+    };
+    let tp = train_params("M0", "none", vec!["coreset".into()], m0_steps);
     let (_, r) = stages::run(&repo, |repo, head, v| train::train(repo, head, v, &tp))?;
     say(
         "train",
         format!(
-            "M0 from the MAE encoder on {} core-set masks, {} steps ({:.1} images/s); Dice on them {:.3}",
+            "M0, a U-Net, on {} core-set masks, {} steps ({:.1} images/s); Dice on them {:.3}",
             r.examples, r.steps, r.images_per_second, r.dice.get("train").copied().unwrap_or(f64::NAN)
         ),
     );
@@ -314,7 +308,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
         ),
     );
 
-    let tp = train_params("M1", "M0", vec!["coreset".into(), h.set.clone()], m1_epochs);
+    let tp = train_params("M1", "M0", vec!["coreset".into(), h.set.clone()], m1_steps);
     let (_, r) = stages::run(&repo, |repo, head, v| train::train(repo, head, v, &tp))?;
     let g = |k: &str| r.dice.get(k).copied().unwrap_or(f64::NAN);
     say(

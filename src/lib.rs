@@ -14,6 +14,7 @@ pub mod pixel;
 pub mod progress;
 pub mod repo;
 pub mod report;
+pub mod segmentation;
 pub mod select;
 pub mod stages;
 pub mod stats;

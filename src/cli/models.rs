@@ -7,35 +7,48 @@ use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-/// Train a TransUNet-style segmenter on annotated patches.
+/// Train a segmentation model on annotated patches.
 ///
-/// The encoder starts from a pretrained MAE (`--from mae`), the CNN stem and decoder from
-/// random weights; or the whole network from an earlier segmenter (`--from M0`), in which case
-/// each batch mixes annotations the parent saw and new ones (`--new-weight`) so it does not
-/// forget. Loss: binary cross-entropy + Dice; augmentation: flips, 90° rotations, intensity
-/// jitter. Masks of the round named by --validation are never trained on: they give the
-/// validation Dice recorded in models/<name>.json.
+/// `--kind unet` (default): a plain U-Net from random weights, trained for --steps optimiser
+/// steps on random --crop² crops of the annotated patches. `--kind transunet`: the encoder of
+/// a pretrained MAE (`--from mae`) with a CNN decoder. `--kind forest`: a random forest on 41
+/// filter responses per pixel (ilastik-style), fitted in seconds. `--from M0` fine-tunes an
+/// earlier model of the same kind; each batch then mixes annotations the parent saw and new
+/// ones (`--new-weight`) so it does not forget. Loss: binary cross-entropy + Dice;
+/// augmentation: flips, 90° rotations, intensity jitter. The run says whether it converged.
+/// Masks of the round named by --validation are never trained on: they give the validation
+/// Dice recorded in models/<name>.json.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  biodc train --name M0 --from mae --sets coreset\n  biodc train --name M1 --from M0 --sets coreset,candidates-1   # after annotating critical-1"
+    after_help = "Examples:\n  biodc train --name M0 --sets coreset\n  biodc train --name M1 --from M0 --sets coreset,candidates-1   # after annotating critical-1\n  biodc train --name F0 --kind forest --sets coreset\n  biodc train --name T0 --kind transunet --from mae --sets coreset"
 )]
 pub struct TrainArgs {
     /// Model name in models/<name>.json.
     #[arg(long, default_value = "M0")]
     pub name: String,
-    /// Start from this MAE or segmenter, or `none` for random weights.
-    #[arg(long, default_value = "mae")]
+    /// What to train.
+    #[arg(long, value_enum, default_value = "unet")]
+    pub kind: train::ModelKind,
+    /// Start from this MAE (transunet) or earlier model of the same kind, or `none`.
+    #[arg(long, default_value = "none")]
     pub from: String,
-    /// Encoder architecture when --from none: tiny, small, base.
+    /// Encoder architecture of a transunet when --from none: tiny, small, base.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Comma-separated sets whose annotated patches to train on (default: every annotation).
     #[arg(long, value_delimiter = ',')]
     pub sets: Vec<String>,
-    #[arg(long, default_value_t = 40)]
-    pub epochs: usize,
+    /// Optimiser steps of a network [default: 600].
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Train for passes over the annotated patches instead of --steps.
+    #[arg(long)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Side of a U-Net's random training crops (clipped to the patch size).
+    #[arg(long, default_value_t = 128)]
+    pub crop: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 0)]
@@ -56,13 +69,20 @@ pub struct TrainArgs {
 
 pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
+    let defaults = train::TrainParams::default();
     let params = train::TrainParams {
         name: a.name,
+        kind: a.kind,
         from: a.from,
         preset: a.preset,
         sets: a.sets,
-        epochs: a.epochs,
+        steps: match a.epochs {
+            Some(_) => None,
+            None => a.steps.or(defaults.steps),
+        },
+        epochs: a.epochs.unwrap_or(defaults.epochs),
         batch: a.batch,
+        crop: Some(a.crop),
         lr: a.lr,
         seed: a.seed,
         new_weight: a.new_weight,
@@ -83,6 +103,7 @@ pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
         r.images_per_second,
         dice.join(", ")
     );
+    println!("{}", r.convergence.verdict);
     Ok(0)
 }
 

@@ -12,10 +12,15 @@
 //! names follow Hugging Face's ViT-MAE so checkpoints load in Python.
 
 pub mod checkpoint;
+pub mod conv;
+pub mod conv3x3;
 pub mod data;
+pub mod group_norm;
 pub mod layers;
 pub mod mae;
 pub mod ops;
 pub mod segmenter;
 pub mod train;
+pub mod transunet;
+pub mod unet;
 pub mod vit;

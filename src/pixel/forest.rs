@@ -272,12 +272,143 @@ impl Forest {
         out
     }
 
+    /// Per row of `x`: the mean class-1 probability of each of `groups` consecutive groups of
+    /// trees (`groups` ≤ trees) — samples of the forest's disagreement with itself.
+    pub fn predict_groups(&self, x: &[f32], groups: usize) -> Vec<Vec<f32>> {
+        let k = self.bins.features();
+        let xb = self.bins.apply(x);
+        let rows = x.len() / k.max(1);
+        let groups = groups.clamp(1, self.trees.len().max(1));
+        let per = self.trees.len() / groups;
+        (0..groups)
+            .map(|g| {
+                let trees = &self.trees[g * per..(g + 1) * per];
+                let scale = 1.0 / trees.len().max(1) as f32;
+                let mut out = vec![0f32; rows];
+                out.par_chunks_mut(4096).enumerate().for_each(|(c, o)| {
+                    for (j, p) in o.iter_mut().enumerate() {
+                        let row = &xb[(c * 4096 + j) * k..(c * 4096 + j + 1) * k];
+                        *p = trees.iter().map(|t| t.predict(row)).sum::<f32>() * scale;
+                    }
+                });
+                out
+            })
+            .collect()
+    }
+
+    /// The forest as bytes (little-endian): the bin cuts of each feature, then every tree's
+    /// nodes. [`Forest::from_bytes`] reads it back.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(FOREST_MAGIC);
+        b.extend_from_slice(&(self.bins.cuts.len() as u32).to_le_bytes());
+        for cuts in &self.bins.cuts {
+            b.extend_from_slice(&(cuts.len() as u32).to_le_bytes());
+            for c in cuts {
+                b.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+        b.extend_from_slice(&(self.trees.len() as u32).to_le_bytes());
+        for t in &self.trees {
+            b.extend_from_slice(&(t.nodes.len() as u32).to_le_bytes());
+            for n in &t.nodes {
+                b.extend_from_slice(&n.feature.to_le_bytes());
+                b.push(n.threshold);
+                b.extend_from_slice(&n.left.to_le_bytes());
+                b.extend_from_slice(&n.right.to_le_bytes());
+                b.extend_from_slice(&n.p.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    /// Reads [`Forest::to_bytes`]; every node index and feature is checked, so a damaged or
+    /// crafted object is an error, never a panic at prediction time.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Forest, String> {
+        let mut r = Reader { b: bytes, at: 0 };
+        if r.take(FOREST_MAGIC.len())? != FOREST_MAGIC {
+            return Err("not a biodc forest".into());
+        }
+        let k = r.u32()? as usize;
+        let mut cuts = Vec::with_capacity(k.min(1 << 16));
+        for _ in 0..k {
+            let n = r.u32()? as usize;
+            if n > 255 {
+                return Err(format!("{n} bin cuts (at most 255)"));
+            }
+            cuts.push((0..n).map(|_| r.f32()).collect::<Result<Vec<f32>, String>>()?);
+        }
+        let count = r.u32()? as usize;
+        let mut trees = Vec::with_capacity(count.min(1 << 16));
+        for _ in 0..count {
+            let n = r.u32()? as usize;
+            let mut nodes = Vec::with_capacity(n.min(bytes.len() / 15 + 1));
+            for _ in 0..n {
+                let node = Node {
+                    feature: r.u16()?,
+                    threshold: r.take(1)?[0],
+                    left: r.u32()?,
+                    right: r.u32()?,
+                    p: r.f32()?,
+                };
+                let leaf = node.feature == u16::MAX;
+                if !leaf
+                    && (node.feature as usize >= k
+                        || node.left as usize >= n
+                        || node.right as usize >= n
+                        || node.left as usize <= nodes.len()
+                        || node.right as usize <= nodes.len())
+                {
+                    return Err("a tree node points outside its tree".into());
+                }
+                nodes.push(node);
+            }
+            if nodes.is_empty() {
+                return Err("an empty tree".into());
+            }
+            trees.push(Tree { nodes });
+        }
+        if r.at != bytes.len() {
+            return Err("trailing bytes after the last tree".into());
+        }
+        Ok(Forest {
+            bins: Bins { cuts },
+            trees,
+        })
+    }
+
     /// 0/1 labels (probability ≥ 0.5).
     pub fn predict(&self, x: &[f32]) -> Vec<u8> {
         self.predict_proba(x)
             .into_iter()
             .map(|p| (p >= 0.5) as u8)
             .collect()
+    }
+}
+
+const FOREST_MAGIC: &[u8] = b"biodc-forest-1\n";
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or("the forest ends early")?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn f32(&mut self) -> Result<f32, String> {
+        Ok(f32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
 }
 

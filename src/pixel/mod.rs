@@ -54,6 +54,12 @@ fn gather(img: &[f32], h: usize, w: usize, at: &[usize]) -> Vec<f32> {
     x
 }
 
+/// The (h·w)×k row-major feature matrix of every pixel of an h×w image.
+pub fn feature_matrix(img: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let all: Vec<usize> = (0..h * w).collect();
+    gather(img, h, w, &all)
+}
+
 impl PixelClassifier {
     /// Trains on `slices` (each h×w, already normalised) labelled by the 0/1 `labels`,
     /// drawing up to `per_class` pixels of each class from the whole stack.
@@ -129,8 +135,7 @@ impl PixelClassifier {
 
     /// 0/1 mask of an h×w (normalised) image.
     pub fn predict(&self, img: &[f32], h: usize, w: usize) -> Vec<u8> {
-        let all: Vec<usize> = (0..h * w).collect();
-        self.forest.predict(&gather(img, h, w, &all))
+        self.forest.predict(&feature_matrix(img, h, w))
     }
 }
 

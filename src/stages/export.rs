@@ -135,10 +135,10 @@ pub fn export_with_prediction(
     let n = export_set(repo, version, set, dir)?;
     let ids = set_members(version, set)?;
     let m = super::train::model(version, model)?;
-    let net = super::train::load_segmenter(&repo.store, m, &candle_core::Device::Cpu)?;
-    let size = net.cfg.encoder.image_size;
+    let net = crate::segmentation::SegmentationModel::load(&repo.store, m)?;
+    let size = net.window();
     let images = super::train::load_images(&repo.store, version, &ids)?;
-    let masks = super::train::predict_masks(&net, &images, size, 16)?;
+    let masks = crate::segmentation::predict_masks(&net, &images, 16)?;
     let stored = version.sets.get(set).and_then(|s| {
         let same_model =
             s.extra.get("checkpoint").and_then(|c| c.as_str()) == Some(&m.checkpoint.to_hex());

@@ -1,7 +1,8 @@
-//! `hunt`: Monte-Carlo dropout over unannotated patches to find where a segmenter struggles.
+//! `hunt`: Monte-Carlo dropout over unannotated patches to find where a model struggles.
 //!
 //! Each patch goes through the network `passes` times with every dropout site on (masks from a
-//! seeded RNG). Per pixel: the mean probability p̄ and the predictive entropy H(p̄) in bits.
+//! seeded RNG); a pixel forest gives `passes` samples as the mean votes of disjoint groups of
+//! its trees. Per pixel: the mean probability p̄ and the predictive entropy H(p̄) in bits.
 //! Per patch, two scores:
 //! - `disagreement`: 1 − the mean Dice between each pass's mask and the mean mask — how much
 //!   the passes disagree about the object, on the scale of the error it predicts (1 − Dice);
@@ -10,14 +11,14 @@
 //! The top patches by the chosen score become `sets/candidates-N`, with each pick's entropy map
 //! (f32) and mean-prediction mask stored as objects for export and review.
 
-use super::train::{dice, load_images, load_segmenter, model};
+use super::train::{dice, load_images, model};
+use crate::segmentation::SegmentationModel;
 use super::Next;
 use crate::history::CommitId;
 use crate::repo::Repo;
 use crate::store::{Filter, Kind, ObjectId};
 use crate::version::{DatasetVersion, PatchSet};
 use anyhow::{bail, Result};
-use candle_core::Device;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -92,9 +93,9 @@ fn binary_entropy(p: f32) -> f32 {
     -(p * p.log2() + (1.0 - p) * (1.0 - p).log2())
 }
 
-/// Runs `passes` dropout passes over normalised `images` and scores each.
+/// Runs `passes` stochastic passes over normalised `images` and scores each.
 pub fn mc_dropout(
-    net: &crate::nn::segmenter::Segmenter,
+    net: &SegmentationModel,
     ids: &[String],
     images: &[Vec<f32>],
     passes: usize,
@@ -102,22 +103,16 @@ pub fn mc_dropout(
     rng: &mut ChaCha8Rng,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<McResult>> {
-    let size = net.cfg.encoder.image_size;
-    let dev = net.device();
+    let size = net.window();
     let mut out = Vec::with_capacity(images.len());
     for (chunk_ids, chunk) in ids.chunks(batch.max(1)).zip(images.chunks(batch.max(1))) {
-        let x = crate::nn::data::batch(chunk, size, &dev)?;
-        let mut runs: Vec<Vec<Vec<f32>>> = Vec::with_capacity(passes);
-        for _ in 0..passes {
-            let z = net.forward(&x, Some(&mut *rng))?;
-            let p = crate::nn::segmenter::sigmoid(&z)?;
-            runs.push(p.reshape((chunk.len(), ()))?.to_vec2::<f32>()?);
-        }
-        for (b, id) in chunk_ids.iter().enumerate() {
+        let samples = net.samples(chunk, passes, rng)?;
+        for (id, runs) in chunk_ids.iter().zip(&samples) {
+            let passes = runs.len();
             let n = size * size;
             let mut mean = vec![0f32; n];
-            for r in &runs {
-                for (m, v) in mean.iter_mut().zip(&r[b]) {
+            for r in runs {
+                for (m, v) in mean.iter_mut().zip(r) {
                     *m += v / passes as f32;
                 }
             }
@@ -126,7 +121,7 @@ pub fn mc_dropout(
             let agreement: f64 = runs
                 .iter()
                 .map(|r| {
-                    let m: Vec<u8> = r[b].iter().map(|&p| (p > 0.5) as u8).collect();
+                    let m: Vec<u8> = r.iter().map(|&p| (p > 0.5) as u8).collect();
                     dice(&m, &mean_mask)
                 })
                 .sum::<f64>()
@@ -163,10 +158,10 @@ pub fn hunt(
     anyhow::ensure!(params.passes >= 2, "--passes must be at least 2");
     anyhow::ensure!(params.top > 0, "--top must be positive");
     let m = model(&version, &params.model)?;
-    let net = load_segmenter(&repo.store, m, &Device::Cpu)?;
+    let net = SegmentationModel::load(&repo.store, m)?;
     let annotated = super::annotate::current_masks(&version);
     let flagged = super::qc::flagged_patches(&version, &params.exclude)?;
-    let size = net.cfg.encoder.image_size;
+    let size = net.window();
     let mut ids: Vec<String> = version
         .all_patches()
         .filter(|(s, p)| {

@@ -9,14 +9,14 @@
 //! (the mean and the best-matching patch are kept too). Scores under the alarm threshold are
 //! alarms in `monitor`, `status` and `diff`.
 
-use super::train::{load_segmenter, model};
+use super::train::model;
+use crate::segmentation::SegmentationModel;
 use super::Next;
 use crate::history::CommitId;
 use crate::pixel::{dice, normalise_together, PixelClassifier, PixelClassifierParams};
 use crate::repo::Repo;
 use crate::version::{DatasetVersion, RcaRecord};
 use anyhow::{bail, Result};
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -189,7 +189,7 @@ pub fn monitor(
 ) -> Result<(Next, MonitorReport)> {
     let started = Instant::now();
     let m = model(&version, &params.model)?.clone();
-    let net = load_segmenter(&repo.store, &m, &Device::Cpu)?;
+    let net = SegmentationModel::load(&repo.store, &m)?;
     let (ref_ids, references, size) = references(repo, &version, &params.reference)?;
     let names: Vec<String> = if params.stacks.is_empty() {
         version.stacks.keys().cloned().collect()

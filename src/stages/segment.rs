@@ -6,7 +6,7 @@
 
 use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
 use crate::nn::data::normalize_patch;
-use crate::nn::segmenter::Segmenter;
+use crate::segmentation::SegmentationModel;
 use crate::repo::Repo;
 use crate::store::Store;
 use crate::version::{DatasetVersion, StackManifest};
@@ -58,13 +58,13 @@ fn window_starts(len: usize, size: usize) -> Vec<usize> {
 
 /// Foreground probability of every pixel of an `h`×`w` slice (h, w ≥ the network's size).
 pub fn segment_slice(
-    net: &Segmenter,
+    net: &SegmentationModel,
     slice: &[f32],
     h: usize,
     w: usize,
     batch: usize,
 ) -> Result<Vec<f32>> {
-    let s = net.cfg.encoder.image_size;
+    let s = net.window();
     if h < s || w < s {
         bail!("a {h}×{w} slice is smaller than the model's {s}×{s} input");
     }
@@ -75,7 +75,6 @@ pub fn segment_slice(
         .collect();
     let mut acc = vec![0f32; h * w];
     let mut weight = vec![0f32; h * w];
-    let dev = net.device();
     for chunk in windows.chunks(batch.max(1)) {
         let crops: Vec<Vec<f32>> = chunk
             .iter()
@@ -87,7 +86,7 @@ pub fn segment_slice(
                 normalize_patch(&c)
             })
             .collect();
-        let probs = net.predict(&crate::nn::data::batch(&crops, s, &dev)?)?;
+        let probs = net.probabilities(&crops, batch)?;
         for (&(y, x), p) in chunk.iter().zip(probs) {
             for r in 0..s {
                 for c in 0..s {
@@ -103,7 +102,7 @@ pub fn segment_slice(
 
 /// 0/1 masks of every slice of `slices`.
 pub fn segment_slices(
-    net: &Segmenter,
+    net: &SegmentationModel,
     slices: &[Vec<f32>],
     h: usize,
     w: usize,
@@ -138,7 +137,7 @@ pub fn segment(
     out: &Path,
 ) -> Result<Vec<SegmentedStack>> {
     let m = super::train::model(version, model)?;
-    let net = super::train::load_segmenter(&repo.store, m, &candle_core::Device::Cpu)?;
+    let net = SegmentationModel::load(&repo.store, m)?;
     let names: Vec<String> = if stacks.is_empty() {
         version.stacks.keys().cloned().collect()
     } else {
