@@ -13,9 +13,9 @@
 use biodc::io::{tiff::read_stack, Plane};
 use biodc::pixel::frangi;
 use biodc::repo::{Config, Repo};
+use biodc::segmentation::SegmentationModel;
 use biodc::stages::{self, annotate, coreset, embed, hunt, import, pretrain, segment, train};
 use biodc::synth::{expert::write_masks, generate_stack, write_cohort, SynthParams};
-use biodc::segmentation::SegmentationModel;
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -93,8 +93,8 @@ impl Run {
     /// Pooled Dice of a model on the held-back stacks.
     fn dice(&self, model: &str) -> f64 {
         let (_, v) = self.repo.version(None).unwrap();
-        let net = SegmentationModel::load(&self.repo.store, train::model(&v, model).unwrap())
-            .unwrap();
+        let net =
+            SegmentationModel::load(&self.repo.store, train::model(&v, model).unwrap()).unwrap();
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
             .held
             .iter()

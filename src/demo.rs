@@ -235,7 +235,10 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
         "train",
         format!(
             "M0, a U-Net, on {} core-set masks, {} steps ({:.1} images/s); Dice on them {:.3}",
-            r.examples, r.steps, r.images_per_second, r.dice.get("train").copied().unwrap_or(f64::NAN)
+            r.examples,
+            r.steps,
+            r.images_per_second,
+            r.dice.get("train").copied().unwrap_or(f64::NAN)
         ),
     );
 

@@ -9,7 +9,7 @@
 //! trees of a forest (their disagreement).
 
 use crate::nn::data::batch;
-use crate::nn::segmenter::{sigmoid, Segmenter};
+use crate::nn::segmenter::Segmenter;
 use crate::pixel::forest::Forest;
 use crate::store::Store;
 use crate::version::ModelManifest;
@@ -145,14 +145,7 @@ impl SegmentationModel {
         let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(passes); images.len()];
         match self {
             SegmentationModel::Network(net) => {
-                let x = batch(images, s, &net.device())?;
-                for _ in 0..passes {
-                    let z = net.forward(&x, Some(&mut *rng))?;
-                    let p = sigmoid(&z)?.reshape((images.len(), ()))?.to_vec2::<f32>()?;
-                    for (o, p) in out.iter_mut().zip(p) {
-                        o.push(p);
-                    }
-                }
+                out = net.mc_probabilities(&batch(images, s, &net.device())?, passes, rng)?;
             }
             SegmentationModel::Forest(f) => {
                 let per: Vec<Vec<Vec<f32>>> = images

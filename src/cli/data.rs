@@ -206,18 +206,21 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Play the expert on a synthetic cohort: write ground-truth masks of a set's patches.
+/// Play the expert: write ground-truth masks of a set's patches.
 ///
 /// One TIFF per patch, named by patch id, 0/255, as a biologist would return them. For demos,
 /// tests and benchmarks; real data needs a real expert.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  biodc export --set coreset --to todo/\n  biodc expert --cohort cohort/ --set coreset --to masks/\n  biodc annotate masks/ --round core"
+    after_help = "Examples:\n  biodc export --set coreset --to todo/\n  biodc expert --cohort cohort/ --set coreset --to masks/\n  biodc annotate masks/ --round core\n  biodc expert --truth manual_masks/ --set coreset --to masks/   # whole-image masks named like the stacks"
 )]
 pub struct ExpertArgs {
     /// The synthetic cohort (written by `biodc synth`) the stacks were imported from.
+    #[arg(long, required_unless_present = "truth", conflicts_with = "truth")]
+    pub cohort: Option<PathBuf>,
+    /// A folder of whole-stack truth masks named like the stacks (`<stack>.tif`).
     #[arg(long)]
-    pub cohort: PathBuf,
+    pub truth: Option<PathBuf>,
     /// Set whose patches to annotate (`all` = every patch).
     #[arg(long)]
     pub set: String,
@@ -236,7 +239,13 @@ pub fn expert(dir: &Path, a: ExpertArgs) -> Result<i32> {
     if let Some(n) = a.first {
         ids.truncate(n);
     }
-    let n = crate::synth::expert::write_masks(&a.cohort, &version, &ids, &a.to)?;
+    let n = match (&a.cohort, &a.truth) {
+        (Some(cohort), _) => crate::synth::expert::write_masks(cohort, &version, &ids, &a.to)?,
+        (None, Some(truth)) => {
+            crate::synth::expert::write_masks_from_folder(truth, &version, &ids, &a.to)?
+        }
+        (None, None) => unreachable!("clap requires --cohort or --truth"),
+    };
     println!("wrote {n} ground-truth masks to {}", a.to.display());
     Ok(0)
 }

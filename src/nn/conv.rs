@@ -95,7 +95,6 @@ pub fn upsample(x: &Tensor, f: usize) -> Result<Tensor> {
         .reshape((b, h * f, w * f, c))?)
 }
 
-
 /// (B, H, W, 4C) → (B, 2H, 2W, C): the inverse of [`space_to_depth`] (PyTorch's
 /// `pixel_shuffle` with channels ordered (c, dy, dx)).
 pub fn depth_to_space(x: &Tensor) -> Result<Tensor> {
@@ -152,7 +151,6 @@ mod tests {
             "upsample"
         );
     }
-
 
     #[test]
     fn depth_to_space_inverts_space_to_depth() {

@@ -33,7 +33,9 @@ thread_local! {
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
-        return Err(candle_core::Error::Msg(format!("conv3x3: {what} must be f32")));
+        return Err(candle_core::Error::Msg(format!(
+            "conv3x3: {what} must be f32"
+        )));
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -51,18 +53,29 @@ fn block_rows(w: usize) -> usize {
 /// The 3×3 neighbourhoods (zero-padded) of image rows `r0..r1` of one (h, w, c) image into
 /// `cols`, one row of 9c per pixel, ordered (ky, kx, c).
 fn im2col_rows(img: &[f32], h: usize, w: usize, c: usize, r0: usize, r1: usize, cols: &mut [f32]) {
+    let row_len = w * c;
     for y in r0..r1 {
-        for x in 0..w {
-            let row = &mut cols[((y - r0) * w + x) * 9 * c..((y - r0) * w + x + 1) * 9 * c];
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let dst = &mut row[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                    let (sy, sx) = (y + ky, x + kx);
-                    if sy >= 1 && sy <= h && sx >= 1 && sx <= w {
-                        let at = ((sy - 1) * w + sx - 1) * c;
-                        dst.copy_from_slice(&img[at..at + c]);
-                    } else {
-                        dst.fill(0.0);
+        let out_row = &mut cols[(y - r0) * w * 9 * c..(y - r0 + 1) * w * 9 * c];
+        for ky in 0..3 {
+            // Source row y + ky − 1; outside the image the neighbourhood is zeros.
+            let src = (y + ky).checked_sub(1).filter(|&sy| sy < h);
+            for x in 0..w {
+                let dst = &mut out_row[x * 9 * c + ky * 3 * c..x * 9 * c + (ky + 1) * 3 * c];
+                let Some(sy) = src else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let line = &img[sy * row_len..(sy + 1) * row_len];
+                // Pixels x − 1, x, x + 1 are contiguous in the source and the destination.
+                if x >= 1 && x + 1 < w {
+                    dst.copy_from_slice(&line[(x - 1) * c..(x + 2) * c]);
+                } else {
+                    for kx in 0..3 {
+                        let d = &mut dst[kx * c..(kx + 1) * c];
+                        match (x + kx).checked_sub(1).filter(|&sx| sx < w) {
+                            Some(sx) => d.copy_from_slice(&line[sx * c..(sx + 1) * c]),
+                            None => d.fill(0.0),
+                        }
                     }
                 }
             }
@@ -71,7 +84,15 @@ fn im2col_rows(img: &[f32], h: usize, w: usize, c: usize, r0: usize, r1: usize, 
 }
 
 /// `c = a · b` (overwriting c) for row-major a (m×k), b (k×n), c (m×n); single-threaded.
-fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
+pub(crate) fn matmul(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
     debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     // SAFETY: the slices hold at least the m×k, k×n and m×n elements the strides address.
     unsafe {
@@ -95,9 +116,27 @@ fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], acc
 }
 
 /// `y = conv3x3(x, wm)` for x (b, h, w, c) and wm (9c, o), in parallel over row blocks.
-fn forward(x: &[f32], (b, h, w, c): (usize, usize, usize, usize), wm: &[f32], o: usize) -> Vec<f32> {
-    let rows = block_rows(w);
+pub(crate) fn forward(
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    wm: &[f32],
+    o: usize,
+) -> Vec<f32> {
+    let (b, h, w, _) = dims;
     let mut y = vec![0f32; b * h * w * o];
+    forward_into(x, dims, wm, o, &mut y);
+    y
+}
+
+/// [`forward`] into `y` (b·h·w·o values, all overwritten).
+pub(crate) fn forward_into(
+    x: &[f32],
+    (_, h, w, c): (usize, usize, usize, usize),
+    wm: &[f32],
+    o: usize,
+    y: &mut [f32],
+) {
+    let rows = block_rows(w);
     y.par_chunks_mut(h * w * o)
         .zip(x.par_chunks(h * w * c))
         .for_each(|(img_y, img)| {
@@ -108,6 +147,13 @@ fn forward(x: &[f32], (b, h, w, c): (usize, usize, usize, usize), wm: &[f32], o:
                     let r0 = blk * rows;
                     let r1 = (r0 + rows).min(h);
                     let p = (r1 - r0) * w;
+                    #[cfg(target_arch = "x86_64")]
+                    if direct_available(o) {
+                        // SAFETY: the CPU has AVX-512F (checked); the slices have the sizes
+                        // the kernel addresses (asserted inside).
+                        unsafe { direct::rows(img, (h, w, c), wm, o, (r0, r1), out) };
+                        return;
+                    }
                     COLS.with(|buf| {
                         let mut cols = buf.borrow_mut();
                         cols.resize(p * 9 * c, 0.0);
@@ -116,7 +162,6 @@ fn forward(x: &[f32], (b, h, w, c): (usize, usize, usize, usize), wm: &[f32], o:
                     });
                 });
         });
-    y
 }
 
 struct Conv3x3;
@@ -157,25 +202,116 @@ impl CustomOp2 for Conv3x3 {
         let c = x.dim(3)?;
         let o = wm.dim(1)?;
         let grad = grad.contiguous()?;
-        // Input gradient: dy convolved with the flipped kernel, input and output swapped:
-        // flipped[(ky, kx, o), c] = W[(2 − ky, 2 − kx, c), o]. The weight is small: copy it.
+        // Input gradient: dy convolved with the flipped kernel, input and output swapped.
+        // The weight is small: copy it.
         let wv = wm.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let mut flipped = vec![0f32; 9 * o * c];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let src = (2 - ky) * 3 + (2 - kx);
-                for oi in 0..o {
-                    for ci in 0..c {
-                        flipped[((ky * 3 + kx) * o + oi) * c + ci] = wv[(src * c + ci) * o + oi];
-                    }
-                }
-            }
-        }
+        let flipped = flip(&wv, c, o);
         let flipped = Tensor::from_vec(flipped, (9 * o, c), x.device())?;
         let dx = grad.apply_op2_no_bwd(&flipped, &Conv3x3)?;
         let dw = x.contiguous()?.apply_op2_no_bwd(&grad, &WeightGrad)?;
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// Whether the direct AVX-512 kernel computes a convolution with `o` outputs here.
+#[cfg(target_arch = "x86_64")]
+fn direct_available(o: usize) -> bool {
+    o.is_multiple_of(16) && std::env::var_os("BIODC_CONV_GEMM").is_none() && {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+}
+
+/// A direct 3×3 convolution for CPUs with AVX-512: no column matrix, no packing. Each step
+/// broadcasts one input value of 8 neighbouring pixels and multiplies it with 16 output
+/// channels of the kernel (one register), accumulating 8 × 16 outputs in registers; the kernel
+/// rows stay in L1. The sum over (ky, kx, c) runs in that order, as the column matrix's.
+#[cfg(target_arch = "x86_64")]
+mod direct {
+    use std::arch::x86_64::*;
+
+    const PX: usize = 8;
+
+    /// Output rows `r0..r1` of one (h, w, c) image into `out` ((r1 − r0)·w·o values).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows(
+        img: &[f32],
+        (h, w, c): (usize, usize, usize),
+        wm: &[f32],
+        o: usize,
+        (r0, r1): (usize, usize),
+        out: &mut [f32],
+    ) {
+        assert!(img.len() >= h * w * c && wm.len() >= 9 * c * o);
+        assert!(out.len() >= (r1 - r0) * w * o && o % 16 == 0 && r1 <= h);
+        let (xp, wp, op) = (img.as_ptr(), wm.as_ptr(), out.as_mut_ptr());
+        for y in r0..r1 {
+            for ob in (0..o).step_by(16) {
+                let mut x0 = 0;
+                while x0 < w {
+                    let n = PX.min(w - x0);
+                    let mut acc = [_mm512_setzero_ps(); PX];
+                    for ky in 0..3 {
+                        let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+                            continue;
+                        };
+                        let row = xp.add(sy * w * c);
+                        for kx in 0..3 {
+                            let wk = wp.add((ky * 3 + kx) * c * o + ob);
+                            // Interior: all 8 neighbours exist, no checks in the loop.
+                            if n == PX && x0 + kx >= 1 && x0 + kx + PX <= w {
+                                let base = row.add((x0 + kx - 1) * c);
+                                for ci in 0..c {
+                                    let wv = _mm512_loadu_ps(wk.add(ci * o));
+                                    for (i, a) in acc.iter_mut().enumerate() {
+                                        let xv = _mm512_set1_ps(*base.add(i * c + ci));
+                                        *a = _mm512_fmadd_ps(xv, wv, *a);
+                                    }
+                                }
+                            } else {
+                                for ci in 0..c {
+                                    let wv = _mm512_loadu_ps(wk.add(ci * o));
+                                    for (i, a) in acc.iter_mut().enumerate().take(n) {
+                                        let Some(sx) =
+                                            (x0 + i + kx).checked_sub(1).filter(|&sx| sx < w)
+                                        else {
+                                            continue;
+                                        };
+                                        let xv = _mm512_set1_ps(*row.add(sx * c + ci));
+                                        *a = _mm512_fmadd_ps(xv, wv, *a);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate().take(n) {
+                        _mm512_storeu_ps(op.add(((y - r0) * w + x0 + i) * o + ob), *a);
+                    }
+                    x0 += PX;
+                }
+            }
+        }
+    }
+}
+
+/// The kernel of the input gradient: flipped[(ky, kx, o), c] = W[(2 − ky, 2 − kx, c), o], a
+/// (9o, c) matrix, so that dx = conv3x3(dy, flipped).
+pub(crate) fn flip(wm: &[f32], c: usize, o: usize) -> Vec<f32> {
+    let mut flipped = vec![0f32; 9 * o * c];
+    for ky in 0..3 {
+        for kx in 0..3 {
+            let src = (2 - ky) * 3 + (2 - kx);
+            for oi in 0..o {
+                for ci in 0..c {
+                    flipped[((ky * 3 + kx) * o + oi) * c + ci] = wm[(src * c + ci) * o + oi];
+                }
+            }
+        }
+    }
+    flipped
 }
 
 /// The weight gradient of [`Conv3x3`]: (x, dy) → Σ_blocks cols(x)ᵀ · dy (9C, O), one partial
@@ -198,54 +334,66 @@ impl CustomOp2 for WeightGrad {
         let g = slice(gs, gl, "the gradient")?;
         let (b, h, w, c) = xl.shape().dims4()?;
         let o = gl.shape().dims4()?.3;
-        let rows = block_rows(w);
-        let blocks_per_image = h.div_ceil(rows);
-        let partials: Vec<Vec<f32>> = (0..b * blocks_per_image)
-            .into_par_iter()
-            .map(|t| {
-                let (bi, blk) = (t / blocks_per_image, t % blocks_per_image);
-                let r0 = blk * rows;
-                let r1 = (r0 + rows).min(h);
-                let p = (r1 - r0) * w;
-                let img = &xv[bi * h * w * c..(bi + 1) * h * w * c];
-                let dy = &g[(bi * h * w + r0 * w) * o..(bi * h * w + r1 * w) * o];
-                let mut part = vec![0f32; 9 * c * o];
-                COLS.with(|buf| {
-                    let mut cols = buf.borrow_mut();
-                    cols.resize(p * 9 * c, 0.0);
-                    im2col_rows(img, h, w, c, r0, r1, &mut cols);
-                    // part (9c × o) = colsᵀ (9c × p) · dy (p × o).
-                    // SAFETY: cols holds p×9c, dy p×o and part 9c×o elements.
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            9 * c,
-                            p,
-                            o,
-                            1.0,
-                            cols.as_ptr(),
-                            1,
-                            (9 * c) as isize,
-                            dy.as_ptr(),
-                            o as isize,
-                            1,
-                            0.0,
-                            part.as_mut_ptr(),
-                            o as isize,
-                            1,
-                        );
-                    }
-                });
-                part
-            })
-            .collect();
-        let mut dw = vec![0f32; 9 * c * o];
-        for part in &partials {
-            for (d, p) in dw.iter_mut().zip(part) {
-                *d += p;
-            }
-        }
+        let dw = weight_grad(xv, (b, h, w, c), g, o);
         Ok((CpuStorage::F32(dw), Shape::from((9 * c, o))))
     }
+}
+
+/// Σ_blocks cols(x)ᵀ · dy: the (9c, o) weight gradient for input x (b, h, w, c) and output
+/// gradient dy (b, h, w, o), one partial sum per block added in block order.
+pub(crate) fn weight_grad(
+    xv: &[f32],
+    (b, h, w, c): (usize, usize, usize, usize),
+    g: &[f32],
+    o: usize,
+) -> Vec<f32> {
+    let rows = block_rows(w);
+    let blocks_per_image = h.div_ceil(rows);
+    let partials: Vec<Vec<f32>> = (0..b * blocks_per_image)
+        .into_par_iter()
+        .map(|t| {
+            let (bi, blk) = (t / blocks_per_image, t % blocks_per_image);
+            let r0 = blk * rows;
+            let r1 = (r0 + rows).min(h);
+            let p = (r1 - r0) * w;
+            let img = &xv[bi * h * w * c..(bi + 1) * h * w * c];
+            let dy = &g[(bi * h * w + r0 * w) * o..(bi * h * w + r1 * w) * o];
+            let mut part = vec![0f32; 9 * c * o];
+            COLS.with(|buf| {
+                let mut cols = buf.borrow_mut();
+                cols.resize(p * 9 * c, 0.0);
+                im2col_rows(img, h, w, c, r0, r1, &mut cols);
+                // part (9c × o) = colsᵀ (9c × p) · dy (p × o).
+                // SAFETY: cols holds p×9c, dy p×o and part 9c×o elements.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        9 * c,
+                        p,
+                        o,
+                        1.0,
+                        cols.as_ptr(),
+                        1,
+                        (9 * c) as isize,
+                        dy.as_ptr(),
+                        o as isize,
+                        1,
+                        0.0,
+                        part.as_mut_ptr(),
+                        o as isize,
+                        1,
+                    );
+                }
+            });
+            part
+        })
+        .collect();
+    let mut dw = vec![0f32; 9 * c * o];
+    for part in &partials {
+        for (d, p) in dw.iter_mut().zip(part) {
+            *d += p;
+        }
+    }
+    dw
 }
 
 /// 3×3 "same" convolution of channels-last `x` (B, H, W, C) with `wm` (9C, O), rows ordered
@@ -274,7 +422,51 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The direct AVX-512 kernel (where the CPU has it) against the column-matrix product.
+    #[test]
+    fn direct_kernel_matches_the_matrix_product() {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            for (h, w, c, o) in [
+                (5usize, 7usize, 3usize, 16usize),
+                (19, 21, 16, 32),
+                (4, 9, 2, 16),
+            ] {
+                let x = randn(&[1, h, w, c], 4)
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let wm = randn(&[9 * c, o], 5)
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let mut direct = vec![0f32; h * w * o];
+                // SAFETY: AVX-512F is present (checked above).
+                unsafe { super::direct::rows(&x, (h, w, c), &wm, o, (0, h), &mut direct) };
+                let mut cols = vec![0f32; h * w * 9 * c];
+                im2col_rows(&x, h, w, c, 0, h, &mut cols);
+                let mut gemm = vec![0f32; h * w * o];
+                matmul(h * w, 9 * c, o, &cols, &wm, &mut gemm, false);
+                let d = direct
+                    .iter()
+                    .zip(&gemm)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-4, "{h}×{w}×{c}→{o}: {d}");
+            }
+        }
     }
 
     /// Values and both gradients against im2col + matmul, on shapes with one and with several
@@ -296,8 +488,18 @@ mod tests {
                 .reshape((b, h, w, o))
                 .unwrap();
             assert!(max_diff(&fused, &reference) < 1e-5, "forward {shape:?}");
-            let ga = (&fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (&reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let ga = (&fused * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gb = (&reference * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for v in [&x, &wm] {
                 let (a, b) = (ga.get(v).unwrap(), gb.get(v).unwrap());
                 assert!(max_diff(a, b) < 1e-4, "gradient {shape:?}");

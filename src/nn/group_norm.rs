@@ -68,6 +68,45 @@ fn affine(st: &[(f32, f32)], c: usize) -> (Vec<f32>, Vec<f32>) {
         .unzip()
 }
 
+/// relu(group norm(x)·γ + β) of images of `pixels` × `c` (channels last), one after another.
+pub(crate) fn forward(
+    x: &[f32],
+    pixels: usize,
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    groups: usize,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    forward_into(x, pixels, c, gamma, beta, groups, &mut y);
+    y
+}
+
+/// [`forward`] into `y` (as long as `x`, all overwritten).
+pub(crate) fn forward_into(
+    x: &[f32],
+    pixels: usize,
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    groups: usize,
+    y: &mut [f32],
+) {
+    y.par_chunks_mut(pixels * c)
+        .zip(x.par_chunks(pixels * c))
+        .for_each(|(out, img)| {
+            let (a, b) = affine(&stats(img, c, groups), c);
+            // y = relu(γ (x·a + b) + β) = relu(x·(γa) + (γb + β)).
+            let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * a[ch]).collect();
+            let shift: Vec<f32> = (0..c).map(|ch| gamma[ch] * b[ch] + beta[ch]).collect();
+            for (o, px) in out.chunks_exact_mut(c).zip(img.chunks_exact(c)) {
+                for ch in 0..c {
+                    o[ch] = (px[ch] * scale[ch] + shift[ch]).max(0.0);
+                }
+            }
+        });
+}
+
 struct GroupNormRelu {
     groups: usize,
 }
@@ -88,20 +127,7 @@ impl CustomOp3 for GroupNormRelu {
     ) -> CResult<(CpuStorage, Shape)> {
         let (x, gamma, beta) = (slice(xs, xl)?, slice(gs, gl)?, slice(bs, bl)?);
         let (_, h, w, c) = xl.shape().dims4()?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(h * w * c)
-            .zip(x.par_chunks(h * w * c))
-            .for_each(|(out, img)| {
-                let (a, b) = affine(&stats(img, c, self.groups), c);
-                // y = relu(γ (x·a + b) + β) = relu(x·(γa) + (γb + β)).
-                let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * a[ch]).collect();
-                let shift: Vec<f32> = (0..c).map(|ch| gamma[ch] * b[ch] + beta[ch]).collect();
-                for (o, px) in out.chunks_exact_mut(c).zip(img.chunks_exact(c)) {
-                    for ch in 0..c {
-                        o[ch] = (px[ch] * scale[ch] + shift[ch]).max(0.0);
-                    }
-                }
-            });
+        let y = forward(x, h * w, c, gamma, beta, self.groups);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -124,7 +150,13 @@ impl CustomOp3 for GroupNormRelu {
                 groups: self.groups,
             },
         )?;
-        let dparams = x.apply_op3_no_bwd(res, &grad, &ParamGrad { groups: self.groups })?;
+        let dparams = x.apply_op3_no_bwd(
+            res,
+            &grad,
+            &ParamGrad {
+                groups: self.groups,
+            },
+        )?;
         Ok((
             Some(dx),
             Some(dparams.get(0)?),
@@ -133,11 +165,117 @@ impl CustomOp3 for GroupNormRelu {
     }
 }
 
-/// dz = dy·[y > 0] of one image: the gradient before the ReLU.
-fn pre_relu<'a>(y: &'a [f32], dy: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
-    y.iter()
-        .zip(dy)
-        .map(|(&y, &d)| if y > 0.0 { d } else { 0.0 })
+/// dx of [`forward`] from its input x, output y and output gradient dy.
+pub(crate) fn input_grad(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    pixels: usize,
+    c: usize,
+    gamma: &[f32],
+    groups: usize,
+) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    backward_into(x, y, dy, pixels, c, gamma, groups, &mut dx);
+    dx
+}
+
+/// The backward pass of [`forward`] from its input x, output y and output gradient dy: the
+/// input gradient into `dx` (as long as `x`, all overwritten); returns [dγ; dβ] (2c values).
+///
+/// Per image, one pass gathers per channel Σdz and Σdz·x̂ (dz = dy·[y > 0], x̂ the normalised
+/// input) — they are dβ and dγ, and with γ they give the group means the input gradient
+/// needs — and a second pass writes dx = (dz·γ − mean(dz·γ) − x̂·mean(dz·γ·x̂)) / σ.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_into(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    pixels: usize,
+    c: usize,
+    gamma: &[f32],
+    groups: usize,
+    dx: &mut [f32],
+) -> Vec<f32> {
+    let (per, n) = (c / groups, pixels * c);
+    let partials: Vec<Vec<f64>> = dx
+        .par_chunks_mut(n)
+        .enumerate()
+        .map(|(bi, dxi)| {
+            let img = &x[bi * n..(bi + 1) * n];
+            let (a, b) = affine(&stats(img, c, groups), c);
+            let (y, dy) = (&y[bi * n..(bi + 1) * n], &dy[bi * n..(bi + 1) * n]);
+            // Per channel: Σdz and Σdz·x̂ (f32 within a run of 256 pixels, f64 across runs).
+            let (mut s_dz, mut s_dzx) = (vec![0f64; c], vec![0f64; c]);
+            let (mut r_dz, mut r_dzx) = (vec![0f32; c], vec![0f32; c]);
+            for ((xr, yr), dr) in img
+                .chunks(256 * c)
+                .zip(y.chunks(256 * c))
+                .zip(dy.chunks(256 * c))
+            {
+                r_dz.fill(0.0);
+                r_dzx.fill(0.0);
+                for ((xp, yp), dp) in xr
+                    .chunks_exact(c)
+                    .zip(yr.chunks_exact(c))
+                    .zip(dr.chunks_exact(c))
+                {
+                    for (((((s1, s2), &xv), &yv), &dv), (&av, &bv)) in r_dz
+                        .iter_mut()
+                        .zip(r_dzx.iter_mut())
+                        .zip(xp)
+                        .zip(yp)
+                        .zip(dp)
+                        .zip(a.iter().zip(&b))
+                    {
+                        let dz = if yv > 0.0 { dv } else { 0.0 };
+                        *s1 += dz;
+                        *s2 += dz * (xv * av + bv);
+                    }
+                }
+                for ch in 0..c {
+                    s_dz[ch] += r_dz[ch] as f64;
+                    s_dzx[ch] += r_dzx[ch] as f64;
+                }
+            }
+            let count = (n / c * per) as f64;
+            let group_mean = |s: &[f64], gi: usize| -> f32 {
+                ((gi * per..(gi + 1) * per)
+                    .map(|ch| gamma[ch] as f64 * s[ch])
+                    .sum::<f64>()
+                    / count) as f32
+            };
+            let m1: Vec<f32> = (0..c).map(|ch| group_mean(&s_dz, ch / per)).collect();
+            let m2: Vec<f32> = (0..c).map(|ch| group_mean(&s_dzx, ch / per)).collect();
+            for (((o, xp), yp), dp) in dxi
+                .chunks_exact_mut(c)
+                .zip(img.chunks_exact(c))
+                .zip(y.chunks_exact(c))
+                .zip(dy.chunks_exact(c))
+            {
+                for (((((o, &xv), &yv), &dv), (&av, &bv)), ((&g, &m1), &m2)) in o
+                    .iter_mut()
+                    .zip(xp)
+                    .zip(yp)
+                    .zip(dp)
+                    .zip(a.iter().zip(&b))
+                    .zip(gamma.iter().zip(&m1).zip(&m2))
+                {
+                    let dz = if yv > 0.0 { dv } else { 0.0 };
+                    *o = (dz * g - m1 - (xv * av + bv) * m2) * av;
+                }
+            }
+            s_dzx.extend(s_dz);
+            s_dzx
+        })
+        .collect();
+    let mut out = vec![0f64; 2 * c];
+    for p in &partials {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out.into_iter().map(|v| v as f32).collect()
 }
 
 /// (x, y, dy) → dx of [`GroupNormRelu`].
@@ -162,48 +300,22 @@ impl CustomOp3 for InputGrad {
     ) -> CResult<(CpuStorage, Shape)> {
         let (x, y, dy) = (slice(xs, xl)?, slice(ys, yl)?, slice(gs, gl)?);
         let (_, h, w, c) = xl.shape().dims4()?;
-        let (g, per, n) = (self.groups, c / self.groups, h * w * c);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(n).enumerate().for_each(|(bi, dxi)| {
-            let img = &x[bi * n..(bi + 1) * n];
-            let (a, b) = affine(&stats(img, c, g), c);
-            let (y, dy) = (&y[bi * n..(bi + 1) * n], &dy[bi * n..(bi + 1) * n]);
-            // Per group: the means of dx̂ = dz·γ and of dx̂·x̂.
-            let (mut s1, mut s2) = (vec![0f64; c], vec![0f64; c]);
-            let (mut r1, mut r2) = (vec![0f32; c], vec![0f32; c]);
-            for (i, dz) in pre_relu(y, dy).enumerate() {
-                let ch = i % c;
-                let xh = img[i] * a[ch] + b[ch];
-                let dxh = dz * self.gamma[ch];
-                r1[ch] += dxh;
-                r2[ch] += dxh * xh;
-                if ch == c - 1 && (i / c) % 256 == 255 {
-                    for k in 0..c {
-                        s1[k] += r1[k] as f64;
-                        s2[k] += r2[k] as f64;
-                    }
-                    r1.fill(0.0);
-                    r2.fill(0.0);
-                }
-            }
-            for k in 0..c {
-                s1[k] += r1[k] as f64;
-                s2[k] += r2[k] as f64;
-            }
-            let count = (n / c * per) as f64;
-            let group_mean = |s: &[f64], gi: usize| {
-                (s[gi * per..(gi + 1) * per].iter().sum::<f64>() / count) as f32
-            };
-            let m1: Vec<f32> = (0..c).map(|ch| group_mean(&s1, ch / per)).collect();
-            let m2: Vec<f32> = (0..c).map(|ch| group_mean(&s2, ch / per)).collect();
-            for (i, dz) in pre_relu(y, dy).enumerate() {
-                let ch = i % c;
-                let xh = img[i] * a[ch] + b[ch];
-                dxi[i] = (dz * self.gamma[ch] - m1[ch] - xh * m2[ch]) * a[ch];
-            }
-        });
+        let dx = input_grad(x, y, dy, h * w, c, &self.gamma, self.groups);
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
+}
+
+/// [dγ; dβ] (2c values) of [`forward`] from its input x, output y and output gradient dy.
+pub(crate) fn param_grad(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    pixels: usize,
+    c: usize,
+    groups: usize,
+) -> Vec<f32> {
+    let mut scratch = vec![0f32; x.len()];
+    backward_into(x, y, dy, pixels, c, &vec![1.0; c], groups, &mut scratch)
 }
 
 /// (x, y, dy) → (2, C): the gradients of γ (row 0) and β (row 1) of [`GroupNormRelu`], one
@@ -227,30 +339,8 @@ impl CustomOp3 for ParamGrad {
         gl: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let (x, y, dy) = (slice(xs, xl)?, slice(ys, yl)?, slice(gs, gl)?);
-        let (b, h, w, c) = xl.shape().dims4()?;
-        let n = h * w * c;
-        let partials: Vec<Vec<f32>> = (0..b)
-            .into_par_iter()
-            .map(|bi| {
-                let img = &x[bi * n..(bi + 1) * n];
-                let (a, sh) = affine(&stats(img, c, self.groups), c);
-                let mut part = vec![0f32; 2 * c];
-                for (i, dz) in pre_relu(&y[bi * n..(bi + 1) * n], &dy[bi * n..(bi + 1) * n])
-                    .enumerate()
-                {
-                    let ch = i % c;
-                    part[ch] += dz * (img[i] * a[ch] + sh[ch]);
-                    part[c + ch] += dz;
-                }
-                part
-            })
-            .collect();
-        let mut out = vec![0f32; 2 * c];
-        for part in &partials {
-            for (o, p) in out.iter_mut().zip(part) {
-                *o += p;
-            }
-        }
+        let (_, h, w, c) = xl.shape().dims4()?;
+        let out = param_grad(x, y, dy, h * w, c, self.groups);
         Ok((CpuStorage::F32(out), Shape::from((2, c))))
     }
 }
@@ -270,15 +360,22 @@ pub fn group_norm_relu(
         )));
     }
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        return x
-            .contiguous()?
-            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, GroupNormRelu { groups });
+        return x.contiguous()?.apply_op3(
+            &gamma.contiguous()?,
+            &beta.contiguous()?,
+            GroupNormRelu { groups },
+        );
     }
     composite(x, gamma, beta, groups)
 }
 
 /// The same from candle's elementary operations.
-fn composite(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
+fn composite(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+) -> candle_core::Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     let xg = x.reshape((b, h * w, groups, c / groups))?;
     let mean = xg.mean_keepdim(3)?.mean_keepdim(1)?;
@@ -305,7 +402,14 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     #[test]

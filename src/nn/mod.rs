@@ -23,4 +23,5 @@ pub mod segmenter;
 pub mod train;
 pub mod transunet;
 pub mod unet;
+pub mod unet_step;
 pub mod vit;

@@ -27,7 +27,11 @@ pub enum Segmenter {
 impl Segmenter {
     /// The network an `architecture` record (`models/<name>.json`) describes, with the weights
     /// of the safetensors `checkpoint`.
-    pub fn load(architecture: &serde_json::Value, checkpoint: &[u8], dev: &Device) -> Result<Segmenter> {
+    pub fn load(
+        architecture: &serde_json::Value,
+        checkpoint: &[u8],
+        dev: &Device,
+    ) -> Result<Segmenter> {
         let net = match architecture["model_type"].as_str() {
             Some("biodc-unet") => {
                 let cfg: UNetConfig = serde_json::from_value(architecture["biodc"].clone())
@@ -85,22 +89,77 @@ impl Segmenter {
         }
     }
 
-    /// Logits (B, 1, H, W) of normalised images (B, 1, H, W). With `rng` the dropout sites are
-    /// on, their masks drawn from that RNG: training, or one Monte-Carlo dropout pass.
+    /// Logits (B, 1, H, W) of normalised images (B, 1, H, W) for inference (a U-Net on CPU
+    /// runs its hand-written pass, without a graph). With `rng` the dropout sites are on,
+    /// their masks drawn from that RNG: one Monte-Carlo dropout pass.
     pub fn forward(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         match self {
             Segmenter::TransUnet(n) => n.forward(x, rng),
             Segmenter::UNet(n) => {
                 let (b, _, h, w) = x.dims4()?;
+                if x.device().is_cpu() {
+                    let z =
+                        super::unet_step::logits(n, &x.flatten_all()?.to_vec1()?, (b, h, w), rng)?;
+                    return Ok(Tensor::from_vec(z, (b, 1, h, w), x.device())?);
+                }
                 // Single-channel (B, 1, H, W) is already channels-last (B, H, W, 1).
                 n.forward(&x.reshape((b, h, w, 1))?, rng)
             }
         }
     }
 
-    /// BCE-with-logits + soft Dice loss against 0/1 masks `y` (B, 1, H, W).
+    /// BCE-with-logits + soft Dice loss against 0/1 masks `y` (B, 1, H, W), through candle's
+    /// autograd (a U-Net on CPU trains with [`super::unet_step`] instead).
     pub fn loss(&self, x: &Tensor, y: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
-        bce_dice(&self.forward(x, rng)?, y)
+        let z = match self {
+            Segmenter::TransUnet(n) => n.forward(x, rng)?,
+            Segmenter::UNet(n) => {
+                let (b, _, h, w) = x.dims4()?;
+                n.forward(&x.reshape((b, h, w, 1))?, rng)?
+            }
+        };
+        bce_dice(&z, y)
+    }
+
+    /// `passes` Monte-Carlo dropout samples of the foreground probabilities of a batch
+    /// (B, 1, S, S): for each image, one map per pass.
+    pub fn mc_probabilities(
+        &self,
+        x: &Tensor,
+        passes: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        let (b, _, h, w) = x.dims4()?;
+        let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(passes); b];
+        if let (Segmenter::UNet(n), true) = (self, x.device().is_cpu()) {
+            let runs = super::unet_step::mc_logits(
+                n,
+                &x.flatten_all()?.to_vec1()?,
+                (b, h, w),
+                passes,
+                rng,
+            )?;
+            for z in runs {
+                for (o, img) in out.iter_mut().zip(z.chunks(h * w)) {
+                    // As `sigmoid`: (tanh(z/2) + 1)/2.
+                    o.push(
+                        img.iter()
+                            .map(|&v| ((v * 0.5).tanh() + 1.0) * 0.5)
+                            .collect(),
+                    );
+                }
+            }
+            return Ok(out);
+        }
+        for _ in 0..passes {
+            let p = sigmoid(&self.forward(x, Some(&mut *rng))?)?
+                .reshape((b, ()))?
+                .to_vec2::<f32>()?;
+            for (o, p) in out.iter_mut().zip(p) {
+                o.push(p);
+            }
+        }
+        Ok(out)
     }
 
     /// Foreground probabilities (B rows of H·W) with dropout off.
@@ -145,5 +204,4 @@ mod tests {
         assert!(l_right.to_scalar::<f32>().unwrap() < 1e-3);
         assert!(l_wrong.to_scalar::<f32>().unwrap() > 10.0);
     }
-
 }

@@ -1,6 +1,9 @@
 //! A plain U-Net: two (3×3 convolution, group norm, ReLU) per level, 2×2 stride-2
 //! convolutions down, 2×2 transposed convolutions up, skip connections by concatenation,
-//! dropout after each decoder level (the Monte-Carlo dropout sites), one logit per pixel.
+//! dropout on the last decoder features (the Monte-Carlo dropout site), one logit per pixel.
+//!
+//! This candle forward is the reference and the path for other devices; on CPU, training and
+//! inference run the same network written out by hand ([`super::unet_step`]).
 //!
 //! Fully convolutional: it takes any image whose sides are multiples of 2^(levels − 1), so it
 //! trains on random crops and segments whole windows. Tensor names: `enc.{l}.{0,1}`,
@@ -78,6 +81,15 @@ impl UNetConfig {
     }
 }
 
+/// Channel groups of the group norm after a convolution with `channels` outputs.
+pub fn groups(channels: usize) -> usize {
+    if channels.is_multiple_of(8) {
+        8
+    } else {
+        1
+    }
+}
+
 /// 3×3 convolution (no bias: the norm's shift replaces it), group norm, ReLU.
 #[derive(Debug, Clone)]
 struct ConvNorm {
@@ -107,7 +119,7 @@ impl ConvNorm {
             )?,
             gamma: p.make(rng, dev, &format!("{name}.norm.weight"), &[out], Init::Ones)?,
             beta: p.make(rng, dev, &format!("{name}.norm.bias"), &[out], Init::Zeros)?,
-            groups: if out % 8 == 0 { 8 } else { 1 },
+            groups: groups(out),
         })
     }
 
@@ -220,7 +232,7 @@ impl UNet {
     /// Logits (B, 1, H, W) of channels-last inputs (B, H, W, inputs). With `rng` the decoder's
     /// dropout sites are on, their masks drawn from that RNG: training, or one Monte-Carlo
     /// dropout pass.
-    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         let (_, h, w, c) = x.dims4()?;
         let m = self.cfg.multiple();
         if c != self.cfg.inputs || h % m != 0 || w % m != 0 {
@@ -245,8 +257,8 @@ impl UNet {
             let u = depth_to_space(&up.forward(&y)?)?;
             y = Tensor::cat(&[&u, &skip], 3)?;
             y = c1.forward(&c0.forward(&y)?)?;
-            y = dropout(&y, self.cfg.dropout, rng.as_deref_mut())?;
         }
+        let y = dropout(&y, self.cfg.dropout, rng)?;
         Ok(self.head.forward(&y)?.permute((0, 3, 1, 2))?)
     }
 }
@@ -272,7 +284,10 @@ mod tests {
         let z = net.forward(&x, None).unwrap();
         assert_eq!(z.dims(), &[2, 1, 16, 24]);
         let again = UNet::new(&small(), 7, &dev).unwrap();
-        let d = (&z - again.forward(&x, None).unwrap()).unwrap().abs().unwrap();
+        let d = (&z - again.forward(&x, None).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap();
         assert_eq!(d.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let a = net.forward(&x, Some(&mut rng)).unwrap();
@@ -280,7 +295,10 @@ mod tests {
         let diff = (a - b).unwrap().abs().unwrap().sum_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() > 0.0);
         assert!(net
-            .forward(&Tensor::zeros((1, 10, 16, 1), candle_core::DType::F32, &dev).unwrap(), None)
+            .forward(
+                &Tensor::zeros((1, 10, 16, 1), candle_core::DType::F32, &dev).unwrap(),
+                None
+            )
             .is_err());
     }
 

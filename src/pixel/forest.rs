@@ -336,7 +336,11 @@ impl Forest {
             if n > 255 {
                 return Err(format!("{n} bin cuts (at most 255)"));
             }
-            cuts.push((0..n).map(|_| r.f32()).collect::<Result<Vec<f32>, String>>()?);
+            cuts.push(
+                (0..n)
+                    .map(|_| r.f32())
+                    .collect::<Result<Vec<f32>, String>>()?,
+            );
         }
         let count = r.u32()? as usize;
         let mut trees = Vec::with_capacity(count.min(1 << 16));

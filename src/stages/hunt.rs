@@ -12,10 +12,10 @@
 //! (f32) and mean-prediction mask stored as objects for export and review.
 
 use super::train::{dice, load_images, model};
-use crate::segmentation::SegmentationModel;
 use super::Next;
 use crate::history::CommitId;
 use crate::repo::Repo;
+use crate::segmentation::SegmentationModel;
 use crate::store::{Filter, Kind, ObjectId};
 use crate::version::{DatasetVersion, PatchSet};
 use anyhow::{bail, Result};

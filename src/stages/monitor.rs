@@ -10,11 +10,11 @@
 //! alarms in `monitor`, `status` and `diff`.
 
 use super::train::model;
-use crate::segmentation::SegmentationModel;
 use super::Next;
 use crate::history::CommitId;
 use crate::pixel::{dice, normalise_together, PixelClassifier, PixelClassifierParams};
 use crate::repo::Repo;
+use crate::segmentation::SegmentationModel;
 use crate::version::{DatasetVersion, RcaRecord};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

@@ -6,8 +6,8 @@
 
 use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
 use crate::nn::data::normalize_patch;
-use crate::segmentation::SegmentationModel;
 use crate::repo::Repo;
+use crate::segmentation::SegmentationModel;
 use crate::store::Store;
 use crate::version::{DatasetVersion, StackManifest};
 use anyhow::{bail, Context, Result};

@@ -1,12 +1,14 @@
 //! The simulated expert: writes ground-truth masks for requested patches, as a biologist would
-//! return them (one TIFF per patch, named by patch id, values {0, 255}).
+//! return them (one TIFF per patch, named by patch id, values {0, 255}), cut from whole-stack
+//! truth masks: a synthetic cohort's, or any folder of masks named like the stacks (e.g. the
+//! manual annotations of a public dataset).
 
 use super::SynthManifest;
 use crate::io::{tiff::read_stack, tiff::write_stack, Plane, Stack, StackInfo};
 use crate::version::{stack_of_patch_id, DatasetVersion};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `out/<patch id>.tif` for each of `patches`, cropped from the cohort's ground truth.
 pub fn write_masks(
@@ -19,11 +21,36 @@ pub fn write_masks(
         &std::fs::read(cohort.join("manifest.json"))
             .with_context(|| format!("{}: not a synthetic cohort", cohort.display()))?,
     )?;
-    let mask_file: BTreeMap<&str, &str> = manifest
+    let mask_file: BTreeMap<String, PathBuf> = manifest
         .stacks
         .iter()
-        .map(|s| (s.name.as_str(), s.mask.as_str()))
+        .map(|s| (s.name.clone(), cohort.join(&s.mask)))
         .collect();
+    write_masks_from(&mask_file, version, patches, out)
+}
+
+/// The same from a folder of whole-stack truth masks named like the stacks
+/// (`truth/<stack>.tif`; any non-zero pixel is foreground).
+pub fn write_masks_from_folder(
+    truth: &Path,
+    version: &DatasetVersion,
+    patches: &[String],
+    out: &Path,
+) -> Result<usize> {
+    let files = crate::stages::import::tiff_files(&[truth.to_path_buf()])?;
+    let mask_file: BTreeMap<String, PathBuf> = files
+        .into_iter()
+        .map(|f| (crate::stages::import::stack_name(&f), f))
+        .collect();
+    write_masks_from(&mask_file, version, patches, out)
+}
+
+fn write_masks_from(
+    mask_file: &BTreeMap<String, PathBuf>,
+    version: &DatasetVersion,
+    patches: &[String],
+    out: &Path,
+) -> Result<usize> {
     std::fs::create_dir_all(out)?;
     let mut loaded: BTreeMap<String, Stack> = BTreeMap::new();
     for id in patches {
@@ -33,16 +60,23 @@ pub fn write_masks(
         let name = stack_of_patch_id(id).unwrap_or_default();
         let file = mask_file
             .get(name)
-            .with_context(|| format!("stack {name} is not in the cohort"))?;
+            .with_context(|| format!("no truth mask for stack {name}"))?;
         if !loaded.contains_key(name) {
-            loaded.insert(name.to_string(), read_stack(&cohort.join(file))?);
+            let truth = read_stack(file)?;
+            if truth.info.shape != stack.shape {
+                anyhow::bail!(
+                    "{}: truth mask is {:?}, stack {name} is {:?}",
+                    file.display(),
+                    truth.info.shape,
+                    stack.shape
+                );
+            }
+            loaded.insert(name.to_string(), truth);
         }
         let truth = &loaded[name];
         let crop =
             truth.planes[patch.z].crop(stack.shape[2], patch.y, patch.x, stack.tile, stack.tile);
-        let Plane::U8(v) = crop else {
-            anyhow::bail!("ground-truth masks are u8")
-        };
+        let v: Vec<u8> = crop.to_f32().iter().map(|&m| (m > 0.0) as u8).collect();
         let mask = Stack {
             info: StackInfo {
                 shape: [1, stack.tile, stack.tile],

@@ -1,0 +1,576 @@
+//! The loop on real retinal vessels (CHASE_DB1, STARE): the README workflow with default flags,
+//! a simulated expert reading the manual masks, scored on the test images against the first
+//! observer inside the field of view, beside the baselines a lab would compare with.
+//!
+//! ```sh
+//! python3 ../shared/data/real-vessels/prepare.py --out /tmp/rv [--repo GITDIR]   # once
+//! cargo bench --bench real_vessels -- --data /tmp/rv --datasets chase,stare --seeds 0,1,2 \
+//!     [--torch /tmp/torchvenv/bin/python] [--kind unet|transunet|forest] [--select kcover|random|kcenter]
+//!     [-k 7] [--critical hunted|random] [--out results.jsonl]
+//! ```
+//!
+//! Per dataset and seed: init → import the training images → pretrain (MAE tiny, 5 epochs) →
+//! embed → qc → coreset -k 7 → the expert annotates it → train M0 → hunt M0 (top 30) → the
+//! expert corrects the 3 worst candidates → train M1 from M0 → monitor both on the test images
+//! (RCA, and the predictions scored against the truth). The loop's wall time is all of that.
+//! Then, on the same annotated patches: a pixel forest (`train --kind forest`), Frangi
+//! vesselness with a threshold tuned on the training images, the second observer, and (with
+//! --torch) `benches/pytorch_unet.py` for the same training wall time as M0 + M1.
+
+use biodc::io::tiff::{read_binary_mask, read_stack};
+use biodc::nn::data::normalize_patch;
+use biodc::pixel::{dice, frangi};
+use biodc::repo::{Config, Repo};
+use biodc::segmentation::SegmentationModel;
+use biodc::stages::{
+    self, annotate, coreset, embed, export, hunt, import, monitor, pretrain, qc, segment, train,
+};
+use biodc::synth::expert::write_masks_from_folder;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Args {
+    data: PathBuf,
+    datasets: Vec<String>,
+    seeds: Vec<u64>,
+    torch: Option<String>,
+    kind: train::ModelKind,
+    select: coreset::Method,
+    k: usize,
+    critical: String,
+    out: Option<PathBuf>,
+    keep: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        data: PathBuf::from("/tmp/rv"),
+        datasets: vec!["chase".into()],
+        seeds: vec![0, 1, 2],
+        torch: None,
+        kind: train::ModelKind::Unet,
+        select: coreset::Method::Kcover,
+        k: 7,
+        critical: "hunted".into(),
+        out: None,
+        keep: false,
+    };
+    let argv: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|s| s != "--bench")
+        .collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--data" => a.data = v.into(),
+            "--datasets" => a.datasets = v.split(',').map(String::from).collect(),
+            "--seeds" => a.seeds = v.split(',').map(|s| s.parse().expect("seed")).collect(),
+            "--torch" => a.torch = Some(v),
+            "--kind" => a.kind = clap::ValueEnum::from_str(&v, true).expect("--kind"),
+            "--select" => a.select = clap::ValueEnum::from_str(&v, true).expect("--select"),
+            "-k" => a.k = v.parse().expect("-k"),
+            "--critical" => a.critical = v,
+            "--out" => a.out = Some(v.into()),
+            "--keep" => {
+                a.keep = true;
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// One image of a prepared split, as TIFFs under `split/{images,masks,masks_2nd,fov}`.
+struct Item {
+    image: PathBuf,
+    mask: PathBuf,
+    mask2: PathBuf,
+    fov: PathBuf,
+}
+
+fn items(split: &Path) -> Vec<Item> {
+    let mut ids: Vec<String> = std::fs::read_dir(split.join("images"))
+        .unwrap_or_else(|e| panic!("{}: {e}", split.join("images").display()))
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.into_iter()
+        .map(|id| Item {
+            image: split.join("images").join(format!("{id}.tif")),
+            mask: split.join("masks").join(format!("{id}.tif")),
+            mask2: split.join("masks_2nd").join(format!("{id}.tif")),
+            fov: split.join("fov").join(format!("{id}.tif")),
+        })
+        .collect()
+}
+
+/// Dice of `pred` against `truth` inside `fov`.
+fn dice_in(pred: &[u8], truth: &[u8], fov: &[u8]) -> f64 {
+    let (mut inter, mut total) = (0u64, 0u64);
+    for ((&p, &t), &f) in pred.iter().zip(truth).zip(fov) {
+        if f != 0 {
+            let (p, t) = ((p != 0) as u64, (t != 0) as u64);
+            inter += p & t;
+            total += p + t;
+        }
+    }
+    if total == 0 {
+        1.0
+    } else {
+        2.0 * inter as f64 / total as f64
+    }
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, sd)
+}
+
+struct Truth {
+    mask: Vec<u8>,
+    mask2: Vec<u8>,
+    fov: Vec<u8>,
+    image: Vec<f32>,
+    h: usize,
+    w: usize,
+}
+
+fn load_truth(it: &Item) -> Truth {
+    let img = read_stack(&it.image).unwrap();
+    let [_, h, w] = img.info.shape;
+    Truth {
+        mask: read_binary_mask(&it.mask).unwrap().1,
+        mask2: read_binary_mask(&it.mask2).unwrap().1,
+        fov: read_binary_mask(&it.fov).unwrap().1,
+        image: img.planes[0].to_f32(),
+        h,
+        w,
+    }
+}
+
+/// Mean test Dice of a model segmenting each test image whole (windows, blended).
+fn model_dice(model: &SegmentationModel, test: &[Truth]) -> Vec<f64> {
+    test.iter()
+        .map(|t| {
+            let p = segment::segment_slice(model, &t.image, t.h, t.w, 8).unwrap();
+            let m: Vec<u8> = p.iter().map(|&v| (v > 0.5) as u8).collect();
+            dice_in(&m, &t.mask, &t.fov)
+        })
+        .collect()
+}
+
+/// Frangi vesselness (σ 1–4) with the threshold that maximises pooled Dice on `train`.
+fn frangi_dice(train: &[Truth], test: &[Truth]) -> Vec<f64> {
+    let sigmas = [1.0, 2.0, 3.0, 4.0];
+    let vess = |t: &Truth| -> Vec<f32> {
+        // Vessels are dark on the green channel: invert so they are bright ridges.
+        let inv: Vec<f32> = normalize_patch(&t.image).iter().map(|v| -v).collect();
+        frangi::vesselness(&inv, t.h, t.w, &sigmas)
+    };
+    let train_v: Vec<Vec<f32>> = train.iter().map(vess).collect();
+    let mut all: Vec<f32> = train_v
+        .iter()
+        .zip(train)
+        .flat_map(|(v, t)| {
+            v.iter()
+                .zip(&t.fov)
+                .filter(|(_, &f)| f != 0)
+                .map(|(&x, _)| x)
+        })
+        .collect();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let mut best = (0.0, 0.0f32);
+    for q in 50..100 {
+        let thr = all[all.len() * q / 100];
+        let (mut inter, mut total) = (0u64, 0u64);
+        for (v, t) in train_v.iter().zip(train) {
+            for i in 0..v.len() {
+                if t.fov[i] != 0 {
+                    let p = (v[i] > thr) as u64;
+                    let g = (t.mask[i] != 0) as u64;
+                    inter += p & g;
+                    total += p + g;
+                }
+            }
+        }
+        let d = 2.0 * inter as f64 / total.max(1) as f64;
+        if d > best.0 {
+            best = (d, thr);
+        }
+    }
+    test.iter()
+        .map(|t| {
+            let m: Vec<u8> = vess(t).iter().map(|&v| (v > best.1) as u8).collect();
+            dice_in(&m, &t.mask, &t.fov)
+        })
+        .collect()
+}
+
+fn run<T>(
+    repo: &Repo,
+    f: impl FnOnce(
+        &Repo,
+        biodc::history::CommitId,
+        biodc::version::DatasetVersion,
+    ) -> anyhow::Result<(stages::Next, T)>,
+) -> T {
+    stages::run(repo, f).unwrap().1
+}
+
+fn main() {
+    let a = parse_args();
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for ds in &a.datasets {
+        let root = a.data.join(ds);
+        let train_items = items(&root.join("train"));
+        let test_items = items(&root.join("test"));
+        let train_truth: Vec<Truth> = train_items.iter().map(load_truth).collect();
+        let test_truth: Vec<Truth> = test_items.iter().map(load_truth).collect();
+        let observer: Vec<f64> = test_truth
+            .iter()
+            .map(|t| dice_in(&t.mask2, &t.mask, &t.fov))
+            .collect();
+        let frangi = frangi_dice(&train_truth, &test_truth);
+        for &seed in &a.seeds {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = if a.keep {
+                let d = std::env::temp_dir().join(format!("biodc-real-{ds}-{seed}"));
+                let _ = std::fs::remove_dir_all(&d);
+                d
+            } else {
+                tmp.path().to_path_buf()
+            };
+            let project = dir.join("project");
+            std::fs::create_dir_all(&project).unwrap();
+            let truth_dir = root.join("train").join("masks");
+            let started = Instant::now();
+            let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
+            let mut lap = Instant::now();
+            let mut tick = |name: &'static str, lap: &mut Instant| {
+                timings.insert(name, lap.elapsed().as_secs_f64());
+                *lap = Instant::now();
+            };
+            let repo = Repo::init(&project, Config::default()).unwrap();
+            let ip = import::ImportParams {
+                paths: train_items.iter().map(|i| i.image.clone()).collect(),
+                ..Default::default()
+            };
+            run(&repo, |r, h, v| import::import(r, h, v, &ip));
+            tick("import", &mut lap);
+            let pp = pretrain::PretrainParams {
+                preset: "tiny".into(),
+                epochs: 5,
+                batch: 8,
+                lr: 1.5e-3,
+                mask_ratio: 0.75,
+                seed,
+                name: "mae".into(),
+                checkpoint_every: 50,
+                max_steps: None,
+                scratch: false,
+            };
+            run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false));
+            tick("pretrain", &mut lap);
+            let ep = embed::EmbedParams {
+                model: "mae".into(),
+                batch: 32,
+                fresh: false,
+            };
+            run(&repo, |r, h, v| embed::embed(r, h, v, &ep));
+            let qp = qc::QcParams {
+                model: "mae".into(),
+                coreset: "coreset".into(),
+            };
+            run(&repo, |r, h, v| qc::qc(r, h, v, &qp));
+            let cp = coreset::CoresetParams {
+                k: a.k,
+                model: "mae".into(),
+                neighbours: 50,
+                name: "coreset".into(),
+                method: a.select,
+                seed,
+                exclude: ["blank", "duplicate", "saturated", "blurred", "odd_texture"]
+                    .map(String::from)
+                    .to_vec(),
+                per_condition: 0,
+            };
+            run(&repo, |r, h, v| coreset::coreset(r, h, v, &cp));
+            tick("embed+qc+coreset", &mut lap);
+            let (_, v) = repo.version(None).unwrap();
+            let core_masks = dir.join("masks-core");
+            write_masks_from_folder(&truth_dir, &v, &v.sets["coreset"].patches, &core_masks)
+                .unwrap();
+            let ap = annotate::AnnotateParams {
+                dir: core_masks,
+                round: "core".into(),
+                annotator: "simulated-expert".into(),
+                origin: None,
+            };
+            run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
+            let tp = |name: &str, from: &str, sets: Vec<String>| train::TrainParams {
+                name: name.into(),
+                kind: a.kind,
+                from: from.into(),
+                sets,
+                seed,
+                ..train::TrainParams::default()
+            };
+            let t0 = Instant::now();
+            let m0 = run(&repo, |r, h, v| {
+                train::train(
+                    r,
+                    h,
+                    v,
+                    &tp(
+                        "M0",
+                        if a.kind == train::ModelKind::Transunet {
+                            "mae"
+                        } else {
+                            "none"
+                        },
+                        vec!["coreset".into()],
+                    ),
+                )
+            });
+            let mut train_seconds = t0.elapsed().as_secs_f64();
+            tick("train M0", &mut lap);
+            // The critical set: the 3 worst of hunt's top 30, or 3 random unannotated patches.
+            let hp = hunt::HuntParams {
+                model: "M0".into(),
+                top: 30,
+                seed,
+                exclude: ["blank", "duplicate", "saturated", "odd_texture"]
+                    .map(String::from)
+                    .to_vec(),
+                ..hunt::HuntParams::default()
+            };
+            let h = run(&repo, |r, hd, v| hunt::hunt(r, hd, v, &hp));
+            tick("hunt", &mut lap);
+            let (_, v) = repo.version(None).unwrap();
+            let candidates: Vec<String> = if a.critical == "random" {
+                let annotated = v
+                    .annotations
+                    .iter()
+                    .map(|x| x.patch.clone())
+                    .collect::<std::collections::BTreeSet<_>>();
+                let mut pool: Vec<String> = v
+                    .all_patches()
+                    .map(|(_, p)| p.id.clone())
+                    .filter(|id| !annotated.contains(id))
+                    .collect();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                pool.shuffle(&mut rng);
+                pool.truncate(3);
+                pool
+            } else {
+                v.sets[&h.set].patches.clone()
+            };
+            let all_truth = dir.join("truth-candidates");
+            write_masks_from_folder(&truth_dir, &v, &candidates, &all_truth).unwrap();
+            let mut worst: Vec<(f64, String)> = candidates
+                .iter()
+                .map(|id| {
+                    let truth = read_binary_mask(&all_truth.join(format!("{id}.tif")))
+                        .unwrap()
+                        .1;
+                    let d = match v.sets[&h.set]
+                        .objects
+                        .get("prediction")
+                        .and_then(|p| p.get(id))
+                    {
+                        Some(obj) => dice(&repo.store.get(obj).unwrap(), &truth),
+                        None => 0.0,
+                    };
+                    (d, id.clone())
+                })
+                .collect();
+            worst.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let fixed = dir.join("masks-critical");
+            std::fs::create_dir_all(&fixed).unwrap();
+            for (_, id) in worst.iter().take(3) {
+                std::fs::copy(
+                    all_truth.join(format!("{id}.tif")),
+                    fixed.join(format!("{id}.tif")),
+                )
+                .unwrap();
+            }
+            let critical_ids: Vec<String> =
+                worst.iter().take(3).map(|(_, id)| id.clone()).collect();
+            let ap = annotate::AnnotateParams {
+                dir: fixed,
+                round: "critical-1".into(),
+                annotator: "simulated-expert".into(),
+                origin: None,
+            };
+            run(&repo, |r, hd, v| annotate::annotate(r, hd, v, &ap));
+            let t1 = Instant::now();
+            let m1 = run(&repo, |r, hd, v| {
+                train::train(
+                    r,
+                    hd,
+                    v,
+                    &tp("M1", "M0", vec!["coreset".into(), "critical-1".into()]),
+                )
+            });
+            train_seconds += t1.elapsed().as_secs_f64();
+            tick("train M1", &mut lap);
+            // New images arrive: monitor scores both models (RCA) and returns their masks.
+            let ip = import::ImportParams {
+                paths: test_items.iter().map(|i| i.image.clone()).collect(),
+                condition: Some("test".into()),
+                ..Default::default()
+            };
+            run(&repo, |r, hd, v| import::import(r, hd, v, &ip));
+            let test_names: Vec<String> = test_items
+                .iter()
+                .map(|i| biodc::stages::import::stack_name(&i.image))
+                .collect();
+            let mut dice_of: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            let (mut rca, mut truth_dice) = (Vec::new(), Vec::new());
+            for model in ["M0", "M1"] {
+                let mp = monitor::MonitorParams {
+                    model: model.into(),
+                    stacks: test_names.clone(),
+                    seed,
+                    keep_predictions: true,
+                    ..monitor::MonitorParams::default()
+                };
+                let m = run(&repo, |r, hd, v| monitor::monitor(r, hd, v, &mp));
+                let mut per = Vec::new();
+                for (name, t) in test_names.iter().zip(&test_truth) {
+                    let d = dice_in(&m.predictions[name], &t.mask, &t.fov);
+                    per.push(d);
+                    let s = m.scores.iter().find(|s| &s.stack == name).unwrap();
+                    rca.push(s.rca);
+                    truth_dice.push(d);
+                }
+                dice_of.insert(model.into(), per);
+            }
+            tick("monitor", &mut lap);
+            let loop_seconds = started.elapsed().as_secs_f64();
+
+            // Baselines on the same annotated patches.
+            let fp = train::TrainParams {
+                name: "F".into(),
+                kind: train::ModelKind::Forest,
+                from: "none".into(),
+                sets: vec!["coreset".into(), "critical-1".into()],
+                seed,
+                ..train::TrainParams::default()
+            };
+            run(&repo, |r, hd, v| train::train(r, hd, v, &fp));
+            let (_, v) = repo.version(None).unwrap();
+            let forest = SegmentationModel::load(&repo.store, &v.models["F"]).unwrap();
+            let forest_dice = model_dice(&forest, &test_truth);
+            let mut row = json!({
+                "dataset": ds, "seed": seed, "kind": format!("{:?}", a.kind).to_lowercase(),
+                "select": format!("{:?}", a.select).to_lowercase(), "k": a.k, "critical": a.critical,
+                "critical_patches": critical_ids,
+                "m0": mean_sd(&dice_of["M0"]).0, "m1": mean_sd(&dice_of["M1"]).0,
+                "m0_converged": m0.convergence.converged, "m1_converged": m1.convergence.converged,
+                "forest": mean_sd(&forest_dice).0, "frangi": mean_sd(&frangi).0,
+                "observer": mean_sd(&observer).0,
+                "rca_spearman": biodc::stats::spearman(&rca, &truth_dice),
+                "rca_pearson": biodc::stats::pearson(&rca, &truth_dice),
+                "loop_seconds": loop_seconds, "train_seconds": train_seconds,
+                "timings": timings,
+            });
+            if let Some(py) = &a.torch {
+                // The same patches, exported as TIFFs, for the same training wall time.
+                let pdir = dir.join("torch-patches");
+                let ids: Vec<String> = v.annotations.iter().map(|x| x.patch.clone()).collect();
+                std::fs::create_dir_all(pdir.join("masks")).unwrap();
+                export::export_set(&repo, &v, "coreset", &pdir.join("images")).unwrap();
+                export::export_set(&repo, &v, "critical-1", &pdir.join("images")).unwrap();
+                write_masks_from_folder(&truth_dir, &v, &ids, &pdir.join("masks")).unwrap();
+                let out = std::process::Command::new(py)
+                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_unet.py"))
+                    .args(["--patches", pdir.to_str().unwrap()])
+                    .args(["--test", root.join("test").to_str().unwrap()])
+                    .args(["--seconds", &format!("{train_seconds:.0}")])
+                    .args(["--seed", &seed.to_string(), "--threads", "2"])
+                    .output()
+                    .unwrap();
+                let line = String::from_utf8_lossy(&out.stdout);
+                match serde_json::from_str::<serde_json::Value>(line.trim()) {
+                    Ok(j) => {
+                        row["torch"] = j["mean"].clone();
+                        row["torch_steps"] = j["steps"].clone();
+                    }
+                    Err(_) => eprintln!(
+                        "pytorch_unet.py failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                }
+            }
+            println!("{row}");
+            if let Some(out) = &a.out {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(out)
+                    .unwrap();
+                writeln!(f, "{row}").unwrap();
+            }
+            rows.push(row);
+        }
+    }
+    // Mean ± sd over seeds, per dataset.
+    println!("\n| dataset | M0 | M1 | forest (same patches) | PyTorch U-Net (same time) | Frangi | 2nd observer | RCA Spearman | loop min |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for ds in &a.datasets {
+        let r: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| r["dataset"] == ds.as_str())
+            .collect();
+        let col = |k: &str| -> String {
+            let v: Vec<f64> = r.iter().filter_map(|x| x[k].as_f64()).collect();
+            if v.is_empty() {
+                return "–".into();
+            }
+            let (m, s) = mean_sd(&v);
+            format!("{m:.3} ± {s:.3}")
+        };
+        let minutes: Vec<f64> = r
+            .iter()
+            .map(|x| x["loop_seconds"].as_f64().unwrap() / 60.0)
+            .collect();
+        let (m, s) = mean_sd(&minutes);
+        println!(
+            "| {ds} ({} seeds) | {} | {} | {} | {} | {} | {} | {} | {m:.1} ± {s:.1} |",
+            r.len(),
+            col("m0"),
+            col("m1"),
+            col("forest"),
+            col("torch"),
+            col("frangi"),
+            col("observer"),
+            col("rca_spearman"),
+        );
+    }
+}
