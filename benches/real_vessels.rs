@@ -47,6 +47,8 @@ struct Args {
     critical: String,
     out: Option<PathBuf>,
     keep: bool,
+    /// `selection`: which patches to annotate, judged by a forest fitted on them.
+    study: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +63,7 @@ fn parse_args() -> Args {
         critical: "hunted".into(),
         out: None,
         keep: false,
+        study: None,
     };
     let argv: Vec<String> = std::env::args()
         .skip(1)
@@ -79,6 +82,7 @@ fn parse_args() -> Args {
             "-k" => a.k = v.parse().expect("-k"),
             "--critical" => a.critical = v,
             "--out" => a.out = Some(v.into()),
+            "--study" => a.study = Some(v),
             "--keep" => {
                 a.keep = true;
                 i += 1;
@@ -241,8 +245,144 @@ fn run<T>(
     stages::run(repo, f).unwrap().1
 }
 
+/// Selection study: for each seed, MAE-pretrained and randomly initialised encoder embeddings;
+/// K-cover, k-center and random picks at K = 5, 10, 25 (excluding blank patches); a pixel
+/// forest fitted on each annotated set (seconds, so many sets can be compared) scored on the
+/// test images. Prints one JSON line per (seed, embedding, method, K).
+fn selection_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde_json::Value>) {
+    let root = a.data.join(ds);
+    let train_items = items(&root.join("train"));
+    let truth_dir = root.join("train").join("masks");
+    for &seed in &a.seeds {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path().join("project");
+        std::fs::create_dir_all(&project).unwrap();
+        let repo = Repo::init(&project, Config::default()).unwrap();
+        let ip = import::ImportParams {
+            paths: train_items.iter().map(|i| i.image.clone()).collect(),
+            ..Default::default()
+        };
+        run(&repo, |r, h, v| import::import(r, h, v, &ip));
+        for (name, steps) in [("mae", None), ("random-init", Some(0))] {
+            let pp = pretrain::PretrainParams {
+                preset: "tiny".into(),
+                epochs: 5,
+                batch: 8,
+                lr: 1.5e-3,
+                mask_ratio: 0.75,
+                seed,
+                name: name.into(),
+                checkpoint_every: 50,
+                max_steps: steps,
+                scratch: false,
+            };
+            run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false));
+            let ep = embed::EmbedParams {
+                model: name.into(),
+                batch: 32,
+                fresh: false,
+            };
+            run(&repo, |r, h, v| embed::embed(r, h, v, &ep));
+        }
+        let qp = qc::QcParams {
+            model: "mae".into(),
+            coreset: "none".into(),
+        };
+        run(&repo, |r, h, v| qc::qc(r, h, v, &qp));
+        for k in [5usize, 10, 25] {
+            let mut configs = vec![("random", "mae", coreset::Method::Random)];
+            for emb in ["mae", "random-init"] {
+                configs.push(("kcover", emb, coreset::Method::Kcover));
+                configs.push(("kcenter", emb, coreset::Method::Kcenter));
+            }
+            for (label, emb, method) in configs {
+                let set = format!("{label}-{emb}-{k}");
+                let cp = coreset::CoresetParams {
+                    k,
+                    model: emb.into(),
+                    neighbours: 50,
+                    name: set.clone(),
+                    method,
+                    seed,
+                    exclude: vec!["blank".into()],
+                    per_condition: 0,
+                };
+                run(&repo, |r, h, v| coreset::coreset(r, h, v, &cp));
+                let (_, v) = repo.version(None).unwrap();
+                let masks = tmp.path().join(format!("masks-{set}"));
+                write_masks_from_folder(&truth_dir, &v, &v.sets[&set].patches, &masks).unwrap();
+                let ap = annotate::AnnotateParams {
+                    dir: masks,
+                    round: set.clone(),
+                    annotator: "simulated-expert".into(),
+                    origin: None,
+                };
+                run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
+                let fp = train::TrainParams {
+                    name: format!("F-{set}"),
+                    kind: train::ModelKind::Forest,
+                    sets: vec![set.clone()],
+                    seed,
+                    ..train::TrainParams::default()
+                };
+                run(&repo, |r, h, v| train::train(r, h, v, &fp));
+                let (_, v) = repo.version(None).unwrap();
+                let model = SegmentationModel::load(&repo.store, &v.models[&fp.name]).unwrap();
+                let d = mean_sd(&model_dice(&model, test_truth)).0;
+                let row = json!({"study": "selection", "dataset": ds, "seed": seed, "k": k,
+                    "method": label, "embedding": emb, "forest_dice": d});
+                println!("{row}");
+                out.push(row);
+            }
+        }
+    }
+}
+
 fn main() {
     let a = parse_args();
+    if a.study.as_deref() == Some("selection") {
+        let mut rows = Vec::new();
+        for ds in &a.datasets {
+            let test: Vec<Truth> = items(&a.data.join(ds).join("test"))
+                .iter()
+                .map(load_truth)
+                .collect();
+            selection_study(&a, ds, &test, &mut rows);
+        }
+        if let Some(out) = &a.out {
+            let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+            std::fs::write(out, text).unwrap();
+        }
+        println!("\n| dataset | K | random | K-cover (MAE) | k-center (MAE) | K-cover (random init) | k-center (random init) |");
+        println!("|---|---|---|---|---|---|---|");
+        for ds in &a.datasets {
+            for k in [5, 10, 25] {
+                let cell = |m: &str, e: &str| -> String {
+                    let v: Vec<f64> = rows
+                        .iter()
+                        .filter(|r| {
+                            r["dataset"] == ds.as_str()
+                                && r["k"] == k
+                                && r["method"] == m
+                                && r["embedding"] == e
+                        })
+                        .map(|r| r["forest_dice"].as_f64().unwrap())
+                        .collect();
+                    let (m, s) = mean_sd(&v);
+                    format!("{m:.3} ± {s:.3}")
+                };
+                println!(
+                    "| {ds} | {k} | {} | {} | {} | {} | {} |",
+                    cell("random", "mae"),
+                    cell("kcover", "mae"),
+                    cell("kcenter", "mae"),
+                    cell("kcover", "random-init"),
+                    cell("kcenter", "random-init")
+                );
+            }
+        }
+        return;
+    }
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for ds in &a.datasets {
         let root = a.data.join(ds);

@@ -38,7 +38,7 @@ pub struct TrainArgs {
     /// Comma-separated sets whose annotated patches to train on (default: every annotation).
     #[arg(long, value_delimiter = ',')]
     pub sets: Vec<String>,
-    /// Optimiser steps of a network [default: 600].
+    /// Optimiser steps of a network [default: 800].
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<u64>,
     /// Train for passes over the annotated patches instead of --steps.

@@ -295,6 +295,60 @@ mod direct {
             }
         }
     }
+
+    /// The weight gradient Σ_p x[p + offset(ky, kx), ci] · dy[p, o] over output rows `r0..r1`
+    /// of one image, into `part` (9c × o, rows (ky, kx, ci)). Per (tap, 8 input channels, 16
+    /// outputs): one load of dy and 8 broadcasts of x per pixel, 8 × 16 sums in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weight_grad(
+        img: &[f32],
+        (h, w, c): (usize, usize, usize),
+        dy: &[f32],
+        o: usize,
+        (r0, r1): (usize, usize),
+        part: &mut [f32],
+    ) {
+        assert!(img.len() >= h * w * c && dy.len() >= (r1 - r0) * w * o);
+        assert!(part.len() >= 9 * c * o && o % 16 == 0 && r1 <= h);
+        let (xp, dp, pp) = (img.as_ptr(), dy.as_ptr(), part.as_mut_ptr());
+        for ky in 0..3 {
+            // Output rows whose neighbour row y + ky − 1 is inside the image.
+            let ys = r0.max(1 - ky.min(1))..r1.min(h + 1 - ky);
+            for kx in 0..3 {
+                let xs = (1 - kx.min(1))..w.min(w + 1 - kx);
+                for c0 in (0..c).step_by(PX) {
+                    let n = PX.min(c - c0);
+                    for ob in (0..o).step_by(16) {
+                        let mut acc = [_mm512_setzero_ps(); PX];
+                        for y in ys.clone() {
+                            let src = xp.add(((y + ky - 1) * w) * c + c0);
+                            let grad = dp.add(((y - r0) * w) * o + ob);
+                            for x in xs.clone() {
+                                let g = _mm512_loadu_ps(grad.add(x * o));
+                                let xv = src.add((x + kx - 1) * c);
+                                if n == PX {
+                                    for (i, a) in acc.iter_mut().enumerate() {
+                                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*xv.add(i)), g, *a);
+                                    }
+                                } else {
+                                    for (i, a) in acc.iter_mut().enumerate().take(n) {
+                                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*xv.add(i)), g, *a);
+                                    }
+                                }
+                            }
+                        }
+                        for (i, a) in acc.iter().enumerate().take(n) {
+                            let row = (ky * 3 + kx) * c + c0 + i;
+                            _mm512_storeu_ps(pp.add(row * o + ob), *a);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The kernel of the input gradient: flipped[(ky, kx, o), c] = W[(2 − ky, 2 − kx, c), o], a
@@ -359,6 +413,12 @@ pub(crate) fn weight_grad(
             let img = &xv[bi * h * w * c..(bi + 1) * h * w * c];
             let dy = &g[(bi * h * w + r0 * w) * o..(bi * h * w + r1 * w) * o];
             let mut part = vec![0f32; 9 * c * o];
+            #[cfg(target_arch = "x86_64")]
+            if direct_available(o) {
+                // SAFETY: the CPU has AVX-512F (checked); sizes are asserted inside.
+                unsafe { direct::weight_grad(img, (h, w, c), dy, o, (r0, r1), &mut part) };
+                return part;
+            }
             COLS.with(|buf| {
                 let mut cols = buf.borrow_mut();
                 cols.resize(p * 9 * c, 0.0);

@@ -107,7 +107,7 @@ impl Default for TrainParams {
 }
 
 /// Default optimiser steps of a network (see docs/BENCHMARKS.md for how it was chosen).
-pub const DEFAULT_STEPS: u64 = 600;
+pub const DEFAULT_STEPS: u64 = 800;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
@@ -570,9 +570,12 @@ fn fit_forest(examples: &[Example], size: usize, seed: u64) -> Result<PixelFores
         ..PixelClassifierParams::default()
     };
     let classifier = PixelClassifier::train(&images, &labels, size, size, &params)?;
+    let pixels = (labels.len() * size * size).max(1);
+    let foreground = labels.iter().flatten().filter(|&&v| v != 0).count() as f64 / pixels as f64;
     Ok(PixelForest {
         forest: classifier.forest,
         window: size,
+        foreground,
     })
 }
 
