@@ -13,9 +13,10 @@
 use super::conv::{depth_to_space, Conv};
 use super::conv3x3::conv3x3;
 use super::group_norm::group_norm_relu;
-use super::layers::{dropout, Init, Params};
+use super::layers::{Init, Params};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use rand::RngCore;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -258,9 +259,33 @@ impl UNet {
             y = Tensor::cat(&[&u, &skip], 3)?;
             y = c1.forward(&c0.forward(&y)?)?;
         }
-        let y = dropout(&y, self.cfg.dropout, rng)?;
+        let y = match rng {
+            Some(rng) if self.cfg.dropout > 0.0 => {
+                let mask = dropout_mask(y.elem_count(), self.cfg.dropout, rng);
+                (&y * Tensor::from_vec(mask, y.shape(), y.device())?)?
+            }
+            _ => y,
+        };
         Ok(self.head.forward(&y)?.permute((0, 3, 1, 2))?)
     }
+}
+
+/// Dropout keep-masks (0 or 1/keep) of `n` elements with drop probability `p`: 16 random bits
+/// per element, four elements per draw of the RNG (one draw per element made drawing the masks
+/// a tenth of a training step).
+pub fn dropout_mask(n: usize, p: f32, rng: &mut impl RngCore) -> Vec<f32> {
+    let keep = 1.0 - p;
+    let threshold = (keep * 65536.0).round() as u32;
+    let scale = 1.0 / keep;
+    let mut mask = Vec::with_capacity(n);
+    while mask.len() < n {
+        let bits = rng.next_u64();
+        for k in 0..4.min(n - mask.len()) {
+            let r = ((bits >> (16 * k)) & 0xffff) as u32;
+            mask.push(if r < threshold { scale } else { 0.0 });
+        }
+    }
+    mask
 }
 
 #[cfg(test)]

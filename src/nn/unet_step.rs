@@ -18,7 +18,6 @@ use super::unet::UNet;
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -393,19 +392,9 @@ fn linear_backward(
     dx
 }
 
-/// Keep-masks of dropout with probability `p`, drawn as [`super::layers::dropout`] draws them
-/// (one number per element, in order), scaled by 1/keep.
+/// Keep-masks of dropout with probability `p`, drawn as the candle forward draws them.
 fn dropout_mask(n: usize, p: f32, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let keep = 1.0 - p;
-    let mut mask = take(n);
-    for m in mask.iter_mut() {
-        *m = if rng.random::<f32>() < keep {
-            1.0 / keep
-        } else {
-            0.0
-        };
-    }
-    mask
+    super::unet::dropout_mask(n, p, rng)
 }
 
 /// The activations of a forward pass and where each layer's are.
@@ -720,7 +709,7 @@ mod tests {
     use super::*;
     use crate::nn::unet::UNetConfig;
     use candle_core::Device;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     /// The hand-written pass against candle's autograd over the same network: same logits,
     /// same loss, same gradient for every parameter, dropout included.

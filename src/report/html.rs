@@ -285,6 +285,15 @@ fn models_section(v: &DatasetVersion, rca: &[crate::version::RcaRecord], html: &
         html.push_str("</tr>");
     };
     row(html, "kind", &|n| esc(&v.models[n].kind));
+    row(html, "converged", &|n| match v.models[n]
+        .training
+        .get("converged")
+        .and_then(|c| c.as_bool())
+    {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => String::new(),
+    });
     row(html, "from", &|n| {
         esc(v.models[n]
             .parent
