@@ -1,6 +1,7 @@
 //! Verbs around segmenters: train, hunt, segment, monitor.
 
 use super::{print_json, short};
+use crate::name::Name;
 use crate::repo::Repo;
 use crate::stages::{self, hunt, monitor, segment, train};
 use anyhow::Result;
@@ -21,8 +22,8 @@ use std::path::{Path, PathBuf};
 )]
 pub struct TrainArgs {
     /// Model name in models/<name>.json.
-    #[arg(long, default_value = "M0")]
-    pub name: String,
+    #[arg(long, default_value = "M0", value_parser = crate::name::model)]
+    pub name: Name,
     /// Start from this MAE or segmenter, or `none` for random weights.
     #[arg(long, default_value = "mae")]
     pub from: String,
@@ -44,8 +45,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.5)]
     pub new_weight: f64,
     /// Annotation round kept for validation only.
-    #[arg(long, default_value = "validation")]
-    pub validation: String,
+    #[arg(long, default_value = "validation", value_parser = crate::name::round)]
+    pub validation: Name,
     /// Stop after N steps (quick runs).
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -57,7 +58,7 @@ pub struct TrainArgs {
 pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
     let params = train::TrainParams {
-        name: a.name,
+        name: a.name.into(),
         from: a.from,
         preset: a.preset,
         sets: a.sets,
@@ -66,7 +67,7 @@ pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
         lr: a.lr,
         seed: a.seed,
         new_weight: a.new_weight,
-        validation: a.validation,
+        validation: a.validation.into(),
         max_steps: a.max_steps,
     };
     let (commit, r) = stages::run(&repo, |repo, head, v| train::train(repo, head, v, &params))?;
@@ -110,8 +111,8 @@ pub struct HuntArgs {
     #[arg(long)]
     pub sample: Option<usize>,
     /// Set name (default: the next free candidates-N).
-    #[arg(long)]
-    pub name: Option<String>,
+    #[arg(long, value_parser = crate::name::set)]
+    pub name: Option<Name>,
     #[arg(long, value_enum, default_value = "disagreement")]
     pub score: hunt::Score,
     #[arg(long, default_value_t = 0)]
@@ -133,7 +134,7 @@ pub fn hunt(dir: &Path, a: HuntArgs) -> Result<i32> {
         top: a.top,
         passes: a.passes,
         sample: a.sample,
-        name: a.name,
+        name: a.name.map(Name::into_string),
         score: a.score,
         seed: a.seed,
         batch: a.batch,
@@ -277,6 +278,7 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
             condition_from_dir: false,
             voxel_size: None,
             patch: None,
+            replace: false,
         };
         let (commit, r) = stages::run(&repo, |repo, head, v| {
             stages::import::import(repo, head, v, &params)
