@@ -108,8 +108,9 @@ fn read_mask(path: &Path, size: usize) -> Result<Vec<u8>> {
     Ok(values.iter().map(|&v| (v != 0.0) as u8).collect())
 }
 
-/// The files of `dir` to read as masks (symbolic links followed), how many files `export`
-/// wrote there were skipped as not masks, and problems (links to nothing).
+/// The files of `dir` to read as masks (symbolic links followed, hidden files and folders
+/// skipped), how many files `export` wrote there were skipped as not masks, and problems
+/// (links to nothing).
 fn mask_files(dir: &Path) -> Result<(Vec<PathBuf>, usize, Vec<String>)> {
     let index = ExportIndex::read(dir);
     let mut files = Vec::new();
@@ -118,6 +119,8 @@ fn mask_files(dir: &Path) -> Result<(Vec<PathBuf>, usize, Vec<String>)> {
     for entry in walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !super::import::is_hidden(e.path()))
     {
         let entry = match entry {
             Ok(e) => e,

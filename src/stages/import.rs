@@ -282,9 +282,10 @@ fn conditions_of(params: &ImportParams, path: &Path) -> Vec<String> {
     out
 }
 
-/// The TIFF files named by `paths`: files as given, folders walked in name order. Symbolic
-/// links are followed (git-annex and DataLad keep files as links); a link whose target is
-/// missing is an error, not silently skipped.
+/// The TIFF files named by `paths`: files as given, folders walked in name order, skipping
+/// hidden files and folders (`.git`, whose annex holds the content a DataLad dataset links to;
+/// temp files). Symbolic links are followed (git-annex and DataLad keep files as links); a link
+/// whose target is missing is an error, not silently skipped.
 pub fn tiff_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut broken = Vec::new();
@@ -301,6 +302,8 @@ pub fn tiff_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             for entry in walkdir::WalkDir::new(path)
                 .follow_links(true)
                 .sort_by_file_name()
+                .into_iter()
+                .filter_entry(|e| e.depth() == 0 || !is_hidden(e.path()))
             {
                 let entry = match entry {
                     Ok(e) => e,
@@ -344,6 +347,12 @@ pub fn broken_link(path: &Path) -> String {
          `git annex get` / `datalad get` the file first)",
         path.display()
     )
+}
+
+/// A file or folder whose name starts with `.`.
+pub fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 fn is_tiff_name(path: &Path) -> bool {
