@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 )]
 pub struct TrainArgs {
     /// Model name in models/<name>.json.
-    #[arg(long, default_value = "M0", value_parser = crate::name::model)]
-    pub name: Name,
+    #[arg(long, default_value = "M0")]
+    pub name: String,
     /// Start from this MAE or segmenter, or `none` for random weights.
     #[arg(long, default_value = "mae")]
     pub from: String,
@@ -45,8 +45,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.5)]
     pub new_weight: f64,
     /// Annotation round kept for validation only.
-    #[arg(long, default_value = "validation", value_parser = crate::name::round)]
-    pub validation: Name,
+    #[arg(long, default_value = "validation")]
+    pub validation: String,
     /// Stop after N steps (quick runs).
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -56,9 +56,10 @@ pub struct TrainArgs {
 }
 
 pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
+    crate::name::model(&a.name).and(crate::name::round(&a.validation))?;
     let repo = Repo::discover(dir)?;
     let params = train::TrainParams {
-        name: a.name.into(),
+        name: a.name,
         from: a.from,
         preset: a.preset,
         sets: a.sets,
@@ -67,7 +68,7 @@ pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
         lr: a.lr,
         seed: a.seed,
         new_weight: a.new_weight,
-        validation: a.validation.into(),
+        validation: a.validation,
         max_steps: a.max_steps,
     };
     let (commit, r) = stages::run(&repo, |repo, head, v| train::train(repo, head, v, &params))?;

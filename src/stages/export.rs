@@ -288,16 +288,19 @@ pub fn export_with_prediction(
     dir: &Path,
     force: bool,
 ) -> Result<usize> {
-    let ids = set_members(version, set)?;
-    let m = super::train::model(version, model)?;
+    // Everything is checked before anything is written.
+    super::train::model(version, model)?;
+    let members = set_members(version, set)?;
     let out = OutDir::create(dir)?;
-    let mut files = set_files(set, &ids);
-    for id in &ids {
+    let mut files = set_files(set, &members);
+    for id in &members {
         files.push(format!("predictions/{id}.tif"));
         files.push(format!("triptychs/{id}.png"));
     }
     refuse_existing(&out, &files, force)?;
-    let n = write_set(repo, version, set, &ids, &out, force)?;
+    let n = write_set(repo, version, set, &members, &out, force)?;
+    let ids = set_members(version, set)?;
+    let m = super::train::model(version, model)?;
     let net = super::train::load_segmenter(&repo.store, m, &candle_core::Device::Cpu)?;
     let size = net.cfg.encoder.image_size;
     let images = super::train::load_images(&repo.store, version, &ids)?;
