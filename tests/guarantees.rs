@@ -1138,17 +1138,30 @@ fn a_closed_pipe_ends_output_quietly() {
 }
 
 /// Identical imports report the same number of new objects, even when threads race to store
-/// the same tile.
+/// the same tile: a plane of 64 identical (noisy) tiles.
 #[test]
 fn identical_imports_count_the_same_new_objects() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("blank.tif");
-    write_u8(&file, [2, 256, 256], |_| 0);
-    for i in 0..5 {
-        let p = project(tmp.path(), &format!("p{i}"), 16);
+    let file = tmp.path().join("tiled.tif");
+    let noise = |i: usize| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48;
+    let stack = Stack {
+        info: StackInfo {
+            shape: [1, 1024, 1024],
+            dtype: Dtype::U16,
+            voxel_size: None,
+        },
+        planes: vec![Plane::U16(
+            (0..1024 * 1024)
+                .map(|i| noise((i / 1024 % 128) * 128 + i % 128) as u16)
+                .collect(),
+        )],
+    };
+    write_stack(&file, &stack).unwrap();
+    for i in 0..10 {
+        let p = project(tmp.path(), &format!("p{i}"), 128);
         let r = json(&p, &["import", file.to_str().unwrap(), "--json"]);
         assert_eq!(r["new_objects"], 1, "import {i}: {r}");
-        assert_eq!(r["patches"], 2 * 16 * 16);
+        assert_eq!(r["patches"], 64);
         assert_eq!(object_files(&p).len(), 1, "import {i}");
     }
 }
