@@ -58,7 +58,9 @@ impl Repo {
         };
         let version = DatasetVersion::empty(repo.config.patch_size);
         let stage = repo.stage_record("init", serde_json::json!({}), None, "init: empty dataset");
-        repo.commit(None, &version, &stage)?;
+        let lock = repo.lock()?;
+        repo.commit(&lock, None, &version, &stage)?;
+        drop(lock);
         Ok(repo)
     }
 
@@ -153,9 +155,11 @@ impl Repo {
     }
 
     /// Commits `version` on top of `parent` with `stage` as its record: makes the new objects
-    /// durable, writes the tree and commit, moves HEAD last.
+    /// durable, writes the tree and commit, moves HEAD last. Only a holder of the write lock
+    /// commits.
     pub fn commit(
         &self,
+        _held: &RepoLock,
         parent: Option<CommitId>,
         version: &DatasetVersion,
         stage: &StageRecord,

@@ -176,6 +176,19 @@ fn listing(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Commits HEAD's version as `edit` changes it, through the library (as a stage would).
+fn commit_edit(
+    repo: &Repo,
+    edit: impl FnOnce(&mut biodc::version::DatasetVersion),
+) -> anyhow::Result<()> {
+    biodc::stages::run(repo, |repo, _, mut v| {
+        edit(&mut v);
+        let stage = repo.stage_record("hand", serde_json::json!({}), None, "edited by hand");
+        Ok((Some((v, stage)), ()))
+    })
+    .map(drop)
+}
+
 // 1. The lock ------------------------------------------------------------------------------
 
 /// 60 pairs of writers started together: two imports on a fresh repository, the same with a
@@ -374,7 +387,6 @@ fn names_that_are_paths_or_reserved_words_are_refused() {
     assert_eq!(listing(tmp.path()), before, "something was written");
     // The library's writer refuses such names too: no version names an invisible model.
     let repo = Repo::discover(&p).unwrap();
-    let (id, mut v) = repo.version(None).unwrap();
     let set = biodc::version::PatchSet {
         name: "a/b".into(),
         method: "hand".into(),
@@ -384,9 +396,10 @@ fn names_that_are_paths_or_reserved_words_are_refused() {
         extra: Default::default(),
         objects: Default::default(),
     };
-    v.sets.insert("a/b".into(), set);
-    let stage = repo.stage_record("hand", serde_json::json!({}), None, "hand");
-    let e = repo.commit(Some(id), &v, &stage).unwrap_err();
+    let e = commit_edit(&repo, |v| {
+        v.sets.insert("a/b".into(), set);
+    })
+    .unwrap_err();
     assert!(format!("{e:#}").contains("invalid set name"), "{e:#}");
     assert_eq!(head(&p), head0);
 }
@@ -524,21 +537,21 @@ fn a_stack_with_annotations_is_replaced_only_with_replace_and_what_vanished_is_l
         &["annotate", masks.to_str().unwrap(), "--round", "core"],
     );
     let repo = Repo::discover(&p).unwrap();
-    let (id, mut v) = repo.version(None).unwrap();
-    v.sets.insert(
-        "picked".into(),
-        biodc::version::PatchSet {
-            name: "picked".into(),
-            method: "hand".into(),
-            params: serde_json::json!({}),
-            patches: vec![kept.clone(), gone.clone()],
-            scores: vec![1.0, 2.0],
-            extra: Default::default(),
-            objects: Default::default(),
-        },
-    );
-    let stage = repo.stage_record("hand", serde_json::json!({}), None, "hand-picked set");
-    repo.commit(Some(id), &v, &stage).unwrap();
+    commit_edit(&repo, |v| {
+        v.sets.insert(
+            "picked".into(),
+            biodc::version::PatchSet {
+                name: "picked".into(),
+                method: "hand".into(),
+                params: serde_json::json!({}),
+                patches: vec![kept.clone(), gone.clone()],
+                scores: vec![1.0, 2.0],
+                extra: Default::default(),
+                objects: Default::default(),
+            },
+        );
+    })
+    .unwrap();
     drop(repo);
     assert_intact(&p, "annotated");
 
@@ -605,20 +618,20 @@ fn a_stack_with_annotations_is_replaced_only_with_replace_and_what_vanished_is_l
 
     // fsck now notices names that point at nothing (here made through the library).
     let repo = Repo::discover(&p).unwrap();
-    let (id, mut v) = repo.version(None).unwrap();
-    let mut a = biodc::version::AnnotationRecord {
-        patch: gone.clone(),
-        mask: v.patches[&stack][0].tile,
-        round: "stale".into(),
-        origin: biodc::version::Origin::Manual,
-        annotator: "x".into(),
-        time: 0,
-    };
-    v.annotations.push(a.clone());
-    a.patch = kept.clone();
-    v.annotations.push(a);
-    let stage = repo.stage_record("hand", serde_json::json!({}), None, "dangling");
-    repo.commit(Some(id), &v, &stage).unwrap();
+    commit_edit(&repo, |v| {
+        let mut a = biodc::version::AnnotationRecord {
+            patch: gone.clone(),
+            mask: v.patches[&stack][0].tile,
+            round: "stale".into(),
+            origin: biodc::version::Origin::Manual,
+            annotator: "x".into(),
+            time: 0,
+        };
+        v.annotations.push(a.clone());
+        a.patch = kept.clone();
+        v.annotations.push(a);
+    })
+    .unwrap();
     let out = run(&p, &["fsck"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -969,7 +982,11 @@ fn fsck_beside_gc_reports_no_damage() {
         let killed = bin()
             .arg("-C")
             .arg(&p)
-            .args(["import", files[1].to_str().unwrap(), files[2].to_str().unwrap()])
+            .args([
+                "import",
+                files[1].to_str().unwrap(),
+                files[2].to_str().unwrap(),
+            ])
             .env("BIODC_FAILPOINT", "repo:before-commit")
             .output()
             .unwrap();

@@ -36,7 +36,7 @@ pub fn run<R>(
     let (head, version) = repo.version(None)?;
     let outcome = stage(repo, head, version).and_then(|(next, report)| {
         let commit = match next {
-            Some((version, record)) => Some(repo.commit(Some(head), &version, &record)?),
+            Some((version, record)) => Some(repo.commit(&lock, Some(head), &version, &record)?),
             None => None,
         };
         Ok((commit, report))
