@@ -246,6 +246,10 @@ pub struct MonitorArgs {
     /// Condition tag for imported stacks.
     #[arg(long)]
     pub condition: Option<String>,
+    /// Let stack files replace stacks of the same name whose patches annotations, sets or
+    /// scores name (as `import --replace`).
+    #[arg(long)]
+    pub replace: bool,
     /// Trees of the pixel classifier.
     #[arg(long, default_value_t = crate::pixel::forest::ForestParams::default().trees)]
     pub trees: usize,
@@ -279,7 +283,7 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
             condition_from_dir: false,
             voxel_size: None,
             patch: None,
-            replace: false,
+            replace: a.replace,
         };
         let (commit, r) = stages::run(&repo, |repo, head, v| {
             stages::import::import(repo, head, v, &params)
