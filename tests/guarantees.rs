@@ -321,12 +321,15 @@ fn a_killed_or_zombie_writer_does_not_keep_the_lock() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Not waited for: once it is dead it stays a zombie, its pid alive to kill(pid, 0).
+    // Not waited for: once it is dead it stays a zombie, its pid alive to kill(pid, 0). (Its
+    // main thread shows as a zombie while its other threads still exit: wait for them too.)
     let stat = format!("/proc/{}/stat", child.id());
+    let tasks = format!("/proc/{}/task", child.id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let s = std::fs::read_to_string(&stat).unwrap_or_default();
-        if s.split_whitespace().nth(2) == Some("Z") {
+        let threads = std::fs::read_dir(&tasks).map_or(0, |d| d.count());
+        if s.split_whitespace().nth(2) == Some("Z") && threads == 1 {
             break;
         }
         assert!(

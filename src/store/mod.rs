@@ -219,18 +219,23 @@ impl Store {
         Ok((ids, stray))
     }
 
-    /// Checks one object: readable, decompresses, hashes to its name.
+    /// Checks one object: readable, decompresses, hashes to its name. An object whose file is
+    /// not there (or was removed while being read) is [`Damage::Missing`], not corrupt.
     pub fn verify(&self, id: &ObjectId) -> Option<Damage> {
-        if let Err(e) = fs::symlink_metadata(self.path_of(id)) {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                return Some(Damage::Missing { id: *id });
+        let e = self.get(id).err()?;
+        let gone = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        });
+        Some(if gone {
+            Damage::Missing { id: *id }
+        } else {
+            Damage::Corrupt {
+                id: *id,
+                reason: format!("{:#}", e)
+                    .trim_start_matches(&format!("object {id} is "))
+                    .to_string(),
             }
-        }
-        self.get(id).err().map(|e| Damage::Corrupt {
-            id: *id,
-            reason: format!("{:#}", e)
-                .trim_start_matches(&format!("object {id} is "))
-                .to_string(),
         })
     }
 
