@@ -24,7 +24,7 @@ pub fn write_masks(
         .iter()
         .map(|s| (s.name.as_str(), s.mask.as_str()))
         .collect();
-    let out = crate::output::OutDir::create(out)?;
+    std::fs::create_dir_all(out)?;
     let mut loaded: BTreeMap<String, Stack> = BTreeMap::new();
     for id in patches {
         let (stack, patch) = version
@@ -53,7 +53,8 @@ pub fn write_masks(
                 v.iter().map(|&m| if m > 0 { 255 } else { 0 }).collect(),
             )],
         };
-        out.write(&format!("{id}.tif"), true, |p| write_stack(p, &mask))?;
+        crate::output::OutDir::create(out)?
+            .write(&format!("{id}.tif"), true, |p| write_stack(p, &mask))?;
     }
     Ok(patches.len())
 }
