@@ -5,6 +5,12 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // `biodc log | head`: when the reader goes away, end quietly as git and cat do, instead of
+    // panicking in println! on the broken pipe.
+    // SAFETY: setting a signal's disposition to the default before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Before any thread or tensor exists: candle's element-wise pool spins (see the function).
     biodc::nn::checkpoint::prefer_rayon_threads();
     let cli = biodc::cli::Cli::parse();

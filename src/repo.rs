@@ -58,7 +58,9 @@ impl Repo {
         };
         let version = DatasetVersion::empty(repo.config.patch_size);
         let stage = repo.stage_record("init", serde_json::json!({}), None, "init: empty dataset");
-        repo.commit(None, &version, &stage)?;
+        let lock = repo.lock()?;
+        repo.commit(&lock, None, &version, &stage)?;
+        drop(lock);
         Ok(repo)
     }
 
@@ -103,10 +105,13 @@ impl Repo {
         self.dot.parent().expect(".biodc has a parent")
     }
 
-    /// Takes the write lock (and clears git lock files a killed writer may have left).
+    /// Takes the write lock (and clears git lock files a killed writer may have left). Objects
+    /// this process wrote before are no longer its to roll back: only those written under the
+    /// lock are (see [`Store::roll_back`]).
     pub fn lock(&self) -> Result<RepoLock> {
         let lock = RepoLock::acquire(&self.dot.join("lock"))?;
         self.history.clear_stale_locks()?;
+        self.store.keep_created();
         Ok(lock)
     }
 
@@ -150,9 +155,11 @@ impl Repo {
     }
 
     /// Commits `version` on top of `parent` with `stage` as its record: makes the new objects
-    /// durable, writes the tree and commit, moves HEAD last.
+    /// durable, writes the tree and commit, moves HEAD last. Only a holder of the write lock
+    /// commits.
     pub fn commit(
         &self,
+        _held: &RepoLock,
         parent: Option<CommitId>,
         version: &DatasetVersion,
         stage: &StageRecord,
@@ -160,6 +167,10 @@ impl Repo {
         let mut stage = stage.clone();
         stage.parent = parent.map(|p| p.to_string());
         let files = version.to_files(&stage)?;
+        // A committed version must read back; one that would not is refused here, before
+        // anything names it.
+        DatasetVersion::from_files(files.clone())
+            .context("the new version would not read back; nothing was committed")?;
         self.store.sync()?;
         crate::failpoint::hit("repo:before-commit");
         let message = format!(

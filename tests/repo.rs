@@ -125,10 +125,9 @@ fn export_then_reimport_is_pixel_identical() {
     );
     let first = std::fs::read_dir(&exported)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "tif"))
+        .unwrap();
     let stack = biodc::io::tiff::read_stack(&first).unwrap();
     assert_eq!(stack.info.dtype, biodc::io::Dtype::U16);
     assert_eq!(stack.info.shape, [1, 224, 224]);

@@ -2,7 +2,7 @@
 
 use super::{parse_triple, print_json, short};
 use crate::repo::Repo;
-use crate::stages::{self, export::export_set, import::ImportParams};
+use crate::stages::{self, import::ImportParams};
 use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 ///
 /// Each z-slice is cut into PATCH×PATCH tiles (edge tiles overlap inward; nothing is padded),
 /// stored once by content. Files whose bytes did not change are skipped; a changed file
-/// replaces its stack.
+/// replaces its stack — unless annotations, sets, embeddings, QC flags or RCA scores name the
+/// stack's patches: then the import is refused unless --replace is given. Symbolic links are
+/// followed (git-annex, DataLad).
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  biodc import raw/ --condition-from-dir\n  biodc import ctrl_01.tif ctrl_02.tif --condition control --voxel-size 2,0.5,0.5"
@@ -32,6 +34,11 @@ pub struct ImportArgs {
     /// Patch edge in pixels (default: the repository's, 224).
     #[arg(long)]
     pub patch: Option<usize>,
+    /// Replace stacks whose pixels changed even when annotations, sets, embeddings, QC flags
+    /// or RCA scores name their patches; those made on pixels that changed or vanished are
+    /// dropped from the new version (the history keeps them) and listed.
+    #[arg(long)]
+    pub replace: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +52,7 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
         condition_from_dir: a.condition_from_dir,
         voxel_size: a.voxel_size,
         patch: a.patch,
+        replace: a.replace,
     };
     let (commit, report) = stages::run(&repo, |repo, head, v| {
         stages::import::import(repo, head, v, &params)
@@ -74,10 +82,51 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
             report.seconds
         ),
     }
+    for r in &report.replaced {
+        println!(
+            "stack {} replaced ({} → {}): {} patches vanished, {} hold other pixels",
+            r.stack,
+            r.previous_file,
+            r.file,
+            r.vanished.len(),
+            r.changed
+        );
+        let d = &r.dropped;
+        if !d.annotations.is_empty() {
+            println!(
+                "  dropped {} annotations: {}",
+                d.annotations.len(),
+                d.annotations.join(", ")
+            );
+        }
+        for (set, members) in &d.set_members {
+            println!(
+                "  set {set} lost {} vanished patches: {}",
+                members.len(),
+                members.join(", ")
+            );
+        }
+        if !d.embeddings.is_empty() {
+            println!(
+                "  dropped the embeddings of {} (run `biodc embed` again)",
+                d.embeddings.join(", ")
+            );
+        }
+        if d.qc_lines + d.rca_lines > 0 {
+            println!(
+                "  dropped {} QC flags and {} RCA scores",
+                d.qc_lines, d.rca_lines
+            );
+        }
+    }
     Ok(0)
 }
 
 /// Write the patches of a set as TIFFs named by patch id, or a model as safetensors.
+///
+/// Never overwrites a file unless --force is given: if any file to write exists, nothing is
+/// written. What was written is listed in DIR/.biodc-export.json, so `biodc annotate DIR` later
+/// reads only the masks (not the exported images, contact sheet or triptychs).
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2\n  biodc export --model mae --to encoder/   # mae.safetensors + config.json"
@@ -99,13 +148,16 @@ pub struct ExportArgs {
     /// uncertainty triptychs (triptychs/) for correction.
     #[arg(long, value_name = "MODEL")]
     pub with_prediction: Option<String>,
+    /// Overwrite files that already exist in the output folder.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
     let (_, version) = repo.version(a.rev.as_deref())?;
     if let Some(model) = &a.model {
-        let (w, c) = crate::stages::export::export_model(&repo, &version, model, &a.to)?;
+        let (w, c) = crate::stages::export::export_model(&repo, &version, model, &a.to, a.force)?;
         println!(
             "exported model {model} to {} and {}",
             w.display(),
@@ -114,18 +166,19 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
         return Ok(0);
     }
     if let Some(model) = &a.with_prediction {
-        let n =
-            crate::stages::export::export_with_prediction(&repo, &version, &a.set, model, &a.to)?;
+        let n = crate::stages::export::export_with_prediction(
+            &repo, &version, &a.set, model, &a.to, a.force,
+        )?;
         println!(
             "exported {n} patches of {} to {} with {model}'s predictions in predictions/ and triptychs/;\n\
-             correct the masks, then: biodc annotate {}/predictions --round critical-1",
+             correct the masks in predictions/, then: biodc annotate {} --round critical-1",
             a.set,
             a.to.display(),
             a.to.display()
         );
         return Ok(0);
     }
-    let n = export_set(&repo, &version, &a.set, &a.to)?;
+    let n = crate::stages::export::export_set_with(&repo, &version, &a.set, &a.to, a.force)?;
     println!("exported {n} patches of {} to {}", a.set, a.to.display());
     Ok(0)
 }

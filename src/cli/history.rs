@@ -505,7 +505,15 @@ fn named_refs(
         }
         return Ok(0);
     };
-    crate::history::check_ref_name(kind, &name)?;
+    if !delete {
+        // An existing ref is deleted by any name git gave it; a new one gets a valid name.
+        let kind = if kind == "branch" {
+            crate::name::NameKind::Branch
+        } else {
+            crate::name::NameKind::Tag
+        };
+        crate::history::check_ref_name(kind, &name)?;
+    }
     let _lock = repo.lock()?;
     let full = format!("{prefix}{name}");
     if delete {

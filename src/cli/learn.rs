@@ -1,6 +1,7 @@
 //! Verbs that train and use networks: pretrain, embed, coreset.
 
 use super::{print_json, short};
+use crate::name::Name;
 use crate::repo::Repo;
 use crate::stages::{self, annotate, coreset, embed, pretrain, qc};
 use anyhow::Result;
@@ -34,8 +35,8 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Model name in models/<name>.json.
-    #[arg(long, default_value = "mae")]
-    pub name: String,
+    #[arg(long, default_value = "mae", value_parser = crate::name::model)]
+    pub name: Name,
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: u64,
     /// Stop after N steps (quick runs).
@@ -58,7 +59,7 @@ pub fn pretrain(dir: &Path, a: PretrainArgs) -> Result<i32> {
         lr: a.lr,
         mask_ratio: a.mask_ratio,
         seed: a.seed,
-        name: a.name,
+        name: a.name.into(),
         checkpoint_every: a.checkpoint_every,
         max_steps: a.max_steps,
         scratch: false,
@@ -138,8 +139,8 @@ pub struct CoresetArgs {
     #[arg(long, default_value_t = 50)]
     pub neighbours: usize,
     /// Set name (sets/<name>.json).
-    #[arg(long, default_value = "coreset")]
-    pub name: String,
+    #[arg(long, default_value = "coreset", value_parser = crate::name::set)]
+    pub name: Name,
     #[arg(long, value_enum, default_value_t = coreset::Method::Kcover)]
     pub method: coreset::Method,
     /// Seed for `random` and the first `kcenter` pick.
@@ -163,7 +164,7 @@ pub fn coreset(dir: &Path, a: CoresetArgs) -> Result<i32> {
         k: a.k,
         model: a.model,
         neighbours: a.neighbours,
-        name: a.name,
+        name: a.name.into(),
         method: a.method,
         seed: a.seed,
         exclude: a.exclude,
@@ -196,7 +197,9 @@ pub fn coreset(dir: &Path, a: CoresetArgs) -> Result<i32> {
 /// Import a folder of expert masks as one annotation round.
 ///
 /// Masks are TIFF or PNG files named by patch id (as `export` names patches), one 2D image of
-/// the patch's size with values {0,1} or {0,255}. Every file is checked first; any problem
+/// the patch's size with values {0,1} or {0,255}. In a folder `export` wrote, the contact
+/// sheet, triptychs and unedited images are skipped (masks saved over an exported image, and
+/// the predictions/ of `export --with-prediction`, are read). Every file is checked first; any problem
 /// (wrong shape, non-binary values, unknown id, the same id twice, unreadable) is reported for
 /// every file at once and nothing is imported. A later round may replace a patch's mask; the
 /// history keeps both.
@@ -208,8 +211,8 @@ pub struct AnnotateArgs {
     /// Folder of masks.
     pub dir: PathBuf,
     /// Round name, e.g. core, critical-1.
-    #[arg(long)]
-    pub round: String,
+    #[arg(long, value_parser = crate::name::round)]
+    pub round: Name,
     #[arg(long, default_value = "expert")]
     pub annotator: String,
     /// core, critical or manual (default: from the round name).
@@ -229,7 +232,7 @@ pub fn annotate(dir: &Path, a: AnnotateArgs) -> Result<i32> {
     });
     let params = annotate::AnnotateParams {
         dir: a.dir,
-        round: a.round,
+        round: a.round.into(),
         annotator: a.annotator,
         origin,
     };
@@ -247,6 +250,13 @@ pub fn annotate(dir: &Path, a: AnnotateArgs) -> Result<i32> {
         r.replaced,
         100.0 * r.foreground_fraction
     );
+    if r.skipped > 0 {
+        println!(
+            "({} files `export` wrote there are not masks and were skipped: unedited images, \
+             contact sheets, triptychs)",
+            r.skipped
+        );
+    }
     Ok(0)
 }
 

@@ -7,10 +7,14 @@ use anyhow::Result;
 use clap::Args;
 use std::path::Path;
 
-/// Verify every object (hash, compression) and that every version's objects exist.
+/// Verify every object (hash, compression), that every version reads back and that its objects,
+/// patches, stacks and models exist.
 ///
-/// Exits 1 if any object is corrupt or missing or the history is damaged. Objects no version
-/// names (left by an interrupted verb) are reported but are not errors; `gc` removes them.
+/// Exits 1 if any object is corrupt or missing, a version cannot be read (damaged or crafted
+/// manifests), a version names patches, stacks or models it does not hold, or the history is
+/// damaged. Each damaged object is listed with the versions and patches that use it. Objects no
+/// version names (left by an interrupted verb) are reported but are not errors; `gc` removes
+/// them.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  biodc fsck && biodc gc")]
 pub struct FsckArgs {
@@ -27,19 +31,36 @@ pub fn fsck(dir: &Path, a: FsckArgs) -> Result<i32> {
         print_json(&r)?;
         return Ok(status);
     }
-    for line in r.history.iter().chain(&r.corrupt).chain(&r.missing) {
+    for line in &r.history {
+        println!("error: {line}");
+    }
+    for line in r.corrupt.iter().chain(&r.missing) {
+        println!("error: {line}");
+        let id = line.split_whitespace().nth(1).unwrap_or_default();
+        for place in r.uses.get(id).into_iter().flatten() {
+            println!("       named by {place}");
+        }
+    }
+    for line in &r.dangling {
         println!("error: {line}");
     }
     println!(
-        "{}: {} versions, {} objects checked; {} corrupt, {} missing, {} unreachable, {} stray files",
+        "{}: {} versions, {} objects checked; {} corrupt, {} missing, {} dangling names, {} unreachable, {} stray files",
         if r.is_clean() { "ok" } else { "DAMAGED" },
         r.versions,
         r.objects,
         r.corrupt.len(),
         r.missing.len(),
+        r.dangling.len(),
         r.unreachable,
         r.stray.len()
     );
+    if r.vanished > 0 {
+        println!(
+            "({} unreachable objects were removed while fsck ran, by a gc beside it)",
+            r.vanished
+        );
+    }
     if r.unreachable + r.stray.len() > 0 {
         println!("(`biodc gc` removes unreachable objects and stray files)");
     }

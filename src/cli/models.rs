@@ -1,6 +1,7 @@
 //! Verbs around segmenters: train, hunt, segment, monitor.
 
 use super::{print_json, short};
+use crate::name::Name;
 use crate::repo::Repo;
 use crate::stages::{self, hunt, monitor, segment, train};
 use anyhow::Result;
@@ -68,6 +69,7 @@ pub struct TrainArgs {
 }
 
 pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
+    crate::name::model(&a.name).and(crate::name::round(&a.validation))?;
     let repo = Repo::discover(dir)?;
     let defaults = train::TrainParams::default();
     let params = train::TrainParams {
@@ -131,8 +133,8 @@ pub struct HuntArgs {
     #[arg(long)]
     pub sample: Option<usize>,
     /// Set name (default: the next free candidates-N).
-    #[arg(long)]
-    pub name: Option<String>,
+    #[arg(long, value_parser = crate::name::set)]
+    pub name: Option<Name>,
     #[arg(long, value_enum, default_value = "disagreement")]
     pub score: hunt::Score,
     #[arg(long, default_value_t = 0)]
@@ -154,7 +156,7 @@ pub fn hunt(dir: &Path, a: HuntArgs) -> Result<i32> {
         top: a.top,
         passes: a.passes,
         sample: a.sample,
-        name: a.name,
+        name: a.name.map(Name::into_string),
         score: a.score,
         seed: a.seed,
         batch: a.batch,
@@ -265,6 +267,10 @@ pub struct MonitorArgs {
     /// Condition tag for imported stacks.
     #[arg(long)]
     pub condition: Option<String>,
+    /// Let stack files replace stacks of the same name whose patches annotations, sets or
+    /// scores name (as `import --replace`).
+    #[arg(long)]
+    pub replace: bool,
     /// Trees of the pixel classifier.
     #[arg(long, default_value_t = crate::pixel::forest::ForestParams::default().trees)]
     pub trees: usize,
@@ -298,6 +304,7 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
             condition_from_dir: false,
             voxel_size: None,
             patch: None,
+            replace: a.replace,
         };
         let (commit, r) = stages::run(&repo, |repo, head, v| {
             stages::import::import(repo, head, v, &params)

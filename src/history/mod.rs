@@ -1,7 +1,7 @@
 //! Dataset history on git (gix): each dataset version is a commit in the bare repository
 //! `.biodc/git`, whose tree holds the version's text manifests.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use gix::bstr::ByteSlice;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::{FullName, Target};
@@ -30,6 +30,36 @@ pub struct History {
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("git: {e}")
+}
+
+/// An error while writing to the git repository at `dir`. Running out of room (disk full,
+/// quota, file size limit) is said in those words, whatever gix calls the step that failed.
+fn write_err(dir: &Path, e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if is_out_of_space(io) {
+                return anyhow!(
+                    "no space left to write the new version into {} ({io}); nothing was \
+                     committed: free some space and run the verb again",
+                    dir.display()
+                );
+            }
+        }
+        cause = c.source();
+    }
+    anyhow!("git: {e}")
+}
+
+/// Disk full, over quota, or over the file size limit.
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || e.kind() == std::io::ErrorKind::FileTooLarge
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+        )
 }
 
 impl History {
@@ -122,15 +152,20 @@ impl History {
         message: &str,
         parent: Option<CommitId>,
     ) -> Result<CommitId> {
+        let dir = self.repo.path();
         let empty = gix::ObjectId::empty_tree(gix::hash::Kind::Sha1);
-        let mut editor = self.repo.edit_tree(empty).map_err(err)?;
+        let mut editor = self.repo.edit_tree(empty).map_err(|e| write_err(dir, e))?;
         for (path, bytes) in files {
-            let blob = self.repo.write_blob(bytes).map_err(err)?.detach();
+            let blob = self
+                .repo
+                .write_blob(bytes)
+                .map_err(|e| write_err(dir, e))?
+                .detach();
             editor
                 .upsert(path.as_str(), gix::object::tree::EntryKind::Blob, blob)
-                .map_err(err)?;
+                .map_err(|e| write_err(dir, e))?;
         }
-        let tree = editor.write().map_err(err)?.detach();
+        let tree = editor.write().map_err(|e| write_err(dir, e))?.detach();
         crate::failpoint::hit("history:after-tree");
         let sig = signature();
         let mut buf = gix::date::parse::TimeBuf::default();
@@ -143,7 +178,11 @@ impl History {
             parents: parent.into_iter().collect(),
             extra_headers: Vec::new(),
         };
-        let id = self.repo.write_object(&commit).map_err(err)?.detach();
+        let id = self
+            .repo
+            .write_object(&commit)
+            .map_err(|e| write_err(dir, e))?
+            .detach();
         crate::failpoint::hit("history:before-ref");
         let expected = match parent {
             Some(p) => PreviousValue::MustExistAndMatch(Target::Object(p)),
@@ -165,7 +204,7 @@ impl History {
         };
         self.repo
             .edit_references_as(Some(edit), Some(sig.to_ref(&mut buf)))
-            .map_err(err)
+            .map_err(|e| write_err(dir, e))
             .context("moving HEAD to the new version")?;
         Ok(id)
     }
@@ -326,10 +365,33 @@ fn signature() -> gix::actor::Signature {
     }
 }
 
-/// Is `name` a valid branch or tag name?
-pub fn check_ref_name(kind: &str, short: &str) -> Result<()> {
-    if short.is_empty() || short.starts_with('-') {
-        bail!("invalid {kind} name {short:?}");
-    }
+/// Is `short` a valid name for a new branch or tag (a [`crate::name::Name`] git accepts)?
+pub fn check_ref_name(kind: crate::name::NameKind, short: &str) -> Result<()> {
+    crate::name::Name::new(kind, short)?;
     name(&format!("refs/heads/{short}")).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_space_is_named_as_such() {
+        use std::io::Write;
+        // /dev/full fails every write with ENOSPC: a real error from the kernel.
+        let e = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .and_then(|mut f| f.write_all(b"x").and_then(|_| f.flush()))
+            .unwrap_err();
+        assert!(is_out_of_space(&e), "{e:?}");
+        #[derive(Debug, thiserror::Error)]
+        #[error("Could not write loose object header")]
+        struct Wrapped(#[source] std::io::Error);
+        let msg = write_err(Path::new(".biodc/git"), Wrapped(e)).to_string();
+        assert!(
+            msg.starts_with("no space left") && msg.contains("nothing was committed"),
+            "{msg}"
+        );
+    }
 }

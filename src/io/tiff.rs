@@ -69,6 +69,8 @@ impl TiffStackReader {
             let dtype = page_dtype(&mut decoder).map_err(|e| here(format!("page {pages}: {e}")))?;
             check_inside_file(&mut decoder, file_len)
                 .map_err(|e| here(format!("page {pages}: {e}")))?;
+            check_claimed_size(&mut decoder, w as u64, h as u64, dtype)
+                .map_err(|e| here(format!("page {pages}: {e}")))?;
             let this = (h as usize, w as usize, dtype);
             match shape {
                 None => shape = Some(this),
@@ -186,6 +188,62 @@ fn check_inside_file(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// The most raw bytes one stored byte can expand to, per compression (TIFF tag 259): none
+/// stores raw bytes; PackBits repeats one byte at most 128 times per 2 bytes; Deflate expands
+/// at most 1032:1; LZW with 12-bit codes at most about 1400:1. Other compressions (JPEG, ZSTD,
+/// …) have no useful bound and are only limited while decoding.
+fn max_expansion(compression: u16) -> Option<u64> {
+    match compression {
+        1 => Some(1),
+        32773 => Some(64),
+        8 | 32946 => Some(1032),
+        5 => Some(1400),
+        _ => None,
+    }
+}
+
+/// Errors if the page claims more pixels than its stored data can hold: a header whose width,
+/// height or sample size promises gigabytes from a file of a few bytes.
+fn check_claimed_size(
+    decoder: &mut Decoder<BufReader<File>>,
+    w: u64,
+    h: u64,
+    dtype: Dtype,
+) -> std::result::Result<(), String> {
+    let raw = w
+        .checked_mul(h)
+        .and_then(|n| n.checked_mul(dtype.size() as u64))
+        .ok_or_else(|| format!("the header claims an impossible size ({w}×{h} pixels)"))?;
+    let compression = decoder
+        .find_tag_unsigned::<u16>(Tag::Compression)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
+    let Some(factor) = max_expansion(compression) else {
+        return Ok(());
+    };
+    let stored: u64 = [Tag::StripByteCounts, Tag::TileByteCounts]
+        .into_iter()
+        .filter_map(|t| decoder.find_tag_unsigned_vec::<u64>(t).ok().flatten())
+        .flatten()
+        .fold(0u64, u64::saturating_add);
+    if stored.saturating_mul(factor) < raw {
+        return Err(format!(
+            "the header claims {w}×{h} pixels ({raw} bytes) but the page stores only {stored} \
+             bytes{}: truncated file or damaged header",
+            if factor > 1 {
+                format!(
+                    ", which cannot expand to more than {} bytes",
+                    stored * factor
+                )
+            } else {
+                String::new()
+            }
+        ));
     }
     Ok(())
 }

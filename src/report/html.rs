@@ -6,10 +6,11 @@
 use super::gallery::{contact_sheet, triptych};
 use super::svg::{esc, histogram, line_chart};
 use crate::io::Plane;
+use crate::output::OutDir;
 use crate::repo::Repo;
 use crate::stages::{export::patch_plane, monitor, qc};
 use crate::version::{DatasetVersion, StageRecord};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -124,7 +125,7 @@ fn history_section(repo: &Repo, tip: crate::history::CommitId, html: &mut String
 fn gallery_section(
     repo: &Repo,
     v: &DatasetVersion,
-    out: &Path,
+    out: &OutDir,
     html: &mut String,
     pictures: &mut Vec<String>,
 ) -> Result<()> {
@@ -140,7 +141,7 @@ fn gallery_section(
         size = info.shape[1];
         planes.push(plane);
     }
-    contact_sheet(&out.join("coreset.png"), &planes, size)?;
+    out.write("coreset.png", true, |p| contact_sheet(p, &planes, size))?;
     pictures.push("coreset.png".into());
     let annotated = crate::stages::annotate::current_masks(v);
     let done = set
@@ -161,7 +162,7 @@ fn gallery_section(
 fn candidates_section(
     repo: &Repo,
     v: &DatasetVersion,
-    out: &Path,
+    out: &OutDir,
     html: &mut String,
     pictures: &mut Vec<String>,
 ) -> Result<()> {
@@ -191,7 +192,6 @@ fn candidates_section(
             esc(model),
             CANDIDATES_SHOWN.min(set.patches.len())
         );
-        std::fs::create_dir_all(out.join(name))?;
         for (rank, id) in set.patches.iter().take(CANDIDATES_SHOWN).enumerate() {
             let (Some(p), Some(u)) = (
                 set.objects["prediction"].get(id),
@@ -204,7 +204,7 @@ fn candidates_section(
             let mask = repo.store.get(p)?;
             let unc = crate::stages::read_f32_matrix(&repo.store, u, size, size)?;
             let file = format!("{name}/{id}.png");
-            triptych(&out.join(&file), &plane, &mask, &unc, size)?;
+            out.write(&file, true, |p| triptych(p, &plane, &mask, &unc, size))?;
             pictures.push(file.clone());
             let fixed = annotated.get(id.as_str()).map_or(String::new(), |a| {
                 format!(", corrected in round {}", a.round)
@@ -413,7 +413,7 @@ fn qc_section(v: &DatasetVersion, html: &mut String) -> Result<()> {
 /// Writes `out/index.html` and its pictures for version `rev` (default HEAD).
 pub fn report(repo: &Repo, rev: Option<&str>, out: &Path) -> Result<ReportSummary> {
     let (id, v) = repo.version(rev)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = &OutDir::create(out)?;
     let rca = monitor::latest_by_stack(&monitor::rca_lines(&v)?);
     let mut pictures = Vec::new();
     let mut html = String::new();
@@ -440,8 +440,7 @@ pub fn report(repo: &Repo, rev: Option<&str>, out: &Path) -> Result<ReportSummar
         "<p style='color:#888;font-size:11px'>biodc {}</p></body></html>",
         env!("CARGO_PKG_VERSION")
     );
-    let path = out.join("index.html");
-    std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+    let path = out.write_bytes("index.html", true, html.as_bytes())?;
     Ok(ReportSummary {
         commit: id.to_string(),
         html: path,

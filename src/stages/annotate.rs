@@ -1,14 +1,19 @@
 //! `annotate`: a folder of expert masks (TIFF or PNG, named by patch id, values {0,1} or
 //! {0,255}) becomes one annotation round. Every file is checked first; any problem stops the
 //! round with one report listing each file and what is wrong, and nothing is imported.
+//!
+//! A folder `export` wrote into lists its files in `.biodc-export.json`: the contact sheet,
+//! the triptychs and the exported images that were not edited are not masks and are skipped;
+//! the predictions and any exported image an expert saved a mask over are read.
 
+use super::export::{ExportIndex, Role};
 use super::Next;
 use crate::history::CommitId;
 use crate::io::{tiff::read_stack, Plane};
 use crate::repo::Repo;
 use crate::store::{Filter, Kind};
 use crate::version::{AnnotationRecord, DatasetVersion, Origin};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,8 @@ pub struct AnnotateParams {
 #[derive(Debug, Clone, Serialize)]
 pub struct AnnotateReport {
     pub masks: usize,
+    /// Files `export` wrote that are not masks (unedited images, contact sheets, triptychs).
+    pub skipped: usize,
     /// Patches that had a mask before (their new mask replaces it; history keeps both).
     pub replaced: usize,
     pub foreground_fraction: f64,
@@ -72,15 +79,87 @@ fn read_mask(path: &Path, size: usize) -> Result<Vec<u8>> {
         bail!("is {h}×{w}, the patch is {size}×{size}");
     }
     let values = plane.to_f32();
-    let max = values.iter().copied().fold(0f32, f32::max);
-    let on = if max > 1.0 { max } else { 1.0 };
-    if let Some(v) = values.iter().find(|&&v| v != 0.0 && v != on) {
-        bail!("is not binary: holds {v} besides 0 and {on} (expected {{0,1}} or {{0,255}})");
+    let mut distinct: Vec<f32> = Vec::new();
+    for &v in &values {
+        if !distinct.contains(&v) {
+            distinct.push(v);
+            if distinct.len() > 4 {
+                break;
+            }
+        }
     }
-    if !matches!(plane, Plane::U8(_) | Plane::U16(_)) && max > 1.0 {
-        bail!("float mask with values above 1");
+    distinct.sort_by(f32::total_cmp);
+    let integer = matches!(plane, Plane::U8(_) | Plane::U16(_));
+    let binary = distinct.iter().all(|&v| v == 0.0 || v == 1.0)
+        || (integer && distinct.iter().all(|&v| v == 0.0 || v == 255.0));
+    if !binary {
+        let shown: Vec<String> = distinct.iter().take(4).map(|v| v.to_string()).collect();
+        bail!(
+            "is not binary: holds {}{} (expected {{0,1}}{})",
+            shown.join(", "),
+            if distinct.len() > 4 { ", …" } else { "" },
+            if integer {
+                " or {0,255}"
+            } else {
+                " for a float mask"
+            }
+        );
     }
     Ok(values.iter().map(|&v| (v != 0.0) as u8).collect())
+}
+
+/// The files of `dir` to read as masks (symbolic links followed, hidden files and folders
+/// skipped), how many files `export` wrote there were skipped as not masks, and problems
+/// (links to nothing).
+fn mask_files(dir: &Path) -> Result<(Vec<PathBuf>, usize, Vec<String>)> {
+    let index = ExportIndex::read(dir);
+    let mut files = Vec::new();
+    let mut skipped = 0;
+    let mut problems = Vec::new();
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !super::import::is_hidden(e.path()))
+    {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => match e.path() {
+                Some(p) if p.symlink_metadata().is_ok() && !p.exists() => {
+                    if patch_id_of(p).is_some() {
+                        problems.push(super::import::broken_link(p));
+                    }
+                    continue;
+                }
+                _ => return Err(e).with_context(|| format!("reading {}", dir.display())),
+            },
+        };
+        let path = entry.into_path();
+        if !path.is_file() || patch_id_of(&path).is_none() {
+            continue;
+        }
+        let relative = path
+            .strip_prefix(dir)
+            .map(|r| r.to_string_lossy().replace('\\', "/"))
+            .unwrap_or_default();
+        let exported = index.as_ref().and_then(|i| i.files.get(&relative));
+        let not_a_mask = match exported {
+            Some(f) if matches!(f.role, Role::Gallery | Role::Triptych | Role::Model) => true,
+            // An exported image is a mask only if someone saved one over it.
+            Some(f) if f.role == Role::Image => {
+                let now = std::fs::read(&path).map(|b| blake3::hash(&b).to_hex().to_string());
+                f.blake3.as_deref() == now.ok().as_deref()
+            }
+            _ => false,
+        };
+        if not_a_mask {
+            skipped += 1;
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok((files, skipped, problems))
 }
 
 pub fn annotate(
@@ -92,19 +171,21 @@ pub fn annotate(
     if !params.dir.is_dir() {
         bail!("{}: no such folder", params.dir.display());
     }
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(&params.dir)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .filter(|p| patch_id_of(p).is_some())
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("{}: no .tif/.tiff/.png masks found", params.dir.display());
+    let (files, skipped, mut problems) = mask_files(&params.dir)?;
+    if files.is_empty() && problems.is_empty() {
+        bail!(
+            "{}: no .tif/.tiff/.png masks found{}",
+            params.dir.display(),
+            if skipped > 0 {
+                format!(
+                    " ({skipped} files `export` wrote there were skipped: unedited images, \
+                     contact sheets, triptychs)"
+                )
+            } else {
+                String::new()
+            }
+        );
     }
-    let mut problems = Vec::new();
     let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut masks: Vec<(String, Vec<u8>)> = Vec::new();
     for path in &files {
@@ -189,6 +270,7 @@ pub fn annotate(
         .insert("annotations.jsonl".into(), format!("{} masks", masks.len()));
     let report = AnnotateReport {
         masks: masks.len(),
+        skipped,
         replaced,
         foreground_fraction: on as f64 / total.max(1) as f64,
     };

@@ -11,12 +11,13 @@ use crate::io::tiff::TiffStackReader;
 use crate::io::{Dtype, Plane, StackInfo};
 use crate::repo::Repo;
 use crate::store::{Filter, Kind, Store};
+use crate::version::references::{dependents, drop_references, Dropped};
 use crate::version::StackManifest;
 use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord, SourceFile};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -33,6 +34,11 @@ pub struct ImportParams {
     pub voxel_size: Option<[f64; 3]>,
     /// Tile edge (default: the repository's patch size).
     pub patch: Option<usize>,
+    /// Replace stacks whose pixels changed even though annotations, sets, embeddings, QC flags
+    /// or RCA scores name their patches (those made on pixels that changed or vanished are
+    /// dropped from the new version and listed).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// What `import` did.
@@ -46,6 +52,23 @@ pub struct ImportReport {
     pub raw_bytes: u64,
     pub stored_bytes: u64,
     pub seconds: f64,
+    /// Stacks whose pixels changed, with what was dropped because of it.
+    pub replaced: Vec<ReplacedStack>,
+}
+
+/// A stack imported again with other pixels.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplacedStack {
+    pub stack: String,
+    /// The source it was imported from before.
+    pub previous_file: String,
+    pub file: String,
+    /// Patch ids of the old stack that the new one does not have.
+    pub vanished: Vec<String>,
+    /// Patches that hold other pixels now.
+    pub changed: usize,
+    /// References removed from the new version because of them.
+    pub dropped: Dropped,
 }
 
 /// One input file, validated before any pixel is read.
@@ -72,6 +95,10 @@ pub fn import(
     let pb = crate::progress::bar(total, "import", true);
     let mut report = ImportReport::default();
     let mut record_inputs = BTreeMap::new();
+    // First decide, for every file, whether it is new, unchanged or replaces a stack; refuse
+    // before any pixel is stored.
+    let mut todo = Vec::new();
+    let mut problems = Vec::new();
     for input in &inputs {
         let source = source_file(&cache, &input.path)?;
         record_inputs.insert(input.name.clone(), source.blake3.clone());
@@ -90,13 +117,73 @@ pub fn import(
             pb.inc(raw_len(&input.info));
             continue;
         }
-        if previous.is_some() {
+        if let Some(before) = previous {
+            let other_pixels = before.source.blake3 != manifest.source.blake3
+                || before.tile != manifest.tile
+                || before.shape != manifest.shape
+                || before.dtype != manifest.dtype;
+            let named_by = dependents(&version, &input.name);
+            if other_pixels && !params.replace && !named_by.is_empty() {
+                problems.push(format!(
+                    "{}: stack {:?} was imported from {} (blake3 {}) and {} name its patches; \
+                     this file holds other pixels (blake3 {}). Rename the file to import it \
+                     as a new stack, or pass --replace to replace the stack (what was made on \
+                     patches whose pixels change or vanish is then dropped from the new \
+                     version and listed)",
+                    input.path.display(),
+                    input.name,
+                    before.source.file,
+                    &before.source.blake3[..12.min(before.source.blake3.len())],
+                    named_by.describe(),
+                    &manifest.source.blake3[..12]
+                ));
+            }
+        }
+        todo.push((input, manifest));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "cannot import; nothing was written:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    for (input, manifest) in todo {
+        if version.stacks.contains_key(&input.name) {
             report.changed_stacks.push(input.name.clone());
         } else {
             report.new_stacks.push(input.name.clone());
         }
         let patches = tile_stack(repo, input, tile, &pb, &mut report)
             .with_context(|| format!("{}: import failed", input.path.display()))?;
+        if let Some(before) = version.stacks.get(&input.name) {
+            let old: BTreeMap<&str, _> = version.patches[&input.name]
+                .iter()
+                .map(|p| (p.id.as_str(), p.tile))
+                .collect();
+            let new: BTreeMap<&str, _> = patches.iter().map(|p| (p.id.as_str(), p.tile)).collect();
+            let vanished: BTreeSet<String> = old
+                .keys()
+                .filter(|id| !new.contains_key(*id))
+                .map(|id| id.to_string())
+                .collect();
+            let changed: BTreeSet<String> = old
+                .iter()
+                .filter(|(id, tile)| new.get(*id).is_some_and(|t| t != *tile))
+                .map(|(id, _)| id.to_string())
+                .collect();
+            if !vanished.is_empty() || !changed.is_empty() {
+                let previous_file = before.source.file.clone();
+                let dropped = drop_references(&mut version, &input.name, &vanished, &changed);
+                report.replaced.push(ReplacedStack {
+                    stack: input.name.clone(),
+                    previous_file,
+                    file: manifest.source.file.clone(),
+                    vanished: vanished.into_iter().collect(),
+                    changed: changed.len(),
+                    dropped,
+                });
+            }
+        }
         version.patches.insert(input.name.clone(), patches);
         version.stacks.insert(input.name.clone(), manifest);
     }
@@ -139,6 +226,13 @@ fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
     let mut problems = Vec::new();
     for path in files {
         let name = stack_name(&path);
+        if let Err(e) = crate::name::check_stored(crate::name::NameKind::Stack, &name) {
+            problems.push(format!(
+                "{}: its file name gives no usable stack name ({e}); rename the file",
+                path.display()
+            ));
+            continue;
+        }
         if let Some(other) = by_name.insert(name.clone(), path.clone()) {
             problems.push(format!(
                 "{} and {} would both be stack {name:?}: rename one",
@@ -188,29 +282,77 @@ fn conditions_of(params: &ImportParams, path: &Path) -> Vec<String> {
     out
 }
 
-/// The TIFF files named by `paths`: files as given, folders walked in name order.
+/// The TIFF files named by `paths`: files as given, folders walked in name order, skipping
+/// hidden files and folders (`.git`, whose annex holds the content a DataLad dataset links to;
+/// temp files). Symbolic links are followed (git-annex and DataLad keep files as links); a link
+/// whose target is missing is an error, not silently skipped.
 pub fn tiff_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
+    let mut broken = Vec::new();
     for path in paths {
         if !path.exists() {
+            if path.symlink_metadata().is_ok() {
+                broken.push(broken_link(path));
+                continue;
+            }
             bail!("{}: no such file or folder", path.display());
         }
         if path.is_dir() {
-            let before = files.len();
-            for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
-                let entry = entry.with_context(|| format!("walking {}", path.display()))?;
+            let before = files.len() + broken.len();
+            for entry in walkdir::WalkDir::new(path)
+                .follow_links(true)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_entry(|e| e.depth() == 0 || !is_hidden(e.path()))
+            {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => match e.path() {
+                        Some(p) if p.symlink_metadata().is_ok() && !p.exists() => {
+                            if is_tiff_name(p) {
+                                broken.push(broken_link(p));
+                            }
+                            continue;
+                        }
+                        _ => return Err(e).with_context(|| format!("walking {}", path.display())),
+                    },
+                };
                 if entry.file_type().is_file() && is_tiff_name(entry.path()) {
                     files.push(entry.into_path());
                 }
             }
-            if files.len() == before {
+            if files.len() + broken.len() == before {
                 bail!("{}: folder has no .tif/.tiff files", path.display());
             }
         } else {
             files.push(path.clone());
         }
     }
+    if !broken.is_empty() {
+        bail!(
+            "cannot import; nothing was written:\n  {}",
+            broken.join("\n  ")
+        );
+    }
     Ok(files)
+}
+
+/// Why a dangling link cannot be read.
+pub fn broken_link(path: &Path) -> String {
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    format!(
+        "{}: symbolic link to {target}, which does not exist (with git-annex or DataLad, \
+         `git annex get` / `datalad get` the file first)",
+        path.display()
+    )
+}
+
+/// A file or folder whose name starts with `.`.
+pub fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 fn is_tiff_name(path: &Path) -> bool {
@@ -247,33 +389,67 @@ fn raw_len(info: &StackInfo) -> u64 {
     (info.shape.iter().product::<usize>() * info.dtype.size()) as u64
 }
 
-#[derive(Serialize, Deserialize)]
-struct StatEntry {
+/// What the stat cache remembers of a file: when all of it still matches, the file's bytes
+/// are taken to be unchanged. The inode change time (ctime) cannot be set back by anyone, so a
+/// file rewritten with the same size and a restored mtime is still read again.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct FileStat {
     len: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+    device: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatEntry {
+    stat: FileStat,
+    /// When the file was hashed (clock time, ns since the epoch).
+    hashed_ns: i128,
     blake3: String,
 }
 
-/// The source file's size and blake3, from the stat cache when size and mtime match.
+/// Changes made within this long before a file was hashed may share its timestamps with the
+/// version that was hashed (coarse file system clocks): such an entry is not trusted.
+const RACY_NS: i128 = 2_000_000_000;
+
+fn file_stat(meta: &std::fs::Metadata) -> FileStat {
+    use std::os::unix::fs::MetadataExt;
+    FileStat {
+        len: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        inode: meta.ino(),
+        device: meta.dev(),
+    }
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// The source file's size and blake3, from the stat cache when nothing about the file changed.
 fn source_file(cache: &Cache, path: &Path) -> Result<SourceFile> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    let mtime_ns = meta
-        .modified()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
+    let stat = file_stat(&meta);
     let key = path.canonicalize()?.to_string_lossy().into_owned();
     let cached: Option<StatEntry> = cache.get("import-stat", key.as_bytes());
-    let blake3 = match cached {
-        Some(e) if e.len == meta.len() && e.mtime_ns == mtime_ns => e.blake3,
-        _ => {
+    let trusted = cached
+        .filter(|e| e.stat == stat && e.stat.ctime_ns.max(e.stat.mtime_ns) + RACY_NS < e.hashed_ns);
+    let blake3 = match trusted {
+        Some(e) => e.blake3,
+        None => {
+            let hashed_ns = now_ns();
             let mut hasher = blake3::Hasher::new();
             hasher
                 .update_reader(std::fs::File::open(path)?)
                 .with_context(|| format!("{}: reading", path.display()))?;
             let hex = hasher.finalize().to_hex().to_string();
             let entry = StatEntry {
-                len: meta.len(),
-                mtime_ns,
+                stat,
+                hashed_ns,
                 blake3: hex.clone(),
             };
             cache.put("import-stat", key.as_bytes(), &entry);

@@ -32,17 +32,17 @@ pub fn run<R>(
     repo: &Repo,
     stage: impl FnOnce(&Repo, CommitId, DatasetVersion) -> Result<(Next, R)>,
 ) -> Result<(Option<CommitId>, R)> {
-    let _lock = repo.lock()?;
+    let lock = repo.lock()?;
     let (head, version) = repo.version(None)?;
     let outcome = stage(repo, head, version).and_then(|(next, report)| {
         let commit = match next {
-            Some((version, record)) => Some(repo.commit(Some(head), &version, &record)?),
+            Some((version, record)) => Some(repo.commit(&lock, Some(head), &version, &record)?),
             None => None,
         };
         Ok((commit, report))
     });
     if outcome.is_err() {
-        let removed = repo.store.roll_back();
+        let removed = repo.store.roll_back(&lock);
         if removed > 0 {
             eprintln!("note: removed the {removed} objects this failed run had written");
         }

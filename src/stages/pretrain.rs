@@ -105,6 +105,8 @@ pub fn pretrain(
     resume: bool,
 ) -> Result<(Next, PretrainReport)> {
     let started = Instant::now();
+    // The name becomes a file name under .biodc/pending before anything is committed.
+    crate::name::check_stored(crate::name::NameKind::Model, &params.name)?;
     anyhow::ensure!(
         params.batch > 0 && params.epochs > 0,
         "--batch and --epochs must be positive"
@@ -228,18 +230,29 @@ pub fn pretrain(
             "image_size": list.size,
         }),
         loss_curve: curve,
-        metrics: BTreeMap::from([
-            ("held_out_loss_start".to_string(), start_loss),
-            ("held_out_loss_end".to_string(), end_loss),
-        ]),
+        // Without held-out patches (a tiny repository) there is no held-out loss to record,
+        // rather than a NaN.
+        metrics: [
+            ("held_out_loss_start", start_loss),
+            ("held_out_loss_end", end_loss),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect::<BTreeMap<_, _>>(),
     };
     version.models.insert(params.name.clone(), manifest);
     let summary = format!(
-        "pretrain {}: MAE {} on {} patches, {} steps, held-out masked loss {start_loss:.3} → {end_loss:.3}",
+        "pretrain {}: MAE {} on {} patches, {} steps, {}",
         params.name,
         params.preset,
         train_idx.len(),
-        trainer.step
+        trainer.step,
+        if held > 0 {
+            format!("held-out masked loss {start_loss:.3} → {end_loss:.3}")
+        } else {
+            "no held-out patches (fewer than 10)".to_string()
+        }
     );
     let mut record = repo.stage_record(
         "pretrain",

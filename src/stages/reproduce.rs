@@ -245,7 +245,7 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
     };
     let parent = repo.history.resolve(parent_hex)?;
     let parent_version = DatasetVersion::load(&repo.history, parent)?;
-    let _lock = repo.lock()?;
+    let lock = repo.lock()?;
     // The repository handle is not Sync, so the re-run cannot move into a scoped pool: size the
     // global one instead. That only works before anything used rayon (true for the CLI); when it
     // is too late, a different thread count is reported with the result.
@@ -347,7 +347,7 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
         });
     }
     // The re-run's own objects are not part of any version.
-    repo.store.roll_back();
+    repo.store.roll_back(&lock);
     Ok(ReproduceReport {
         commit: id.to_string(),
         parent: parent.to_string(),

@@ -150,7 +150,7 @@ pub fn segment(
             );
         }
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = crate::output::OutDir::create(out)?;
     let pb = crate::progress::bar(names.len() as u64, "segment", false);
     let mut done = Vec::new();
     for name in &names {
@@ -163,7 +163,7 @@ pub fn segment(
             .iter()
             .map(|m| m.iter().map(|&v| v as usize).sum::<usize>())
             .sum();
-        let file = out.join(format!("{name}.tif"));
+        let file = out.path(&format!("{name}.tif"))?;
         write_stack(
             &file,
             &Stack {

@@ -73,6 +73,8 @@ pub enum Damage {
     StrayFile(PathBuf),
     /// The object is unreadable or its content does not hash to its name.
     Corrupt { id: ObjectId, reason: String },
+    /// The object is not there (e.g. `gc` removed it while `fsck` was listing the store).
+    Missing { id: ObjectId },
 }
 
 /// The object store under `.biodc/objects`.
@@ -130,8 +132,12 @@ impl Store {
             .with_context(|| format!("writing object {}", id.short()))?;
         match tmp.persist_noclobber(&path) {
             Ok(_) => {}
-            // Another writer stored the same content between our check and our rename.
-            Err(e) if path.exists() => drop(e),
+            // Another thread stored the same content between our check and our rename: the
+            // object is not ours (not new, and not ours to roll back).
+            Err(e) if path.exists() => {
+                drop(e);
+                return Ok((id, false));
+            }
             Err(e) => return Err(e.error).with_context(|| format!("storing {}", path.display())),
         }
         self.created.lock().unwrap().push(id);
@@ -168,10 +174,13 @@ impl Store {
         self.created.lock().unwrap().clone()
     }
 
-    /// Removes the objects this process created: called when a verb fails before committing, so
-    /// a failed verb leaves the store as it found it. Safe because the repository lock is held
-    /// and a new object cannot be named by any earlier commit.
-    pub fn roll_back(&self) -> usize {
+    /// Removes the objects this process created under the lock `_held` (taking the lock
+    /// forgets earlier ones): called when a verb fails before committing, so a failed verb
+    /// leaves the store as it found it. Only objects this process brought into existence are
+    /// listed (an object that was already there, or that another thread stored first, is not),
+    /// so no committed version names one of them; and while the lock is held no other writer
+    /// runs that could have named one since.
+    pub fn roll_back(&self, _held: &crate::lock::RepoLock) -> usize {
         let ids = std::mem::take(&mut *self.created.lock().unwrap());
         ids.iter()
             .filter(|id| fs::remove_file(self.path_of(id)).is_ok())
@@ -210,13 +219,23 @@ impl Store {
         Ok((ids, stray))
     }
 
-    /// Checks one object: readable, decompresses, hashes to its name.
+    /// Checks one object: readable, decompresses, hashes to its name. An object whose file is
+    /// not there (or was removed while being read) is [`Damage::Missing`], not corrupt.
     pub fn verify(&self, id: &ObjectId) -> Option<Damage> {
-        self.get(id).err().map(|e| Damage::Corrupt {
-            id: *id,
-            reason: format!("{:#}", e)
-                .trim_start_matches(&format!("object {id} is "))
-                .to_string(),
+        let e = self.get(id).err()?;
+        let gone = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        });
+        Some(if gone {
+            Damage::Missing { id: *id }
+        } else {
+            Damage::Corrupt {
+                id: *id,
+                reason: format!("{:#}", e)
+                    .trim_start_matches(&format!("object {id} is "))
+                    .to_string(),
+            }
         })
     }
 
@@ -287,7 +306,8 @@ mod tests {
         assert_eq!((id, false), (id2, new2));
         assert_eq!(store.get(&id).unwrap(), raw);
         assert_eq!(store.list().unwrap().0, vec![id]);
-        assert_eq!(store.roll_back(), 1);
+        let lock = crate::lock::RepoLock::acquire(&dir.path().join("lock")).unwrap();
+        assert_eq!(store.roll_back(&lock), 1);
         assert!(!store.contains(&id));
     }
 

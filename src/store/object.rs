@@ -116,8 +116,25 @@ pub fn encode(kind: Kind, filter: Filter, raw: &[u8], level: i32) -> Result<Vec<
 
 /// Decodes an object file's bytes into its header and raw content.
 pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
+    ensure!(!bytes.is_empty(), "truncated: the file is empty");
+    ensure!(
+        bytes.len() >= HEADER_LEN,
+        "truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",
+        bytes.len()
+    );
     let header = Header::parse(bytes)?;
     let frame = &bytes[HEADER_LEN..];
+    match zstd::zstd_safe::find_frame_compressed_size(frame) {
+        Err(_) => bail!(
+            "truncated or damaged: the {} bytes after the header are not one whole zstd frame",
+            frame.len()
+        ),
+        Ok(n) if n < frame.len() => bail!(
+            "damaged: {} unexpected bytes after the zstd frame",
+            frame.len() - n
+        ),
+        Ok(_) => {}
+    }
     let declared = zstd::zstd_safe::get_frame_content_size(frame)
         .ok()
         .flatten();
@@ -178,6 +195,23 @@ mod tests {
             assert_eq!(unshuffle(&shuffle(&raw, n), n), raw);
             let enc = encode(Kind::Tile, Filter::Shuffle(n as u8), &raw, 1).unwrap();
             assert_eq!(decode(&enc).unwrap().1, raw);
+        }
+    }
+
+    #[test]
+    fn truncation_is_called_truncation() {
+        let raw: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let enc = encode(Kind::Blob, Filter::None, &raw, 1).unwrap();
+        for cut in [
+            0,
+            5,
+            HEADER_LEN,
+            HEADER_LEN + 3,
+            enc.len() / 2,
+            enc.len() - 1,
+        ] {
+            let e = format!("{:#}", decode(&enc[..cut]).unwrap_err());
+            assert!(e.contains("truncated"), "cut at {cut}: {e}");
         }
     }
 

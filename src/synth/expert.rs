@@ -87,7 +87,8 @@ fn write_masks_from(
                 v.iter().map(|&m| if m > 0 { 255 } else { 0 }).collect(),
             )],
         };
-        write_stack(&out.join(format!("{id}.tif")), &mask)?;
+        crate::output::OutDir::create(out)?
+            .write(&format!("{id}.tif"), true, |p| write_stack(p, &mask))?;
     }
     Ok(patches.len())
 }

@@ -49,6 +49,7 @@ pub struct StackManifest {
     pub shape: [usize; 3],
     pub dtype: Dtype,
     /// (Z, Y, X) in micrometres, when known.
+    #[serde(default, deserialize_with = "super::float::triple")]
     pub voxel_size: Option<[f64; 3]>,
     #[serde(default)]
     pub conditions: Vec<String>,
@@ -97,7 +98,11 @@ pub struct PatchSet {
     pub params: serde_json::Value,
     pub patches: Vec<String>,
     /// Per-pick scores (e.g. marginal gains, uncertainty), parallel to `patches`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::float::vec_f64"
+    )]
     pub scores: Vec<f64>,
     /// Method-specific results (objective value, coverage per condition, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -123,10 +128,10 @@ pub struct ModelManifest {
     /// What it was trained on and with which parameters.
     pub training: serde_json::Value,
     /// (step, training loss).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::float::curve")]
     pub loss_curve: Vec<(u64, f32)>,
     /// Named scalar results (held-out loss, Dice, …).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::float::map_f64")]
     pub metrics: BTreeMap<String, f64>,
 }
 
@@ -154,13 +159,17 @@ pub struct RcaRecord {
     /// The annotated set the pixel classifier was tested on.
     pub reference: String,
     /// Best Dice over the reference patches: the RCA score.
+    #[serde(deserialize_with = "super::float::f64")]
     pub rca: f64,
+    #[serde(deserialize_with = "super::float::f64")]
     pub mean_dice: f64,
     pub best_patch: String,
     /// Share of the stack's voxels the model called foreground.
+    #[serde(deserialize_with = "super::float::f64")]
     pub foreground: f64,
     /// `rca < threshold`.
     pub alarm: bool,
+    #[serde(deserialize_with = "super::float::f64")]
     pub threshold: f64,
     /// Which `monitor` run of this history wrote the line (1, 2, …): the latest per stack is
     /// the one with the highest run. A counter rather than a clock, so a re-run is identical.

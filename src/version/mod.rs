@@ -2,7 +2,10 @@
 //! commit's tree; and the differences between two versions.
 
 pub mod diff;
+mod float;
 pub mod manifest;
+pub mod references;
+pub mod validate;
 
 pub use diff::{diff, Changes, VersionDiff};
 pub use manifest::*;
@@ -87,6 +90,7 @@ impl DatasetVersion {
             }
         }
         v.meta = meta.context("biodc.json is missing: not a biodc dataset version")?;
+        validate::check(&v)?;
         Ok(v)
     }
 
@@ -98,7 +102,9 @@ impl DatasetVersion {
     }
 
     /// Every manifest file except `stage.json` (the record of how the version was made).
+    /// Refuses a version that breaks the rules of [`validate::check`].
     pub fn data_files(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        validate::check(self)?;
         let mut files = self.other.clone();
         files.insert("biodc.json".into(), to_json(&self.meta)?);
         for (name, s) in &self.stacks {
