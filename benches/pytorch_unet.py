@@ -14,6 +14,7 @@ batch 8, until --seconds have passed. Inference: 224² windows overlapping by a 
 standardised like a training patch, tent-blended, threshold 0.5; Dice inside the field of view.
 
     python benches/pytorch_unet.py --patches P --test T --seconds 300 --threads 2 --seed 0
+    python benches/pytorch_unet.py --bench-steps 20 --threads 2   # seconds per step only
 """
 import argparse, glob, json, os, time
 
@@ -73,8 +74,10 @@ def windows(n, s):
 
 def main():
     a = argparse.ArgumentParser()
-    a.add_argument("--patches", required=True)
-    a.add_argument("--test", required=True)
+    a.add_argument("--patches")
+    a.add_argument("--test")
+    a.add_argument("--bench-steps", type=int, default=0,
+                   help="time this many steps on random crops and print seconds per step")
     a.add_argument("--seconds", type=float, default=600)
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--seed", type=int, default=0)
@@ -84,6 +87,20 @@ def main():
     torch.set_num_threads(o.threads)
     torch.manual_seed(o.seed)
     rng = np.random.default_rng(o.seed)
+    if o.bench_steps:
+        net = UNet()
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        x = torch.from_numpy(rng.uniform(-2, 2, (o.batch, 1, o.crop, o.crop)).astype(np.float32))
+        y = (x > 1).float()
+        for i in range(o.bench_steps + 1):
+            if i == 1:
+                start = time.time()  # after one warm-up step
+            opt.zero_grad()
+            loss_fn(net(x), y).backward()
+            opt.step()
+        print(json.dumps({"seconds_per_step": (time.time() - start) / o.bench_steps,
+                          "torch": torch.__version__}))
+        return
 
     ims, ms = [], []
     for f in sorted(glob.glob(os.path.join(o.patches, "images", "*.tif"))):

@@ -573,7 +573,8 @@ fn main() {
                     r,
                     hd,
                     v,
-                    &tp("M1", "M0", vec!["coreset".into(), "critical-1".into()]),
+                    // Every annotated patch: the core set and the critical round.
+                    &tp("M1", "M0", Vec::new()),
                 )
             });
             train_seconds += t1.elapsed().as_secs_f64();
@@ -618,7 +619,7 @@ fn main() {
                 name: "F".into(),
                 kind: train::ModelKind::Forest,
                 from: "none".into(),
-                sets: vec!["coreset".into(), "critical-1".into()],
+                sets: Vec::new(),
                 seed,
                 ..train::TrainParams::default()
             };
@@ -644,8 +645,16 @@ fn main() {
                 let pdir = dir.join("torch-patches");
                 let ids: Vec<String> = v.annotations.iter().map(|x| x.patch.clone()).collect();
                 std::fs::create_dir_all(pdir.join("masks")).unwrap();
-                export::export_set(&repo, &v, "coreset", &pdir.join("images")).unwrap();
-                export::export_set(&repo, &v, "critical-1", &pdir.join("images")).unwrap();
+                std::fs::create_dir_all(pdir.join("images")).unwrap();
+                for id in &ids {
+                    let (info, plane) = export::patch_plane(&repo.store, &v, id).unwrap();
+                    let stack = biodc::io::Stack {
+                        info,
+                        planes: vec![plane],
+                    };
+                    biodc::io::tiff::write_stack(&pdir.join(format!("images/{id}.tif")), &stack)
+                        .unwrap();
+                }
                 write_masks_from_folder(&truth_dir, &v, &ids, &pdir.join("masks")).unwrap();
                 let out = std::process::Command::new(py)
                     .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_unet.py"))
