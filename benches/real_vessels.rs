@@ -676,6 +676,67 @@ fn main() {
                     ),
                 }
             }
+            if a.critical == "hunted" {
+                // Hunted vs random extras in the same run: M1' = M0 fine-tuned on the core set
+                // plus 3 random unannotated patches that hunt could also have proposed (not
+                // flagged by qc), with M1's schedule; scored on the test images.
+                let (_, v) = repo.version(None).unwrap();
+                let annotated: std::collections::BTreeSet<String> =
+                    v.annotations.iter().map(|x| x.patch.clone()).collect();
+                let flagged = biodc::stages::qc::flagged_patches(&v, &hp.exclude).unwrap();
+                let mut pool: Vec<String> = v
+                    .all_patches()
+                    .map(|(_, p)| p.id.clone())
+                    .filter(|id| !annotated.contains(id) && !flagged.contains(id))
+                    .collect();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                pool.shuffle(&mut rng);
+                pool.truncate(3);
+                let extras = pool.clone();
+                run(&repo, |r, _, mut v| {
+                    v.sets.insert(
+                        "random-1".into(),
+                        biodc::version::PatchSet {
+                            name: "random-1".into(),
+                            method: "random".into(),
+                            params: json!({ "seed": seed }),
+                            patches: extras.clone(),
+                            scores: Vec::new(),
+                            extra: BTreeMap::new(),
+                            objects: BTreeMap::new(),
+                        },
+                    );
+                    let record = r.stage_record(
+                        "bench-random-extras",
+                        json!({ "seed": seed }),
+                        Some(seed),
+                        "3 random extra patches",
+                    );
+                    Ok((Some((v, record)), ()))
+                });
+                let (_, v) = repo.version(None).unwrap();
+                let masks = dir.join("masks-random");
+                write_masks_from_folder(&truth_dir, &v, &pool, &masks).unwrap();
+                let ap = annotate::AnnotateParams {
+                    dir: masks,
+                    round: "random-1".into(),
+                    annotator: "simulated-expert".into(),
+                    origin: None,
+                };
+                run(&repo, |r, hd, v| annotate::annotate(r, hd, v, &ap));
+                run(&repo, |r, hd, v| {
+                    train::train(
+                        r,
+                        hd,
+                        v,
+                        &tp("M1r", "M0", vec!["coreset".into(), "random-1".into()]),
+                    )
+                });
+                let (_, v) = repo.version(None).unwrap();
+                let m1r = SegmentationModel::load(&repo.store, &v.models["M1r"]).unwrap();
+                row["m1_random"] = json!(mean_sd(&model_dice(&m1r, &test_truth)).0);
+                row["random_patches"] = json!(pool);
+            }
             println!("{row}");
             if let Some(out) = &a.out {
                 use std::io::Write;
@@ -690,8 +751,8 @@ fn main() {
         }
     }
     // Mean ± sd over seeds, per dataset.
-    println!("\n| dataset | M0 | M1 | forest (same patches) | PyTorch U-Net (same time) | Frangi | 2nd observer | RCA Spearman | loop min |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("\n| dataset | M0 | M1 (hunted) | M1' (random extras) | forest (same patches) | PyTorch U-Net (same time) | Frangi | 2nd observer | RCA Spearman | loop min |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for ds in &a.datasets {
         let r: Vec<&serde_json::Value> = rows
             .iter()
@@ -711,10 +772,11 @@ fn main() {
             .collect();
         let (m, s) = mean_sd(&minutes);
         println!(
-            "| {ds} ({} seeds) | {} | {} | {} | {} | {} | {} | {} | {m:.1} ± {s:.1} |",
+            "| {ds} ({} seeds) | {} | {} | {} | {} | {} | {} | {} | {} | {m:.1} ± {s:.1} |",
             r.len(),
             col("m0"),
             col("m1"),
+            col("m1_random"),
             col("forest"),
             col("torch"),
             col("frangi"),
