@@ -329,7 +329,10 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
     for (k, model) in ["M0", "M1"].iter().enumerate() {
         let mp = monitor::MonitorParams {
             model: (*model).into(),
-            stacks: held_files.iter().map(|f| import::stack_name(f)).collect(),
+            stacks: held_files
+                .iter()
+                .map(|f| crate::io::files::stack_name(f))
+                .collect(),
             seed,
             keep_predictions: true,
             ..monitor::MonitorParams::default()

@@ -288,7 +288,7 @@ pub struct ExpertArgs {
 pub fn expert(dir: &Path, a: ExpertArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
     let (_, version) = repo.version(None)?;
-    let mut ids = crate::stages::export::set_members(&version, &a.set)?;
+    let mut ids = version.set_members(&a.set)?;
     if let Some(n) = a.first {
         ids.truncate(n);
     }

@@ -1,6 +1,7 @@
 //! Pixel classification for reverse classification accuracy: ilastik-style filter features
 //! ([`features`]) and a random forest ([`forest`]) trained on a balanced sample of pixels.
 
+pub mod blur;
 pub mod features;
 pub mod forest;
 pub mod frangi;
@@ -13,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use blur::gaussian_blur;
 pub use features::normalise_together;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -173,15 +173,11 @@ pub fn condition_knn(
         .embeddings
         .get(model)
         .with_context(|| format!("no embeddings of model {model:?}: run `biodc embed` first"))?;
-    let x = super::read_f32_matrix(&repo.store, &e.matrix, e.rows, e.dim)?;
-    let labels: Vec<String> = e
-        .patches
-        .iter()
-        .map(|p| super::coreset::condition_of(version, p))
-        .collect();
+    let x = repo.store.get_f32_matrix(&e.matrix, e.rows, e.dim)?;
+    let labels: Vec<String> = e.patches.iter().map(|p| version.condition_of(p)).collect();
     let (mut raw, mut texture) = (Vec::new(), Vec::new());
     for id in &e.patches {
-        let (info, plane) = super::export::patch_plane(&repo.store, version, id)?;
+        let (info, plane) = version.patch_plane(&repo.store, id)?;
         let (h, w) = (info.shape[1], info.shape[2]);
         let px = crate::nn::data::normalize_patch(&plane.to_f32());
         raw.extend(crate::pixel::block_means(&px, h, w, 8));

@@ -11,7 +11,7 @@
 //! The top patches by the chosen score become `sets/candidates-N`, with each pick's entropy map
 //! (f32) and mean-prediction mask stored as objects for export and review.
 
-use super::train::{dice, load_images, model};
+use super::train::{dice, load_images};
 use super::Next;
 use crate::history::CommitId;
 use crate::repo::Repo;
@@ -157,10 +157,10 @@ pub fn hunt(
     let started = Instant::now();
     anyhow::ensure!(params.passes >= 2, "--passes must be at least 2");
     anyhow::ensure!(params.top > 0, "--top must be positive");
-    let m = model(&version, &params.model)?;
+    let m = version.model(&params.model)?;
     let net = SegmentationModel::load(&repo.store, m)?;
-    let annotated = super::annotate::current_masks(&version);
-    let flagged = super::qc::flagged_patches(&version, &params.exclude)?;
+    let annotated = version.current_masks();
+    let flagged = version.flagged_patches(&params.exclude)?;
     let size = net.window();
     let mut ids: Vec<String> = version
         .all_patches()

@@ -49,22 +49,3 @@ pub fn run<R>(
     }
     outcome
 }
-
-/// Reads a rows × dim little-endian f32 matrix object.
-pub fn read_f32_matrix(
-    store: &crate::store::Store,
-    id: &crate::store::ObjectId,
-    rows: usize,
-    dim: usize,
-) -> Result<Vec<f32>> {
-    let raw = store.get(id)?;
-    anyhow::ensure!(
-        raw.len() == rows * dim * 4,
-        "matrix {id} holds {} bytes, expected {rows}×{dim} f32",
-        raw.len()
-    );
-    Ok(raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
-}

@@ -5,15 +5,15 @@
 //! neighbours); per condition and per core-set cluster: counts and the imbalance ratio, and
 //! conditions the core set under-covers.
 
-use super::{patches::PatchList, read_f32_matrix, Next};
+use super::{patches::PatchList, Next};
 use crate::history::CommitId;
 use crate::io::{Dtype, Plane};
 use crate::repo::Repo;
 use crate::select::knn::exact_knn;
-use crate::version::DatasetVersion;
-use anyhow::{Context, Result};
+use crate::version::{DatasetVersion, QcLine, QC_FILE};
+use anyhow::Result;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Robust z-score beyond which a patch is flagged (blurred / low SNR below −Z, outlier above +Z).
@@ -36,19 +36,6 @@ pub const NEAR_DUPLICATE_PIXELS: f64 = 0.9;
 const THUMB: usize = 32;
 /// Fraction of pixels at the dtype's maximum that makes a patch saturated.
 pub const SATURATED: f64 = 0.05;
-
-/// One line of `qc.jsonl`: a flagged patch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QcLine {
-    pub patch: String,
-    pub flags: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duplicate_of: Option<String>,
-    /// Scores behind the statistical flags: robust z-scores, and for a near duplicate the
-    /// thumbnail correlation (`pixel_correlation`) that confirmed it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub z: BTreeMap<String, f64>,
-}
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct QcParams {
@@ -156,7 +143,7 @@ fn thumb_correlation(a: &TileStats, b: &TileStats) -> f64 {
 /// See [`TileStats::tubularity`]; Hessian of the patch smoothed with σ = 2 px.
 fn tubularity(v: &[f32], size: usize) -> f64 {
     let mut smooth = v.to_vec();
-    crate::synth::gaussian_blur(&mut smooth, size, size, 2.0);
+    crate::pixel::gaussian_blur(&mut smooth, size, size, 2.0);
     let mut sorted = smooth.clone();
     sorted.sort_by(f32::total_cmp);
     let cut = sorted[(sorted.len() - 1) * 9 / 10];
@@ -266,7 +253,7 @@ pub fn qc(
     let groups: Vec<String> = list
         .items
         .iter()
-        .map(|(_, p)| super::coreset::condition_of(&version, &p.id))
+        .map(|(_, p)| version.condition_of(&p.id))
         .collect();
     let z_of = |f: fn(&TileStats) -> f64| {
         grouped_robust_z(
@@ -323,7 +310,7 @@ pub fn qc(
     };
     // Embedding-based flags and clusters, when embeddings exist.
     if let Some(e) = version.embeddings.get(&params.model) {
-        let x = read_f32_matrix(store, &e.matrix, e.rows, e.dim)?;
+        let x = store.get_f32_matrix(&e.matrix, e.rows, e.dim)?;
         let nb = exact_knn(&x, e.rows, e.dim, 11);
         let index: BTreeMap<&str, usize> = list
             .items
@@ -410,9 +397,7 @@ pub fn qc(
             report.cluster_imbalance = imbalance(&report.per_cluster);
             let mut picks_per: BTreeMap<String, usize> = BTreeMap::new();
             for p in &set.patches {
-                *picks_per
-                    .entry(super::coreset::condition_of(&version, p))
-                    .or_default() += 1;
+                *picks_per.entry(version.condition_of(p)).or_default() += 1;
             }
             report.under_covered = condition_counts(&version, &list)
                 .iter()
@@ -437,7 +422,7 @@ pub fn qc(
         serde_json::to_writer(&mut text, line)?;
         text.push(b'\n');
     }
-    version.other.insert("qc.jsonl".into(), text);
+    version.other.insert(QC_FILE.into(), text);
     let summary = format!(
         "qc: {} of {n} patches flagged ({}); condition imbalance {:.2}{}",
         report.flagged,
@@ -460,7 +445,7 @@ pub fn qc(
     let mut record = repo.stage_record("qc", serde_json::to_value(params)?, None, &summary);
     record
         .outputs
-        .insert("qc.jsonl".into(), format!("{} flagged", report.flagged));
+        .insert(QC_FILE.into(), format!("{} flagged", report.flagged));
     record
         .outputs
         .insert("summary".into(), serde_json::to_string(&report)?);
@@ -490,8 +475,7 @@ fn dot(x: &[f32], d: usize, a: usize, b: usize) -> f32 {
 fn condition_counts(version: &DatasetVersion, list: &PatchList) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for (_, p) in &list.items {
-        *out.entry(super::coreset::condition_of(version, &p.id))
-            .or_default() += 1;
+        *out.entry(version.condition_of(&p.id)).or_default() += 1;
     }
     out
 }
@@ -502,7 +486,6 @@ fn imbalance(counts: &BTreeMap<String, usize>) -> Option<f64> {
     Some(max as f64 / min.max(1) as f64)
 }
 
-/// The QC lines of a version (empty when `qc` has not run).
 /// Whether two patch ids are the same place of one stack in adjacent slices.
 fn z_neighbours(a: &str, b: &str) -> bool {
     let split = |id: &str| -> Option<(String, i64)> {
@@ -517,32 +500,6 @@ fn z_neighbours(a: &str, b: &str) -> bool {
         (Some((pa, za)), Some((pb, zb))) => pa == pb && (za - zb).abs() == 1,
         _ => false,
     }
-}
-
-pub fn qc_lines(version: &DatasetVersion) -> Result<Vec<QcLine>> {
-    let Some(text) = version.other.get("qc.jsonl") else {
-        return Ok(Vec::new());
-    };
-    text.split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).context("qc.jsonl: malformed line"))
-        .collect()
-}
-
-/// Patch ids carrying any of `flags` in the version's `qc.jsonl` (empty when `flags` is).
-pub fn flagged_patches(version: &DatasetVersion, flags: &[String]) -> Result<BTreeSet<String>> {
-    if flags.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    anyhow::ensure!(
-        version.other.contains_key("qc.jsonl"),
-        "--exclude needs QC flags: run `biodc qc` first"
-    );
-    Ok(qc_lines(version)?
-        .into_iter()
-        .filter(|l| l.flags.iter().any(|f| flags.contains(f)))
-        .map(|l| l.patch)
-        .collect())
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ fn describe(repo: &Repo, role: &str, a: &ObjectId, b: &ObjectId) -> String {
 
 /// What differs between two manifests of the same path.
 fn describe_manifest(path: &str, a: &str, b: &str) -> String {
-    if path == monitor::RCA_FILE {
+    if path == crate::version::RCA_FILE {
         let parse = |t: &str| -> BTreeMap<(String, String), f64> {
             t.lines()
                 .filter_map(|l| serde_json::from_str::<crate::version::RcaRecord>(l).ok())

@@ -215,21 +215,6 @@ pub fn load_segmenter(store: &Store, model: &ModelManifest, dev: &Device) -> Res
         .with_context(|| format!("loading model {}", model.name))
 }
 
-/// The model `name` of `version`, with a helpful error.
-pub fn model<'a>(version: &'a DatasetVersion, name: &str) -> Result<&'a ModelManifest> {
-    version.models.get(name).with_context(|| {
-        let known: Vec<&str> = version.models.keys().map(String::as_str).collect();
-        format!(
-            "no model named {name:?} in this version (models: {})",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        )
-    })
-}
-
 /// Normalised images of `ids` (read in parallel).
 pub fn load_images(
     store: &Store,
@@ -238,7 +223,7 @@ pub fn load_images(
 ) -> Result<Vec<Vec<f32>>> {
     ids.par_iter()
         .map(|id| {
-            let (_, plane) = super::export::patch_plane(store, version, id)?;
+            let (_, plane) = version.patch_plane(store, id)?;
             Ok(normalize_patch(&plane.to_f32()))
         })
         .collect()
@@ -246,7 +231,7 @@ pub fn load_images(
 
 /// The current masks of `ids` as 0/1 bytes.
 pub fn load_masks(store: &Store, version: &DatasetVersion, ids: &[String]) -> Result<Vec<Vec<u8>>> {
-    let current = super::annotate::current_masks(version);
+    let current = version.current_masks();
     ids.par_iter()
         .map(|id| {
             let a = current
@@ -264,13 +249,13 @@ pub fn training_ids(
     sets: &[String],
     validation: &str,
 ) -> Result<Vec<String>> {
-    let current = super::annotate::current_masks(version);
+    let current = version.current_masks();
     let wanted: Option<BTreeSet<String>> = if sets.is_empty() {
         None
     } else {
         let mut w = BTreeSet::new();
         for s in sets {
-            w.extend(super::export::set_members(version, s)?);
+            w.extend(version.set_members(s)?);
         }
         Some(w)
     };
@@ -290,15 +275,6 @@ pub fn training_ids(
         );
     }
     Ok(ids)
-}
-
-/// Patches whose current mask came in `round`.
-pub fn round_ids(version: &DatasetVersion, round: &str) -> Vec<String> {
-    super::annotate::current_masks(version)
-        .into_iter()
-        .filter(|(_, a)| a.round == round)
-        .map(|(id, _)| id.to_string())
-        .collect()
 }
 
 pub use crate::pixel::dice;
@@ -358,7 +334,7 @@ fn start(
         };
         return Ok((start, None, BTreeSet::new()));
     }
-    let m = model(version, &params.from)?;
+    let m = version.model(&params.from)?;
     let parent = Some(format!("{}@{}", m.name, m.checkpoint.to_hex()));
     let seen = || -> BTreeSet<String> {
         m.training["patches"]
@@ -689,7 +665,7 @@ pub fn train(
             dice_by.insert(format!("set:{name}"), mean(&d));
         }
     }
-    let val = round_ids(&version, &params.validation);
+    let val = version.round_ids(&params.validation);
     if !val.is_empty() {
         dice_by.insert(
             "validation".to_string(),

@@ -4,11 +4,13 @@
 pub mod diff;
 mod float;
 pub mod manifest;
+mod queries;
 pub mod references;
 pub mod validate;
 
 pub use diff::{diff, Changes, VersionDiff};
 pub use manifest::*;
+pub use queries::latest_by_stack;
 
 use crate::history::{BlobId, CommitId, History};
 use crate::store::ObjectId;
@@ -254,15 +256,12 @@ pub struct Counts {
 /// The latest RCA line of each stack at `commit`, worst first (empty without monitor results).
 /// Reads one blob, not the whole version.
 pub fn rca_of(history: &History, commit: CommitId) -> Result<Vec<RcaRecord>> {
-    const PATH: &str = "metrics/rca.jsonl";
     let tree: BTreeMap<String, BlobId> = history.tree_of(commit)?;
-    let Some(blob) = tree.get(PATH) else {
+    let Some(blob) = tree.get(RCA_FILE) else {
         return Ok(Vec::new());
     };
-    let lines: Vec<RcaRecord> = parse_jsonl(PATH, &history.blob(*blob)?)?;
-    let mut v: Vec<RcaRecord> = diff::latest_rca(lines).into_values().collect();
-    v.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
-    Ok(v)
+    let lines: Vec<RcaRecord> = parse_jsonl(RCA_FILE, &history.blob(*blob)?)?;
+    Ok(latest_by_stack(&lines))
 }
 
 pub fn counts(history: &History, commit: CommitId) -> Result<Counts> {
