@@ -262,7 +262,7 @@ pub fn export_with_prediction(
     let m = version.model(model)?;
     let net = crate::segmentation::SegmentationModel::load(&repo.store, m)?;
     let size = net.window();
-    let images = super::train::load_images(&repo.store, version, &ids)?;
+    let images = crate::segmentation::load_images(&repo.store, version, &ids)?;
     let masks = crate::segmentation::predict_masks(&net, &images, 16)?;
     let stored = version.sets.get(set).and_then(|s| {
         let same_model =

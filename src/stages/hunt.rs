@@ -11,10 +11,11 @@
 //! The top patches by the chosen score become `sets/candidates-N`, with each pick's entropy map
 //! (f32) and mean-prediction mask stored as objects for export and review.
 
-use super::train::{dice, load_images};
 use super::Next;
 use crate::history::CommitId;
+use crate::pixel::dice;
 use crate::repo::Repo;
+use crate::segmentation::load_images;
 use crate::segmentation::SegmentationModel;
 use crate::store::{Filter, Kind, ObjectId};
 use crate::version::{DatasetVersion, PatchSet};

@@ -130,7 +130,7 @@ pub fn references(
     if ids.is_empty() {
         bail!("set {name} has no annotated patch: annotate it first (`biodc annotate DIR --round core`)");
     }
-    let masks = super::train::load_masks(&repo.store, version, &ids)?;
+    let masks = crate::segmentation::load_masks(&repo.store, version, &ids)?;
     let mut kept = Vec::with_capacity(ids.len());
     let mut refs = Vec::with_capacity(ids.len());
     let mut size = 0;

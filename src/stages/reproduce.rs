@@ -149,7 +149,7 @@ fn describe(repo: &Repo, role: &str, a: &ObjectId, b: &ObjectId) -> String {
         return format!("sizes differ: {} vs {} bytes", ra.len(), rb.len());
     }
     if role.starts_with("annotations.jsonl") || role.contains(": prediction of ") {
-        return format!("masks differ: Dice {:.4}", train::dice(&ra, &rb));
+        return format!("masks differ: Dice {:.4}", crate::pixel::dice(&ra, &rb));
     }
     if role.starts_with("embeddings/") || role.contains(": uncertainty of ") {
         let f = |r: &[u8]| -> Vec<f32> {
