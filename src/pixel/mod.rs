@@ -5,6 +5,7 @@ pub mod blur;
 pub mod features;
 pub mod forest;
 pub mod frangi;
+pub mod tile_stats;
 
 use anyhow::{ensure, Result};
 use forest::{Forest, ForestParams};

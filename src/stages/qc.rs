@@ -7,14 +7,15 @@
 
 use super::{patches::PatchList, Next};
 use crate::history::CommitId;
-use crate::io::{Dtype, Plane};
+use crate::io::Plane;
+use crate::pixel::tile_stats::{thumb_correlation, tile_stats, TileStats};
 use crate::repo::Repo;
 use crate::select::knn::exact_knn;
 use crate::version::{DatasetVersion, QcLine, QC_FILE};
 use anyhow::Result;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Robust z-score beyond which a patch is flagged (blurred / low SNR below −Z, outlier above +Z).
 pub const Z: f64 = 4.0;
@@ -30,10 +31,6 @@ pub const NEAR_DUPLICATE: f32 = 0.99;
 /// cosine 0.99 (at `demo --scale small` a third of all patches); the same field imaged twice
 /// also matches pixel for pixel once the noise is averaged out, different tissue does not.
 pub const NEAR_DUPLICATE_PIXELS: f64 = 0.9;
-/// Thumbnail edge for the pixel check: blocks of (size / 32)² pixels average the noise away
-/// and keep vessel-scale structure; a background-only thumbnail is noise and correlates with
-/// nothing.
-const THUMB: usize = 32;
 /// Fraction of pixels at the dtype's maximum that makes a patch saturated.
 pub const SATURATED: f64 = 0.05;
 
@@ -58,153 +55,6 @@ pub struct QcReport {
     pub cluster_imbalance: Option<f64>,
     /// Conditions with under half their fair share of core-set picks.
     pub under_covered: Vec<String>,
-}
-
-/// Per-tile statistics.
-#[derive(Debug, Clone)]
-struct TileStats {
-    blank: bool,
-    saturated: f64,
-    /// log of var(Laplacian) / var(image): sharpness independent of contrast.
-    log_sharpness: f64,
-    /// log of (p99 − median) / noise σ (Immerkær's estimator).
-    log_snr: f64,
-    /// Mean Hessian anisotropy |λ₁ − λ₂| / (|λ₁| + |λ₂|) over the brightest 10 % of the
-    /// smoothed patch: high for tubes, low for blobs and other non-vessel textures.
-    tubularity: f64,
-    /// Block means on a [`THUMB`]² grid, centred and scaled to unit length (zeros when flat).
-    thumb: Vec<f64>,
-}
-
-fn tile_stats(plane: &Plane, size: usize) -> TileStats {
-    let v = plane.to_f32();
-    let n = v.len() as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    let range = match plane.dtype() {
-        Dtype::U8 => 255.0,
-        Dtype::U16 => 65535.0,
-        Dtype::F32 => v.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0) as f64,
-    };
-    let blank = var.sqrt() <= 1e-6 * range.max(mean.abs());
-    let saturated = match plane.dtype() {
-        Dtype::F32 => 0.0,
-        _ => v.iter().filter(|&&x| x as f64 >= range).count() as f64 / n,
-    };
-    let (mut lap_sum, mut lap_sq, mut noise_abs) = (0f64, 0f64, 0f64);
-    let at = |y: usize, x: usize| v[y * size + x] as f64;
-    for y in 1..size - 1 {
-        for x in 1..size - 1 {
-            let lap = at(y - 1, x) + at(y + 1, x) + at(y, x - 1) + at(y, x + 1) - 4.0 * at(y, x);
-            lap_sum += lap;
-            lap_sq += lap * lap;
-            let diag = at(y - 1, x - 1) + at(y - 1, x + 1) + at(y + 1, x - 1) + at(y + 1, x + 1);
-            noise_abs += (diag - 2.0 * (at(y - 1, x) + at(y + 1, x) + at(y, x - 1) + at(y, x + 1))
-                + 4.0 * at(y, x))
-            .abs();
-        }
-    }
-    let m = ((size - 2) * (size - 2)) as f64;
-    let lap_var = lap_sq / m - (lap_sum / m).powi(2);
-    let sigma = (std::f64::consts::PI / 2.0).sqrt() * noise_abs / (6.0 * m);
-    let mut sorted = v.clone();
-    sorted.sort_by(f32::total_cmp);
-    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize] as f64;
-    TileStats {
-        tubularity: tubularity(&v, size),
-        blank,
-        saturated,
-        log_sharpness: ((lap_var + 1e-12) / (var + 1e-12)).ln(),
-        log_snr: ((q(0.99) - q(0.5)).max(1e-12) / sigma.max(1e-12)).ln(),
-        thumb: thumbnail(&v, size),
-    }
-}
-
-/// See [`TileStats::thumb`].
-fn thumbnail(v: &[f32], size: usize) -> Vec<f64> {
-    let mut out: Vec<f64> = crate::pixel::block_means(v, size, size, THUMB.min(size))
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    let mean = out.iter().sum::<f64>() / out.len() as f64;
-    out.iter_mut().for_each(|p| *p -= mean);
-    let norm = out.iter().map(|p| p * p).sum::<f64>().sqrt();
-    if norm > 0.0 {
-        out.iter_mut().for_each(|p| *p /= norm);
-    }
-    out
-}
-
-/// Pearson correlation of two thumbnails (0 when either is flat).
-fn thumb_correlation(a: &TileStats, b: &TileStats) -> f64 {
-    a.thumb.iter().zip(&b.thumb).map(|(x, y)| x * y).sum()
-}
-
-/// See [`TileStats::tubularity`]; Hessian of the patch smoothed with σ = 2 px.
-fn tubularity(v: &[f32], size: usize) -> f64 {
-    let mut smooth = v.to_vec();
-    crate::pixel::gaussian_blur(&mut smooth, size, size, 2.0);
-    let mut sorted = smooth.clone();
-    sorted.sort_by(f32::total_cmp);
-    let cut = sorted[(sorted.len() - 1) * 9 / 10];
-    let at = |y: usize, x: usize| smooth[y * size + x] as f64;
-    let (mut sum, mut count) = (0f64, 0usize);
-    for y in 2..size - 2 {
-        for x in 2..size - 2 {
-            if smooth[y * size + x] < cut {
-                continue;
-            }
-            let dxx = at(y, x + 2) - 2.0 * at(y, x) + at(y, x - 2);
-            let dyy = at(y + 2, x) - 2.0 * at(y, x) + at(y - 2, x);
-            let dxy =
-                (at(y + 1, x + 1) - at(y + 1, x - 1) - at(y - 1, x + 1) + at(y - 1, x - 1)) / 4.0;
-            let root = ((dxx - dyy).powi(2) + 4.0 * dxy * dxy).sqrt();
-            let (l1, l2) = ((dxx + dyy + root) / 2.0, (dxx + dyy - root) / 2.0);
-            let denom = l1.abs() + l2.abs();
-            if denom > 0.0 {
-                sum += (l1 - l2).abs() / denom;
-                count += 1;
-            }
-        }
-    }
-    if count == 0 {
-        1.0
-    } else {
-        sum / count as f64
-    }
-}
-
-/// [`robust_z`] computed separately within each group.
-fn grouped_robust_z(values: &[f64], use_: &[bool], groups: &[String]) -> Vec<f64> {
-    let mut out = vec![0.0; values.len()];
-    for g in groups.iter().collect::<BTreeSet<_>>() {
-        let idx: Vec<usize> = (0..values.len()).filter(|&i| &groups[i] == g).collect();
-        let v: Vec<f64> = idx.iter().map(|&i| values[i]).collect();
-        let u: Vec<bool> = idx.iter().map(|&i| use_[i]).collect();
-        for (k, z) in robust_z(&v, &u).into_iter().enumerate() {
-            out[idx[k]] = z;
-        }
-    }
-    out
-}
-
-/// Robust z-scores (median / 1.4826·MAD) of `values` over the entries where `use_[i]`.
-fn robust_z(values: &[f64], use_: &[bool]) -> Vec<f64> {
-    let mut v: Vec<f64> = values
-        .iter()
-        .zip(use_)
-        .filter(|(_, u)| **u)
-        .map(|(x, _)| *x)
-        .collect();
-    if v.is_empty() {
-        return vec![0.0; values.len()];
-    }
-    v.sort_by(f64::total_cmp);
-    let med = v[v.len() / 2];
-    let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
-    dev.sort_by(f64::total_cmp);
-    let mad = (1.4826 * dev[dev.len() / 2]).max(1e-9);
-    values.iter().map(|x| (x - med) / mad).collect()
 }
 
 pub fn qc(
@@ -256,7 +106,7 @@ pub fn qc(
         .map(|(_, p)| version.condition_of(&p.id))
         .collect();
     let z_of = |f: fn(&TileStats) -> f64| {
-        grouped_robust_z(
+        crate::stats::grouped_robust_z(
             &stats.iter().map(f).collect::<Vec<_>>(),
             &informative,
             &groups,
@@ -270,7 +120,7 @@ pub fn qc(
         .zip(&informative)
         .map(|(s, &i)| i && s.log_snr > 5f64.ln())
         .collect();
-    let sharp_z = grouped_robust_z(
+    let sharp_z = crate::stats::grouped_robust_z(
         &stats.iter().map(|s| s.log_sharpness).collect::<Vec<_>>(),
         &structured,
         &groups,
@@ -365,7 +215,7 @@ pub fn qc(
                 index.get(p.as_str()).is_some_and(|&i| informative[i]) && !dup_of.contains_key(p)
             })
             .collect();
-        let z = robust_z(&dist, &use_);
+        let z = crate::stats::robust_z(&dist, &use_);
         for (i, id) in e.patches.iter().enumerate() {
             if use_[i] && z[i] > Z {
                 flag(&mut lines, id, "outlier")
@@ -505,6 +355,7 @@ fn z_neighbours(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pixel::tile_stats::thumbnail;
     use rand::{Rng, SeedableRng};
 
     /// Roughly standard normal: the centred sum of four uniforms, scaled to unit variance.
