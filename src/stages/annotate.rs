@@ -162,6 +162,24 @@ fn mask_files(dir: &Path) -> Result<(Vec<PathBuf>, usize, Vec<String>)> {
     Ok((files, skipped, problems))
 }
 
+/// The `annotate` verb.
+pub struct Annotate;
+
+impl super::Stage for Annotate {
+    const VERB: &'static str = "annotate";
+    type Params = AnnotateParams;
+    type Report = AnnotateReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &AnnotateParams,
+    ) -> Result<(Next, AnnotateReport)> {
+        annotate(repo, head, version, params)
+    }
+}
+
 pub fn annotate(
     repo: &Repo,
     _head: CommitId,
@@ -264,7 +282,7 @@ pub fn annotate(
         replaced,
         params.annotator
     );
-    let mut record = repo.stage_record("annotate", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Annotate as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert("annotations.jsonl".into(), format!("{} masks", masks.len()));

@@ -57,6 +57,28 @@ pub struct CoresetReport {
     pub seconds: f64,
 }
 
+/// The `coreset` verb.
+pub struct Coreset;
+
+impl super::Stage for Coreset {
+    const VERB: &'static str = "coreset";
+    type Params = CoresetParams;
+    type Report = CoresetReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &CoresetParams,
+    ) -> Result<(Next, CoresetReport)> {
+        coreset(repo, head, version, params)
+    }
+
+    fn seed(params: &CoresetParams) -> Option<u64> {
+        Some(params.seed)
+    }
+}
+
 pub fn coreset(
     repo: &Repo,
     _head: CommitId,
@@ -173,12 +195,7 @@ pub fn coreset(
             )
         }
     );
-    let mut record = repo.stage_record(
-        "coreset",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Coreset as super::Stage>::record(repo, params, &summary)?;
     record
         .inputs
         .insert(format!("embeddings/{}", params.model), emb.matrix.to_hex());

@@ -43,6 +43,29 @@ pub fn load_mae(repo: &Repo, model: &ModelManifest, dev: &Device) -> Result<crat
     checkpoint::load(&cfg, &repo.store.get(&model.checkpoint)?, dev)
 }
 
+/// The `embed` verb.
+pub struct Embed;
+
+impl super::Stage for Embed {
+    const VERB: &'static str = "embed";
+    type Params = EmbedParams;
+    type Report = EmbedReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &EmbedParams,
+    ) -> Result<(Next, EmbedReport)> {
+        embed(repo, head, version, params)
+    }
+
+    fn for_rerun(mut params: EmbedParams) -> EmbedParams {
+        params.fresh = true;
+        params
+    }
+}
+
 pub fn embed(
     repo: &Repo,
     _head: CommitId,
@@ -130,7 +153,7 @@ pub fn embed(
         todo.len(),
         rows.len() - todo.len()
     );
-    let mut record = repo.stage_record("embed", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Embed as super::Stage>::record(repo, params, &summary)?;
     record
         .inputs
         .insert(format!("models/{}", model.name), model.checkpoint.to_hex());

@@ -149,6 +149,28 @@ fn next_name(version: &DatasetVersion) -> String {
         .unwrap()
 }
 
+/// The `hunt` verb.
+pub struct Hunt;
+
+impl super::Stage for Hunt {
+    const VERB: &'static str = "hunt";
+    type Params = HuntParams;
+    type Report = HuntReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &HuntParams,
+    ) -> Result<(Next, HuntReport)> {
+        hunt(repo, head, version, params)
+    }
+
+    fn seed(params: &HuntParams) -> Option<u64> {
+        Some(params.seed)
+    }
+}
+
 pub fn hunt(
     repo: &Repo,
     _head: CommitId,
@@ -261,12 +283,7 @@ pub fn hunt(
         params.score,
         version.sets[&name].scores.first().copied().unwrap_or(0.0)
     );
-    let mut record = repo.stage_record(
-        "hunt",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Hunt as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(format!("sets/{name}"), format!("{} patches", top.len()));

@@ -80,6 +80,24 @@ struct Input {
     info: StackInfo,
 }
 
+/// The `import` verb.
+pub struct Import;
+
+impl super::Stage for Import {
+    const VERB: &'static str = "import";
+    type Params = ImportParams;
+    type Report = ImportReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &ImportParams,
+    ) -> Result<(Next, ImportReport)> {
+        import(repo, head, version, params)
+    }
+}
+
 /// Imports `params.paths` into the next version.
 pub fn import(
     repo: &Repo,
@@ -202,7 +220,7 @@ pub fn import(
         report.unchanged_stacks,
         report.new_objects
     );
-    let mut record = repo.stage_record("import", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Import as super::Stage>::record(repo, params, &summary)?;
     record.inputs = record_inputs;
     record.outputs = report
         .new_stacks

@@ -154,6 +154,28 @@ pub fn references(
     Ok((kept, refs, size))
 }
 
+/// The `monitor` verb.
+pub struct Monitor;
+
+impl super::Stage for Monitor {
+    const VERB: &'static str = "monitor";
+    type Params = MonitorParams;
+    type Report = MonitorReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &MonitorParams,
+    ) -> Result<(Next, MonitorReport)> {
+        monitor(repo, head, version, params)
+    }
+
+    fn seed(params: &MonitorParams) -> Option<u64> {
+        Some(params.seed)
+    }
+}
+
 pub fn monitor(
     repo: &Repo,
     _head: CommitId,
@@ -239,12 +261,7 @@ pub fn monitor(
         alarms.len(),
         params.alarm
     );
-    let mut record = repo.stage_record(
-        "monitor",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Monitor as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(RCA_FILE.into(), format!("{} stacks", scores.len()));

@@ -97,6 +97,33 @@ pub fn model_config(params: &PretrainParams, size: usize) -> Result<MaeConfig> {
     Ok(cfg)
 }
 
+/// The `pretrain` verb.
+pub struct Pretrain;
+
+impl super::Stage for Pretrain {
+    const VERB: &'static str = "pretrain";
+    type Params = PretrainParams;
+    type Report = PretrainReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &PretrainParams,
+    ) -> Result<(Next, PretrainReport)> {
+        pretrain(repo, head, version, params, false)
+    }
+
+    fn seed(params: &PretrainParams) -> Option<u64> {
+        Some(params.seed)
+    }
+
+    fn for_rerun(mut params: PretrainParams) -> PretrainParams {
+        params.scratch = true;
+        params
+    }
+}
+
 pub fn pretrain(
     repo: &Repo,
     head: CommitId,
@@ -254,12 +281,7 @@ pub fn pretrain(
             "no held-out patches (fewer than 10)".to_string()
         }
     );
-    let mut record = repo.stage_record(
-        "pretrain",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Pretrain as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(format!("models/{}", params.name), ckpt.to_hex());

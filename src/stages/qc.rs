@@ -57,6 +57,24 @@ pub struct QcReport {
     pub under_covered: Vec<String>,
 }
 
+/// The `qc` verb.
+pub struct Qc;
+
+impl super::Stage for Qc {
+    const VERB: &'static str = "qc";
+    type Params = QcParams;
+    type Report = QcReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &QcParams,
+    ) -> Result<(Next, QcReport)> {
+        qc(repo, head, version, params)
+    }
+}
+
 pub fn qc(
     repo: &Repo,
     _head: CommitId,
@@ -292,7 +310,7 @@ pub fn qc(
             )
         }
     );
-    let mut record = repo.stage_record("qc", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Qc as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(QC_FILE.into(), format!("{} flagged", report.flagged));

@@ -9,7 +9,6 @@
 //! change per stack. A recorded object that no longer matches its hash in the store (damaged,
 //! tampered with) is reported as a mismatch too.
 
-use super::{annotate, coreset, embed, hunt, import, monitor, pretrain, qc, train};
 use crate::history::CommitId;
 use crate::repo::Repo;
 use crate::store::ObjectId;
@@ -40,11 +39,6 @@ pub struct ReproduceReport {
     pub seconds: f64,
 }
 
-fn params<T: serde::de::DeserializeOwned>(v: &serde_json::Value, verb: &str) -> Result<T> {
-    serde_json::from_value(v.clone())
-        .with_context(|| format!("the {verb} record's parameters do not parse with this biodc"))
-}
-
 /// Runs the recorded stage again on `parent`.
 fn rerun(
     repo: &Repo,
@@ -53,27 +47,12 @@ fn rerun(
     parent: CommitId,
     v: DatasetVersion,
 ) -> Result<DatasetVersion> {
-    let next = match verb {
-        "import" => import::import(repo, parent, v, &params(p, verb)?)?.0,
-        "pretrain" => {
-            let mut pp: pretrain::PretrainParams = params(p, verb)?;
-            pp.scratch = true;
-            pretrain::pretrain(repo, parent, v, &pp, false)?.0
-        }
-        "embed" => {
-            let mut ep: embed::EmbedParams = params(p, verb)?;
-            ep.fresh = true;
-            embed::embed(repo, parent, v, &ep)?.0
-        }
-        "qc" => qc::qc(repo, parent, v, &params(p, verb)?)?.0,
-        "coreset" => coreset::coreset(repo, parent, v, &params(p, verb)?)?.0,
-        "annotate" => annotate::annotate(repo, parent, v, &params(p, verb)?)?.0,
-        "train" => train::train(repo, parent, v, &params(p, verb)?)?.0,
-        "hunt" => hunt::hunt(repo, parent, v, &params(p, verb)?)?.0,
-        "monitor" => monitor::monitor(repo, parent, v, &params(p, verb)?)?.0,
-        other => bail!("`{other}` commits cannot be re-run"),
+    let Some(stage) = super::registered(verb) else {
+        bail!("`{verb}` commits cannot be re-run");
     };
-    next.map(|(v, _)| v)
+    stage
+        .rerun(repo, parent, v, p)?
+        .map(|(v, _)| v)
         .context("the re-run had nothing to commit (its inputs equal its parent)")
 }
 

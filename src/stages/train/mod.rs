@@ -157,6 +157,28 @@ pub fn training_ids(
     Ok(ids)
 }
 
+/// The `train` verb.
+pub struct Train;
+
+impl super::Stage for Train {
+    const VERB: &'static str = "train";
+    type Params = TrainParams;
+    type Report = TrainReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &TrainParams,
+    ) -> Result<(Next, TrainReport)> {
+        train(repo, head, version, params)
+    }
+
+    fn seed(params: &TrainParams) -> Option<u64> {
+        Some(params.seed)
+    }
+}
+
 pub fn train(
     repo: &Repo,
     head: CommitId,
@@ -349,12 +371,7 @@ pub fn train(
         steps,
         dice_line.join(", ")
     );
-    let mut record = repo.stage_record(
-        "train",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Train as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(format!("models/{}", params.name), ckpt.to_hex());
