@@ -15,6 +15,9 @@ pub struct InitArgs {
     /// Default patch edge in pixels for imports.
     #[arg(long, default_value_t = 224)]
     pub patch: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn init(dir: &Path, a: InitArgs) -> Result<i32> {
@@ -24,6 +27,13 @@ pub fn init(dir: &Path, a: InitArgs) -> Result<i32> {
         ..Config::default()
     };
     let repo = Repo::init(dir, config)?;
+    if a.json {
+        return print_json(&serde_json::json!({
+            "repository": repo.dot(),
+            "patch": a.patch,
+            "version": repo.head()?.to_string(),
+        }));
+    }
     println!(
         "initialised biodc repository in {} (patch {}; version {})",
         repo.dot().display(),
