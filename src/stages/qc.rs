@@ -213,7 +213,7 @@ pub fn qc(
                 .filter(|&(j, s)| {
                     (j as usize) < i
                         && s >= NEAR_DUPLICATE
-                        && !z_neighbours(a, &e.patches[j as usize])
+                        && !crate::version::z_neighbours(a, &e.patches[j as usize])
                 })
                 .find_map(|(j, _)| {
                     let b = &e.patches[j as usize];
@@ -354,22 +354,6 @@ fn imbalance(counts: &BTreeMap<String, usize>) -> Option<f64> {
     Some(max as f64 / min.max(1) as f64)
 }
 
-/// Whether two patch ids are the same place of one stack in adjacent slices.
-fn z_neighbours(a: &str, b: &str) -> bool {
-    let split = |id: &str| -> Option<(String, i64)> {
-        let mut parts = id.rsplitn(4, '-');
-        let (x, y, z, stack) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        Some((
-            format!("{stack}-{y}-{x}"),
-            z.strip_prefix('z')?.parse().ok()?,
-        ))
-    };
-    match (split(a), split(b)) {
-        (Some((pa, za)), Some((pb, zb))) => pa == pb && (za - zb).abs() == 1,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,26 +410,5 @@ mod tests {
         // A flat thumbnail correlates with nothing (and does not divide by zero).
         let flat = stats(&[5.0; 128 * 128]);
         assert_eq!(thumb_correlation(&flat, &field), 0.0);
-    }
-    #[test]
-    fn z_neighbours_are_the_same_place_in_adjacent_slices() {
-        use super::z_neighbours;
-        assert!(z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s001-z3-y0224-x0000"
-        ));
-        assert!(!z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s001-z4-y0224-x0000"
-        ));
-        assert!(!z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s001-z3-y0224-x0224"
-        ));
-        assert!(!z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s002-z3-y0224-x0000"
-        ));
-        assert!(!z_neighbours("odd", "c0_s002-z3-y0224-x0000"));
     }
 }

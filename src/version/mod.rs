@@ -190,6 +190,22 @@ pub fn stack_of_patch_id(id: &str) -> Option<&str> {
     (x.starts_with('x') && y.starts_with('y') && z.starts_with('z')).then_some(stack)
 }
 
+/// Whether two patch ids are the same place of one stack in adjacent slices.
+pub fn z_neighbours(a: &str, b: &str) -> bool {
+    let split = |id: &str| -> Option<(String, i64)> {
+        let mut parts = id.rsplitn(4, '-');
+        let (x, y, z, stack) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        Some((
+            format!("{stack}-{y}-{x}"),
+            z.strip_prefix('z')?.parse().ok()?,
+        ))
+    };
+    match (split(a), split(b)) {
+        (Some((pa, za)), Some((pb, zb))) => pa == pb && (za - zb).abs() == 1,
+        _ => false,
+    }
+}
+
 /// `stacks/a.json` → ("stacks", Some("a")); `biodc.json` → ("biodc.json", None).
 fn split_manifest_path(path: &str) -> (&str, Option<&str>) {
     match path.split_once('/') {
@@ -311,6 +327,27 @@ fn count_lines(bytes: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn z_neighbours_are_the_same_place_in_adjacent_slices() {
+        assert!(z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z3-y0224-x0000"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z4-y0224-x0000"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z3-y0224-x0224"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s002-z3-y0224-x0000"
+        ));
+        assert!(!z_neighbours("odd", "c0_s002-z3-y0224-x0000"));
+    }
+
     use super::*;
 
     #[test]

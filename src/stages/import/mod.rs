@@ -4,6 +4,8 @@
 //! cohort). Tiles of a plane are hashed and compressed in parallel; identical tiles are stored
 //! once, and a file whose bytes did not change since the last import is not read again.
 
+mod source;
+
 use super::Next;
 use crate::cache::Cache;
 use crate::history::CommitId;
@@ -14,10 +16,11 @@ use crate::repo::Repo;
 use crate::store::{Filter, Kind, Store};
 use crate::version::references::{dependents, drop_references, Dropped};
 use crate::version::StackManifest;
-use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord, SourceFile};
+use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use source::source_file;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -303,80 +306,6 @@ fn conditions_of(params: &ImportParams, path: &Path) -> Vec<String> {
 
 fn raw_len(info: &StackInfo) -> u64 {
     (info.shape.iter().product::<usize>() * info.dtype.size()) as u64
-}
-
-/// What the stat cache remembers of a file: when all of it still matches, the file's bytes
-/// are taken to be unchanged. The inode change time (ctime) cannot be set back by anyone, so a
-/// file rewritten with the same size and a restored mtime is still read again.
-#[derive(Serialize, Deserialize, PartialEq)]
-struct FileStat {
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    inode: u64,
-    device: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StatEntry {
-    stat: FileStat,
-    /// When the file was hashed (clock time, ns since the epoch).
-    hashed_ns: i128,
-    blake3: String,
-}
-
-/// Changes made within this long before a file was hashed may share its timestamps with the
-/// version that was hashed (coarse file system clocks): such an entry is not trusted.
-const RACY_NS: i128 = 2_000_000_000;
-
-fn file_stat(meta: &std::fs::Metadata) -> FileStat {
-    use std::os::unix::fs::MetadataExt;
-    FileStat {
-        len: meta.len(),
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
-        inode: meta.ino(),
-        device: meta.dev(),
-    }
-}
-
-fn now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
-}
-
-/// The source file's size and blake3, from the stat cache when nothing about the file changed.
-fn source_file(cache: &Cache, path: &Path) -> Result<SourceFile> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    let stat = file_stat(&meta);
-    let key = path.canonicalize()?.to_string_lossy().into_owned();
-    let cached: Option<StatEntry> = cache.get("import-stat", key.as_bytes());
-    let trusted = cached
-        .filter(|e| e.stat == stat && e.stat.ctime_ns.max(e.stat.mtime_ns) + RACY_NS < e.hashed_ns);
-    let blake3 = match trusted {
-        Some(e) => e.blake3,
-        None => {
-            let hashed_ns = now_ns();
-            let mut hasher = blake3::Hasher::new();
-            hasher
-                .update_reader(std::fs::File::open(path)?)
-                .with_context(|| format!("{}: reading", path.display()))?;
-            let hex = hasher.finalize().to_hex().to_string();
-            let entry = StatEntry {
-                stat,
-                hashed_ns,
-                blake3: hex.clone(),
-            };
-            cache.put("import-stat", key.as_bytes(), &entry);
-            hex
-        }
-    };
-    Ok(SourceFile {
-        file: path.to_string_lossy().into_owned(),
-        blake3,
-        bytes: meta.len(),
-    })
 }
 
 /// Reads the stack plane by plane and stores its tiles; returns its patch records.
