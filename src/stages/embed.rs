@@ -7,7 +7,6 @@
 //! mean over the version's patches before L2 normalisation.
 
 use super::{patches::PatchList, Next};
-use crate::cache::Cache;
 use crate::history::CommitId;
 use crate::nn::{checkpoint, data::batch, mae::MaeConfig, mae::EMBED_DIM};
 use crate::repo::Repo;
@@ -101,7 +100,7 @@ pub fn embed(
         mae.cfg.encoder.image_size,
         mae.cfg.encoder.image_size
     );
-    let cache = Cache::open(&repo.dot().join("cache.sled"))?;
+    let cache = repo.cache()?;
     let tree = format!("pooled-{}", model.checkpoint.to_hex());
     let mut rows: Vec<Option<Vec<f32>>> = list
         .items

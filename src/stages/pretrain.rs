@@ -64,28 +64,6 @@ struct Pending {
     held_out_loss_start: f64,
 }
 
-fn pending_path(repo: &Repo, name: &str) -> std::path::PathBuf {
-    repo.dot()
-        .join("pending")
-        .join(format!("pretrain-{name}.json"))
-}
-
-/// Objects named by pending checkpoints (kept by `gc`).
-pub fn pending_objects(repo: &Repo) -> Result<Vec<ObjectId>> {
-    let dir = repo.dot().join("pending");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let path = e?.path();
-        if let Ok(p) = serde_json::from_slice::<Pending>(&std::fs::read(&path)?) {
-            out.push(p.state);
-        }
-    }
-    Ok(out)
-}
-
 /// The architecture `params` ask for, on `size`×`size` patches.
 pub fn model_config(params: &PretrainParams, size: usize) -> Result<MaeConfig> {
     let mut cfg = MaeConfig::preset(&params.preset)?;
@@ -165,7 +143,7 @@ pub fn pretrain(
         Ok(t.mae.loss(x, &mut rng, false)?.to_scalar::<f32>()? as f64)
     };
 
-    let pending_file = pending_path(repo, &params.name);
+    let pending_file = repo.pending_path("pretrain", &params.name);
     let (mut trainer, mut curve, start_loss, resumed_from) = match resume {
         true => {
             let p: Pending =

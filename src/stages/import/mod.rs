@@ -7,7 +7,6 @@
 mod source;
 
 use super::Next;
-use crate::cache::Cache;
 use crate::history::CommitId;
 use crate::io::files::{stack_name, tiff_files};
 use crate::io::tiff::TiffStackReader;
@@ -112,7 +111,7 @@ pub fn import(
     let tile = params.patch.unwrap_or(version.meta.patch_size);
     anyhow::ensure!(tile >= 8, "--patch {tile} is too small (at least 8 pixels)");
     let inputs = collect_inputs(params, tile)?;
-    let cache = Cache::open(&repo.dot().join("cache.sled"))?;
+    let cache = repo.cache()?;
     let total: u64 = inputs.iter().map(|i| raw_len(&i.info)).sum();
     let pb = crate::progress::bar(total, "import", true);
     let mut report = ImportReport::default();
