@@ -113,6 +113,28 @@ impl Repo {
             .join(format!("{stage}-{name}.json"))
     }
 
+    /// Stores `state` (the checkpoint of resumable work) so that it outlives a failed run — it
+    /// is named by the pending file, not by a commit — and atomically writes `meta(state)` as
+    /// the pending file `path` (from [`Repo::pending_path`]).
+    pub fn save_pending<T: Serialize>(
+        &self,
+        path: &Path,
+        state: &[u8],
+        meta: impl FnOnce(crate::store::ObjectId) -> T,
+    ) -> Result<()> {
+        use crate::store::{Filter, Kind};
+        let (id, _) = self
+            .store
+            .put(Kind::Checkpoint, Filter::Shuffle(4), state)?;
+        self.store.sync()?;
+        self.store.keep_created();
+        std::fs::create_dir_all(path.parent().expect("a pending file has a folder"))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta(id))?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
     /// Objects named by pending checkpoints (the `state` of each; kept by `gc`).
     pub fn pending_objects(&self) -> Result<Vec<crate::store::ObjectId>> {
         #[derive(Deserialize)]

@@ -197,15 +197,14 @@ pub fn pretrain(
             && trainer.step % params.checkpoint_every.max(1) == 0
             && trainer.step < total
         {
-            save_pending(
-                repo,
-                &pending_file,
-                head,
-                params,
-                &trainer,
-                &curve,
-                start_loss,
-            )?;
+            repo.save_pending(&pending_file, &trainer.save_state()?, |state| Pending {
+                head: head.to_string(),
+                params: params.clone(),
+                step: trainer.step,
+                state,
+                loss_curve: curve.clone(),
+                held_out_loss_start: start_loss,
+            })?;
             crate::failpoint::hit("pretrain:after-checkpoint");
         }
     }
@@ -280,34 +279,4 @@ pub fn pretrain(
         patches_per_second: (trained_steps as f64 * params.batch as f64) / seconds.max(1e-9),
     };
     Ok((Some((version, record)), report))
-}
-
-fn save_pending(
-    repo: &Repo,
-    path: &std::path::Path,
-    head: CommitId,
-    params: &PretrainParams,
-    trainer: &Trainer,
-    curve: &[(u64, f32)],
-    start_loss: f64,
-) -> Result<()> {
-    let (state, _) =
-        repo.store
-            .put(Kind::Checkpoint, Filter::Shuffle(4), &trainer.save_state()?)?;
-    repo.store.sync()?;
-    // The checkpoint must outlive a failed run: it is named by the pending file, not a commit.
-    repo.store.keep_created();
-    let pending = Pending {
-        head: head.to_string(),
-        params: params.clone(),
-        step: trainer.step,
-        state,
-        loss_curve: curve.to_vec(),
-        held_out_loss_start: start_loss,
-    };
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&pending)?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
