@@ -93,8 +93,7 @@ impl Run {
     /// Pooled Dice of a model on the held-back stacks.
     fn dice(&self, model: &str) -> f64 {
         let (_, v) = self.repo.version(None).unwrap();
-        let net =
-            SegmentationModel::load(&self.repo.store, train::model(&v, model).unwrap()).unwrap();
+        let net = SegmentationModel::load(&self.repo.store, v.model(model).unwrap()).unwrap();
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
             .held
             .iter()
@@ -226,7 +225,7 @@ fn one_seed(seed: u64, rows: &mut BTreeMap<&'static str, Vec<f64>>, speed: bool)
     worst.sort_by(|a, b| a.0.total_cmp(&b.0));
     let critical: Vec<String> = worst.iter().take(3).map(|w| w.1.clone()).collect();
     let unannotated: Vec<String> = {
-        let current = annotate::current_masks(&v);
+        let current = v.current_masks();
         v.patches
             .values()
             .flatten()
@@ -303,8 +302,7 @@ fn one_seed(seed: u64, rows: &mut BTreeMap<&'static str, Vec<f64>>, speed: bool)
         );
         let slices: Vec<Vec<f32>> = big.image.planes.iter().map(Plane::to_f32).collect();
         let (_, v) = run.repo.version(None).unwrap();
-        let net =
-            SegmentationModel::load(&run.repo.store, train::model(&v, "M1").unwrap()).unwrap();
+        let net = SegmentationModel::load(&run.repo.store, v.model("M1").unwrap()).unwrap();
         let t = Instant::now();
         segment::segment_slices(&net, &slices, 1024, 1024).unwrap();
         println!(

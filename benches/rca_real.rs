@@ -1,6 +1,7 @@
-//! RCA on real microscopy with manual masks (DESIGN.md §7): StarDist's 512² nuclei image
-//! `img2d.tif` and its instance labels `mask2d.tif` (DSB 2018, BSD-3). The top half plays the
-//! monitored stack, 112² crops of the bottom half with their manual masks the reference set.
+//! RCA on real microscopy with manual masks (docs/BENCHMARKS.md, "Real microscopy"): StarDist's
+//! 512² nuclei image `img2d.tif` and its instance labels `mask2d.tif` (DSB 2018, BSD-3). The
+//! top half plays the monitored stack, 112² crops of the bottom half with their manual masks
+//! the reference set.
 //! The top half's manual mask is scored as it is and degraded 12 ways (erosion, dilation,
 //! whole nuclei dropped, flipped pixels); prints RCA beside the true Dice and their Pearson r.
 //!

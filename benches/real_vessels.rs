@@ -23,7 +23,7 @@ use biodc::pixel::{dice, frangi};
 use biodc::repo::{Config, Repo};
 use biodc::segmentation::SegmentationModel;
 use biodc::stages::{
-    self, annotate, coreset, embed, export, hunt, import, monitor, pretrain, qc, segment, train,
+    self, annotate, coreset, embed, hunt, import, monitor, pretrain, qc, segment, train,
 };
 use biodc::synth::expert::write_masks_from_folder;
 use rand::seq::SliceRandom;
@@ -588,7 +588,7 @@ fn main() {
             run(&repo, |r, hd, v| import::import(r, hd, v, &ip));
             let test_names: Vec<String> = test_items
                 .iter()
-                .map(|i| biodc::stages::import::stack_name(&i.image))
+                .map(|i| biodc::io::files::stack_name(&i.image))
                 .collect();
             let mut dice_of: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             let (mut rca, mut truth_dice) = (Vec::new(), Vec::new());
@@ -647,7 +647,7 @@ fn main() {
                 std::fs::create_dir_all(pdir.join("masks")).unwrap();
                 std::fs::create_dir_all(pdir.join("images")).unwrap();
                 for id in &ids {
-                    let (info, plane) = export::patch_plane(&repo.store, &v, id).unwrap();
+                    let (info, plane) = v.patch_plane(&repo.store, id).unwrap();
                     let stack = biodc::io::Stack {
                         info,
                         planes: vec![plane],
@@ -683,7 +683,7 @@ fn main() {
                 let (_, v) = repo.version(None).unwrap();
                 let annotated: std::collections::BTreeSet<String> =
                     v.annotations.iter().map(|x| x.patch.clone()).collect();
-                let flagged = biodc::stages::qc::flagged_patches(&v, &hp.exclude).unwrap();
+                let flagged = v.flagged_patches(&hp.exclude).unwrap();
                 let mut pool: Vec<String> = v
                     .all_patches()
                     .map(|(_, p)| p.id.clone())

@@ -61,7 +61,7 @@ fn main() {
     let mut opt = AdamW::new(&net.params, cfg).unwrap();
     let candle = time(&mut || {
         let z = net.forward(&xt, Some(&mut rng)).unwrap();
-        let loss = biodc::nn::segmenter::bce_dice(&z, &tt).unwrap();
+        let loss = biodc::nn::loss::bce_dice(&z, &tt).unwrap();
         opt.update(&net.params, &loss.backward().unwrap()).unwrap();
     });
     let threads = rayon::current_num_threads();

@@ -46,8 +46,9 @@ pub enum Scale {
     Small,
 }
 
-/// Runs the demo in `dir` (created; must be empty or absent). Prints one line per stage.
-pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
+/// Runs the demo in `dir` (created; must be empty or absent). Prints one line per stage, to
+/// stderr when `json` (standard output is then left to the caller's JSON).
+pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcome> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!("{} is not empty: give --dir a new folder", dir.display());
     }
@@ -59,10 +60,15 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
     let stacks = imported + n_held;
     let started = Instant::now();
     let say = |what: &str, line: String| {
-        println!(
+        let line = format!(
             "[{:>6.1} s] {what:<9} {line}",
             started.elapsed().as_secs_f64()
-        )
+        );
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
     };
     let cohort = dir.join("cohort");
     let params = SynthParams {
@@ -329,7 +335,10 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
     for (k, model) in ["M0", "M1"].iter().enumerate() {
         let mp = monitor::MonitorParams {
             model: (*model).into(),
-            stacks: held_files.iter().map(|f| import::stack_name(f)).collect(),
+            stacks: held_files
+                .iter()
+                .map(|f| crate::io::files::stack_name(f))
+                .collect(),
             seed,
             keep_predictions: true,
             ..monitor::MonitorParams::default()
@@ -396,7 +405,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
         dir.join("demo.json"),
         serde_json::to_string_pretty(&outcome)?,
     )?;
-    println!(
+    let summary = format!(
         "\nDice on {n_held} held-back stacks: M0 {:.3}, M1 {:.3} ({:+.3}).\n\
          RCA vs true Dice over {} (stack, model) pairs: Pearson r {:.2}, mean abs error {:.3}.\n\
          Report: {}\n\
@@ -411,5 +420,10 @@ pub fn run(dir: &Path, scale: Scale, seed: u64) -> Result<DemoOutcome> {
         project.display(),
         project.display()
     );
+    if json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
     Ok(outcome)
 }

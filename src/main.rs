@@ -1,6 +1,6 @@
 use clap::Parser;
 
-// candle on CPU spends ~40 % of training time in the system allocator (DESIGN.md §8).
+// candle on CPU spends ~40 % of training time in the system allocator (docs/ARCHITECTURE.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

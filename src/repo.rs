@@ -100,6 +100,60 @@ impl Repo {
         &self.dot
     }
 
+    /// The rebuildable caches (`.biodc/cache.sled`).
+    pub fn cache(&self) -> Result<crate::cache::Cache> {
+        crate::cache::Cache::open(&self.dot.join("cache.sled"))
+    }
+
+    /// `.biodc/pending/<stage>-<name>.json`: the checkpoint of work a killed run can resume.
+    /// Its `state` field names an object that `gc` keeps.
+    pub fn pending_path(&self, stage: &str, name: &str) -> PathBuf {
+        self.dot
+            .join("pending")
+            .join(format!("{stage}-{name}.json"))
+    }
+
+    /// Stores `state` (the checkpoint of resumable work) so that it outlives a failed run — it
+    /// is named by the pending file, not by a commit — and atomically writes `meta(state)` as
+    /// the pending file `path` (from [`Repo::pending_path`]).
+    pub fn save_pending<T: Serialize>(
+        &self,
+        path: &Path,
+        state: &[u8],
+        meta: impl FnOnce(crate::store::ObjectId) -> T,
+    ) -> Result<()> {
+        use crate::store::{Filter, Kind};
+        let (id, _) = self
+            .store
+            .put(Kind::Checkpoint, Filter::Shuffle(4), state)?;
+        self.store.sync()?;
+        self.store.keep_created();
+        std::fs::create_dir_all(path.parent().expect("a pending file has a folder"))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta(id))?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// Objects named by pending checkpoints (the `state` of each; kept by `gc`).
+    pub fn pending_objects(&self) -> Result<Vec<crate::store::ObjectId>> {
+        #[derive(Deserialize)]
+        struct Pending {
+            state: crate::store::ObjectId,
+        }
+        let Ok(entries) = std::fs::read_dir(self.dot.join("pending")) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let path = e?.path();
+            if let Ok(p) = serde_json::from_slice::<Pending>(&std::fs::read(&path)?) {
+                out.push(p.state);
+            }
+        }
+        Ok(out)
+    }
+
     /// The project folder (parent of `.biodc`).
     pub fn root(&self) -> &Path {
         self.dot.parent().expect(".biodc has a parent")

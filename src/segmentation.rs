@@ -9,10 +9,11 @@
 //! trees of a forest (their disagreement).
 
 use crate::nn::data::batch;
+use crate::nn::data::normalize_patch;
 use crate::nn::segmenter::Segmenter;
 use crate::pixel::forest::Forest;
 use crate::store::Store;
-use crate::version::ModelManifest;
+use crate::version::{DatasetVersion, ModelManifest};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use rand_chacha::ChaCha8Rng;
@@ -205,4 +206,64 @@ pub fn predict_masks(
         .into_iter()
         .map(|p| p.iter().map(|&v| (v > 0.5) as u8).collect())
         .collect())
+}
+
+/// An annotated patch in memory: normalised image and 0/1 mask as f32.
+pub struct Example {
+    pub id: String,
+    pub image: Vec<f32>,
+    pub mask: Vec<f32>,
+}
+
+/// Normalised images of `ids` (read in parallel).
+pub fn load_images(
+    store: &Store,
+    version: &DatasetVersion,
+    ids: &[String],
+) -> Result<Vec<Vec<f32>>> {
+    ids.par_iter()
+        .map(|id| {
+            let (_, plane) = version.patch_plane(store, id)?;
+            Ok(normalize_patch(&plane.to_f32()))
+        })
+        .collect()
+}
+
+/// The current masks of `ids` as 0/1 bytes.
+pub fn load_masks(store: &Store, version: &DatasetVersion, ids: &[String]) -> Result<Vec<Vec<u8>>> {
+    let current = version.current_masks();
+    ids.par_iter()
+        .map(|id| {
+            let a = current
+                .get(id.as_str())
+                .with_context(|| format!("patch {id} has no mask"))?;
+            store.get(&a.mask)
+        })
+        .collect()
+}
+
+/// Per-patch Dice of `model` on annotated patches `ids`.
+pub fn evaluate(
+    model: &SegmentationModel,
+    store: &Store,
+    version: &DatasetVersion,
+    ids: &[String],
+) -> Result<Vec<f64>> {
+    let images = load_images(store, version, ids)?;
+    let masks = load_masks(store, version, ids)?;
+    let pred = predict_masks(model, &images, 16)?;
+    Ok(pred
+        .iter()
+        .zip(&masks)
+        .map(|(p, m)| crate::pixel::dice(p, m))
+        .collect())
+}
+
+/// Mean of `v` (NaN when empty).
+pub fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
 }

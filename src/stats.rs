@@ -1,5 +1,7 @@
 //! Correlations used to check that a score tracks the truth (RCA vs Dice, uncertainty vs error),
-//! and column standardisation of feature tables.
+//! robust z-scores, and column standardisation of feature tables.
+
+use std::collections::BTreeSet;
 
 /// Pearson correlation of two equally long samples (NaN when either is constant).
 pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
@@ -63,6 +65,39 @@ pub fn standardise_columns(rows: &mut [Vec<f32>]) {
             };
         }
     }
+}
+
+/// [`robust_z`] computed separately within each group.
+pub fn grouped_robust_z(values: &[f64], use_: &[bool], groups: &[String]) -> Vec<f64> {
+    let mut out = vec![0.0; values.len()];
+    for g in groups.iter().collect::<BTreeSet<_>>() {
+        let idx: Vec<usize> = (0..values.len()).filter(|&i| &groups[i] == g).collect();
+        let v: Vec<f64> = idx.iter().map(|&i| values[i]).collect();
+        let u: Vec<bool> = idx.iter().map(|&i| use_[i]).collect();
+        for (k, z) in robust_z(&v, &u).into_iter().enumerate() {
+            out[idx[k]] = z;
+        }
+    }
+    out
+}
+
+/// Robust z-scores (median / 1.4826·MAD) of `values` over the entries where `use_[i]`.
+pub fn robust_z(values: &[f64], use_: &[bool]) -> Vec<f64> {
+    let mut v: Vec<f64> = values
+        .iter()
+        .zip(use_)
+        .filter(|(_, u)| **u)
+        .map(|(x, _)| *x)
+        .collect();
+    if v.is_empty() {
+        return vec![0.0; values.len()];
+    }
+    v.sort_by(f64::total_cmp);
+    let med = v[v.len() / 2];
+    let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    let mad = (1.4826 * dev[dev.len() / 2]).max(1e-9);
+    values.iter().map(|x| (x - med) / mad).collect()
 }
 
 #[cfg(test)]

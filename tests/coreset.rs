@@ -17,7 +17,7 @@ fn conditions_covered(project: &std::path::Path, set: &str) -> (usize, f64) {
     let covered = s
         .patches
         .iter()
-        .map(|p| biodc::stages::coreset::condition_of(&v, p))
+        .map(|p| v.condition_of(p))
         .collect::<BTreeSet<_>>()
         .len();
     (covered, s.extra["objective"].as_f64().unwrap())

@@ -209,7 +209,7 @@ fn concurrent_writers_never_damage_the_repository() {
             d
         })
         .collect();
-    let name = |i: usize| biodc::stages::import::stack_name(&files[i]);
+    let name = |i: usize| biodc::io::files::stack_name(&files[i]);
     let stale = [
         "999999999\n",
         "999999999 flock\n",
@@ -419,7 +419,7 @@ fn a_crafted_repository_cannot_steer_writes_outside_the_output_folder() {
     let p = project(tmp.path(), "p", 32);
     ok(&p, &["import", files[0].to_str().unwrap()]);
     let good = head(&p);
-    let stack = biodc::stages::import::stack_name(&files[0]);
+    let stack = biodc::io::files::stack_name(&files[0]);
     let ids = patch_ids(&p);
     let patches_path = format!("patches/{stack}.jsonl");
     let patches = git(&p, &["show", &format!("HEAD:{patches_path}")], None);
@@ -516,7 +516,7 @@ fn a_stack_with_annotations_is_replaced_only_with_replace_and_what_vanished_is_l
     let files = cohort(&tmp.path().join("cohort"), 1, [1, 64, 64], 9);
     let p = project(tmp.path(), "p", 32);
     ok(&p, &["import", files[0].to_str().unwrap()]);
-    let stack = biodc::stages::import::stack_name(&files[0]);
+    let stack = biodc::io::files::stack_name(&files[0]);
     let ids = patch_ids(&p);
     // Annotate a patch that will hold other pixels and one that will vanish; put both in a set.
     let (kept, gone) = (

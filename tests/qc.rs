@@ -32,7 +32,7 @@ fn qc_flags_every_planted_defect_and_few_clean_patches() {
     assert_eq!(manifest.defects.len(), 5);
     let repo = Repo::discover(&project).unwrap();
     let (_, v) = repo.version(None).unwrap();
-    let lines = biodc::stages::qc::qc_lines(&v).unwrap();
+    let lines = v.qc_lines().unwrap();
     let flags_of = |id: &str| {
         lines
             .iter()
@@ -113,11 +113,11 @@ fn qc_flags_every_planted_defect_and_few_clean_patches() {
         ],
     );
     let (_, v) = Repo::discover(&project).unwrap().version(None).unwrap();
-    let flagged = biodc::stages::qc::flagged_patches(
-        &v,
-        &["blank", "duplicate", "saturated", "blurred", "odd_texture"].map(String::from),
-    )
-    .unwrap();
+    let flagged = v
+        .flagged_patches(
+            &["blank", "duplicate", "saturated", "blurred", "odd_texture"].map(String::from),
+        )
+        .unwrap();
     assert!(v.sets["coreset"]
         .patches
         .iter()
@@ -153,7 +153,8 @@ fn a_reimaged_stack_is_a_near_duplicate_and_nothing_else_is() {
     ok(&project, &["embed"]);
     ok(&project, &["qc"]);
     let (_, v) = Repo::discover(&project).unwrap().version(None).unwrap();
-    let near: Vec<_> = biodc::stages::qc::qc_lines(&v)
+    let near: Vec<_> = v
+        .qc_lines()
         .unwrap()
         .into_iter()
         .filter(|l| l.flags.iter().any(|f| f == "near_duplicate"))

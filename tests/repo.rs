@@ -96,7 +96,7 @@ fn import_status_reimport_and_diff_of_a_changed_file() {
         panic!("synthetic stacks are u16");
     }
     biodc::io::tiff::write_stack(&file, &stack).unwrap();
-    let name = biodc::stages::import::stack_name(&file);
+    let name = biodc::io::files::stack_name(&file);
     ok(
         &project,
         &["import", images.to_str().unwrap(), "--condition-from-dir"],

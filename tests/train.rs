@@ -75,7 +75,7 @@ fn m0_segments_held_out_stacks_and_hunt_finds_its_mistakes() {
     let (mut inter, mut total, mut held_out) = (0usize, 0usize, 0);
     for entry in std::fs::read_dir(cohort.join("masks")).unwrap() {
         let truth_path = entry.unwrap().path();
-        let name = biodc::stages::import::stack_name(&truth_path);
+        let name = biodc::io::files::stack_name(&truth_path);
         let (shape, pred) = binary(&out.join(format!("{name}.tif")));
         let (truth_shape, truth) = binary(&truth_path);
         assert_eq!(

@@ -151,6 +151,9 @@ pub struct ExportArgs {
     /// Overwrite files that already exist in the output folder.
     #[arg(long)]
     pub force: bool,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
@@ -158,6 +161,9 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
     let (_, version) = repo.version(a.rev.as_deref())?;
     if let Some(model) = &a.model {
         let (w, c) = crate::stages::export::export_model(&repo, &version, model, &a.to, a.force)?;
+        if a.json {
+            return print_json(&serde_json::json!({ "model": model, "weights": w, "config": c }));
+        }
         println!(
             "exported model {model} to {} and {}",
             w.display(),
@@ -169,6 +175,11 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
         let n = crate::stages::export::export_with_prediction(
             &repo, &version, &a.set, model, &a.to, a.force,
         )?;
+        if a.json {
+            return print_json(&serde_json::json!({
+                "set": a.set, "patches": n, "to": a.to, "with_prediction": model,
+            }));
+        }
         println!(
             "exported {n} patches of {} to {} with {model}'s predictions in predictions/ and triptychs/;\n\
              correct the masks in predictions/, then: biodc annotate {} --round critical-1",
@@ -179,6 +190,9 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
         return Ok(0);
     }
     let n = crate::stages::export::export_set_with(&repo, &version, &a.set, &a.to, a.force)?;
+    if a.json {
+        return print_json(&serde_json::json!({ "set": a.set, "patches": n, "to": a.to }));
+    }
     println!("exported {n} patches of {} to {}", a.set, a.to.display());
     Ok(0)
 }
@@ -204,6 +218,9 @@ pub struct SynthArgs {
     /// Plant no defects.
     #[arg(long)]
     pub no_defects: bool,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn synth(a: SynthArgs) -> Result<i32> {
@@ -219,6 +236,15 @@ pub fn synth(a: SynthArgs) -> Result<i32> {
     }
     params.defects = !a.no_defects;
     let manifest = crate::synth::write_cohort(&a.out, &params)?;
+    if a.json {
+        return print_json(&serde_json::json!({
+            "out": a.out,
+            "stacks": params.stacks,
+            "shape": params.shape,
+            "seed": params.seed,
+            "defects": manifest.defect_count(),
+        }));
+    }
     println!(
         "wrote {} synthetic stacks of {:?} to {} ({} planted defects listed in manifest.json)",
         params.stacks,
@@ -240,6 +266,10 @@ pub struct DemoArgs {
     pub scale: crate::demo::Scale,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print the outcome (Dice of M0 and M1, RCA correlation, report path) as JSON; the
+    /// per-stage lines go to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn demo(a: DemoArgs) -> Result<i32> {
@@ -255,7 +285,10 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
             .find(|p| !p.exists())
             .expect("some name is free")
     });
-    crate::demo::run(&dir, a.scale, a.seed)?;
+    let outcome = crate::demo::run(&dir, a.scale, a.seed, a.json)?;
+    if a.json {
+        return print_json(&outcome);
+    }
     Ok(0)
 }
 
@@ -283,12 +316,15 @@ pub struct ExpertArgs {
     /// Output folder.
     #[arg(long)]
     pub to: PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn expert(dir: &Path, a: ExpertArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
     let (_, version) = repo.version(None)?;
-    let mut ids = crate::stages::export::set_members(&version, &a.set)?;
+    let mut ids = version.set_members(&a.set)?;
     if let Some(n) = a.first {
         ids.truncate(n);
     }
@@ -299,6 +335,9 @@ pub fn expert(dir: &Path, a: ExpertArgs) -> Result<i32> {
         }
         (None, None) => unreachable!("clap requires --cohort or --truth"),
     };
+    if a.json {
+        return print_json(&serde_json::json!({ "masks": n, "to": a.to }));
+    }
     println!("wrote {n} ground-truth masks to {}", a.to.display());
     Ok(0)
 }

@@ -1,14 +1,11 @@
-//! Verbs about versions: init, status, log, show, diff, checkout, branch, tag.
+//! Verbs about versions: init, status, log, show, diff, reproduce, report.
 
 use super::{print_json, short};
-use crate::history::HeadTarget;
+use crate::inspect;
 use crate::repo::{Config, Repo};
-use crate::version::{
-    counts, diff as version_diff, rca_of, Changes, DatasetVersion, RcaRecord, VersionDiff,
-};
-use anyhow::{bail, Result};
+use crate::version::{diff as version_diff, Changes, VersionDiff};
+use anyhow::Result;
 use clap::Args;
-use serde::Serialize;
 use std::path::Path;
 
 /// Create a repository (.biodc/) in the current folder.
@@ -18,6 +15,9 @@ pub struct InitArgs {
     /// Default patch edge in pixels for imports.
     #[arg(long, default_value_t = 224)]
     pub patch: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn init(dir: &Path, a: InitArgs) -> Result<i32> {
@@ -27,6 +27,13 @@ pub fn init(dir: &Path, a: InitArgs) -> Result<i32> {
         ..Config::default()
     };
     let repo = Repo::init(dir, config)?;
+    if a.json {
+        return print_json(&serde_json::json!({
+            "repository": repo.dot(),
+            "patch": a.patch,
+            "version": repo.head()?.to_string(),
+        }));
+    }
     println!(
         "initialised biodc repository in {} (patch {}; version {})",
         repo.dot().display(),
@@ -45,30 +52,9 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Status {
-    branch: Option<String>,
-    head: String,
-    summary: String,
-    counts: crate::version::Counts,
-    /// Stacks whose latest RCA score is under its alarm threshold, worst first.
-    alarms: Vec<RcaRecord>,
-}
-
 pub fn status(dir: &Path, a: StatusArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
-    let head = repo.head()?;
-    let info = repo.history.info(head)?;
-    let s = Status {
-        branch: repo.history.head_branch()?,
-        head: head.to_string(),
-        summary: info.message.lines().next().unwrap_or_default().to_string(),
-        counts: counts(&repo.history, head)?,
-        alarms: rca_of(&repo.history, head)?
-            .into_iter()
-            .filter(|r| r.alarm)
-            .collect(),
-    };
+    let s = inspect::status(&repo)?;
     if a.json {
         return print_json(&s);
     }
@@ -131,51 +117,13 @@ pub struct LogArgs {
     pub json: bool,
 }
 
-/// A version's RCA summary for `log --metrics`.
-#[derive(Serialize)]
-struct VersionMetrics {
-    id: String,
-    subject: String,
-    models: Vec<String>,
-    stacks: usize,
-    mean_rca: Option<f64>,
-    min_rca: Option<f64>,
-    alarms: usize,
-}
-
-fn version_metrics(repo: &Repo, info: &crate::history::CommitInfo) -> Result<VersionMetrics> {
-    let rca = rca_of(&repo.history, repo.history.resolve(&info.id)?)?;
-    let mut models: Vec<String> = rca.iter().map(|r| r.model.clone()).collect();
-    models.sort();
-    models.dedup();
-    let n = rca.len();
-    Ok(VersionMetrics {
-        id: info.id.to_string(),
-        subject: info.message.lines().next().unwrap_or_default().to_string(),
-        models,
-        stacks: n,
-        mean_rca: (n > 0).then(|| rca.iter().map(|r| r.rca).sum::<f64>() / n as f64),
-        min_rca: rca.first().map(|r| r.rca),
-        alarms: rca.iter().filter(|r| r.alarm).count(),
-    })
-}
-
 pub fn log(dir: &Path, a: LogArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
-    let tip = match &a.rev {
-        Some(r) => repo.history.resolve(r)?,
-        None => repo.head()?,
-    };
-    let chain = repo.history.first_parent_chain(tip)?;
-    let infos = chain
-        .into_iter()
-        .take(a.max.unwrap_or(usize::MAX))
-        .map(|id| repo.history.info(id))
-        .collect::<Result<Vec<_>>>()?;
+    let infos = inspect::log(&repo, a.rev.as_deref(), a.max)?;
     if a.metrics {
         let rows = infos
             .iter()
-            .map(|i| version_metrics(&repo, i))
+            .map(|i| inspect::version_metrics(&repo, i))
             .collect::<Result<Vec<_>>>()?;
         if a.json {
             return print_json(&rows);
@@ -237,27 +185,9 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Shown {
-    commit: crate::history::CommitInfo,
-    stage: Option<crate::version::StageRecord>,
-    stacks: usize,
-    patches: usize,
-    annotations: usize,
-    sets: Vec<String>,
-}
-
 pub fn show(dir: &Path, a: ShowArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
-    let (id, v): (_, DatasetVersion) = repo.version(a.rev.as_deref())?;
-    let shown = Shown {
-        commit: repo.history.info(id)?,
-        stage: v.stage.clone(),
-        stacks: v.stacks.len(),
-        patches: v.patch_count(),
-        annotations: v.annotations.len(),
-        sets: v.sets.keys().cloned().collect(),
-    };
+    let (shown, v) = inspect::show(&repo, a.rev.as_deref())?;
     if a.json {
         return print_json(&shown);
     }
@@ -413,124 +343,6 @@ fn print_changes(what: &str, c: &Changes) {
             println!("  {mark} … and {} more", names.len() - SHOWN);
         }
     }
-}
-
-/// Move HEAD to a branch or (detached) to any version.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  biodc checkout main\n  biodc checkout 3f2a9c1b   # detached: inspect or branch from an old version"
-)]
-pub struct CheckoutArgs {
-    pub target: String,
-}
-
-pub fn checkout(dir: &Path, a: CheckoutArgs) -> Result<i32> {
-    let repo = Repo::discover(dir)?;
-    let _lock = repo.lock()?;
-    let branch_ref = format!("refs/heads/{}", a.target);
-    let is_branch = repo.history.refs()?.iter().any(|(n, _)| *n == branch_ref);
-    if is_branch {
-        repo.history
-            .set_head(HeadTarget::Branch(a.target.clone()))?;
-        println!("switched to branch {}", a.target);
-    } else {
-        let id = repo.history.resolve(&a.target)?;
-        repo.history.set_head(HeadTarget::Detached(id))?;
-        println!("HEAD detached at {}", short(&id));
-    }
-    Ok(0)
-}
-
-/// List, create or delete branches.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  biodc branch\n  biodc branch relabel-round2 HEAD~1\n  biodc branch -d relabel-round2"
-)]
-pub struct BranchArgs {
-    /// Branch to create (lists branches when omitted).
-    pub name: Option<String>,
-    /// Where it starts (default HEAD).
-    pub start: Option<String>,
-    /// Delete the branch NAME.
-    #[arg(short = 'd', long)]
-    pub delete: bool,
-}
-
-pub fn branch(dir: &Path, a: BranchArgs) -> Result<i32> {
-    named_refs(dir, "branch", "refs/heads/", a.name, a.start, a.delete)
-}
-
-/// List, create or delete tags (names for versions).
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  biodc tag\n  biodc tag core-annotated\n  biodc tag -d core-annotated"
-)]
-pub struct TagArgs {
-    /// Tag to create (lists tags when omitted).
-    pub name: Option<String>,
-    /// Version it names (default HEAD).
-    pub rev: Option<String>,
-    /// Delete the tag NAME.
-    #[arg(short = 'd', long)]
-    pub delete: bool,
-}
-
-pub fn tag(dir: &Path, a: TagArgs) -> Result<i32> {
-    named_refs(dir, "tag", "refs/tags/", a.name, a.rev, a.delete)
-}
-
-fn named_refs(
-    dir: &Path,
-    kind: &str,
-    prefix: &str,
-    name: Option<String>,
-    rev: Option<String>,
-    delete: bool,
-) -> Result<i32> {
-    let repo = Repo::discover(dir)?;
-    let Some(name) = name else {
-        if delete {
-            bail!("-d needs the {kind} name");
-        }
-        let current = repo.history.head_branch()?;
-        for (full, id) in repo.history.refs()? {
-            if let Some(n) = full.strip_prefix(prefix) {
-                let mark = if current.as_deref() == Some(n) && kind == "branch" {
-                    "*"
-                } else {
-                    " "
-                };
-                println!("{mark} {n} {}", short(&id));
-            }
-        }
-        return Ok(0);
-    };
-    if !delete {
-        // An existing ref is deleted by any name git gave it; a new one gets a valid name.
-        let kind = if kind == "branch" {
-            crate::name::NameKind::Branch
-        } else {
-            crate::name::NameKind::Tag
-        };
-        crate::history::check_ref_name(kind, &name)?;
-    }
-    let _lock = repo.lock()?;
-    let full = format!("{prefix}{name}");
-    if delete {
-        if kind == "branch" && repo.history.head_branch()?.as_deref() == Some(name.as_str()) {
-            bail!("cannot delete branch {name}: HEAD is on it");
-        }
-        repo.history.delete_ref(&full)?;
-        println!("deleted {kind} {name}");
-    } else {
-        let target = match &rev {
-            Some(r) => repo.history.resolve(r)?,
-            None => repo.head()?,
-        };
-        repo.history.create_ref(&full, target)?;
-        println!("created {kind} {name} at {}", short(&target));
-    }
-    Ok(0)
 }
 
 /// Re-run the stage that made a version and check it comes out the same.

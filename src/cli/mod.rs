@@ -6,6 +6,7 @@ mod history;
 mod learn;
 mod maintenance;
 mod models;
+mod refs;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -37,9 +38,9 @@ pub enum Verb {
     Log(history::LogArgs),
     Show(history::ShowArgs),
     Diff(history::DiffArgs),
-    Checkout(history::CheckoutArgs),
-    Branch(history::BranchArgs),
-    Tag(history::TagArgs),
+    Checkout(refs::CheckoutArgs),
+    Branch(refs::BranchArgs),
+    Tag(refs::TagArgs),
     Export(data::ExportArgs),
     Fsck(maintenance::FsckArgs),
     Gc(maintenance::GcArgs),
@@ -73,9 +74,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Log(a) => history::log(&dir, a),
         Verb::Show(a) => history::show(&dir, a),
         Verb::Diff(a) => history::diff(&dir, a),
-        Verb::Checkout(a) => history::checkout(&dir, a),
-        Verb::Branch(a) => history::branch(&dir, a),
-        Verb::Tag(a) => history::tag(&dir, a),
+        Verb::Checkout(a) => refs::checkout(&dir, a),
+        Verb::Branch(a) => refs::branch(&dir, a),
+        Verb::Tag(a) => refs::tag(&dir, a),
         Verb::Export(a) => data::export(&dir, a),
         Verb::Fsck(a) => maintenance::fsck(&dir, a),
         Verb::Gc(a) => maintenance::gc(&dir, a),

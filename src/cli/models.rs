@@ -295,8 +295,8 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
     let mut import_commit = None;
     if !files.is_empty() {
         let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
-        for f in stages::import::tiff_files(&paths)? {
-            names.push(stages::import::stack_name(&f));
+        for f in crate::io::files::tiff_files(&paths)? {
+            names.push(crate::io::files::stack_name(&f));
         }
         let params = stages::import::ImportParams {
             paths,

@@ -1,6 +1,7 @@
 //! Image input/output: TIFF z-stacks in and out (8/16-bit unsigned, 32-bit float; multi-page,
 //! ImageJ hyperstacks, OME-TIFF), PNG previews.
 
+pub mod files;
 pub mod png;
 pub mod tiff;
 

@@ -1,7 +1,7 @@
 //! Building blocks shared by the encoder, the MAE decoder and the segmenter: parameters drawn
 //! from a seeded RNG, linear layers, a layer norm with a working gradient, attention, dropout.
 //!
-//! candle's fused `layer_norm`/`softmax_last_dim` have no backward pass (DESIGN.md §8), so the
+//! candle's fused `layer_norm`/`softmax_last_dim` have no backward pass (docs/ARCHITECTURE.md), so the
 //! layers use the fused kernels with gradients of [`super::ops`]; and CPU random numbers cannot
 //! be seeded in candle, so initial weights and dropout masks come from our own ChaCha RNG.
 

@@ -17,6 +17,7 @@ pub mod conv3x3;
 pub mod data;
 pub mod group_norm;
 pub mod layers;
+pub mod loss;
 pub mod mae;
 pub mod ops;
 pub mod segmenter;

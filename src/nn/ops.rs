@@ -2,7 +2,7 @@
 //! normalisation, the attention softmax, and the im2col of the segmenter's convolutions.
 //!
 //! candle's own choices are poor here. Its fused `ops::layer_norm` and `ops::softmax_last_dim`
-//! cut the graph (DESIGN.md §8: `backward` succeeds, the input silently gets no gradient), so
+//! cut the graph (docs/ARCHITECTURE.md: `backward` succeeds, the input silently gets no gradient), so
 //! a trainable model has to use composite forms (`ops::softmax`, `ops::layer_norm_slow`) of
 //! 5–9 element-wise operations each, every one a full pass over memory and a thread-pool
 //! dispatch, with more in the backward pass; and `Tensor::gelu`'s backward pass takes 12
@@ -537,7 +537,7 @@ mod tests {
         assert_eq!(s, vec![1.0, 0.0]);
     }
 
-    /// What DESIGN.md §8 warns about: candle's fused softmax and layer norm cannot be trained.
+    /// What docs/ARCHITECTURE.md records: candle's fused softmax and layer norm cannot be trained.
     #[test]
     fn candle_fused_kernels_have_no_backward() {
         let x = Var::from_tensor(&randn(&[2, 8], 1.0, 4)).unwrap();

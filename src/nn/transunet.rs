@@ -186,13 +186,13 @@ impl TransUnet {
     /// BCE-with-logits + soft Dice loss of logits against 0/1 masks `y` (B, 1, S, S).
     pub fn loss(&self, x: &Tensor, y: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         let z = self.forward(x, rng)?;
-        super::segmenter::bce_dice(&z, y)
+        super::loss::bce_dice(&z, y)
     }
 
     /// Foreground probabilities (B, S·S rows) with dropout off.
     pub fn predict(&self, x: &Tensor) -> Result<Vec<Vec<f32>>> {
         let b = x.dim(0)?;
-        Ok(super::segmenter::sigmoid(&self.forward(x, None)?)?
+        Ok(super::loss::sigmoid(&self.forward(x, None)?)?
             .reshape((b, ()))?
             .to_vec2::<f32>()?)
     }

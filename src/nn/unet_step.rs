@@ -501,7 +501,7 @@ fn forward(
 }
 
 /// The BCE + soft Dice loss of logits `z` against 0/1 targets `t` (as
-/// [`super::segmenter::bce_dice`]) and its gradient.
+/// [`super::loss::bce_dice`]) and its gradient.
 fn loss_and_grad(z: &[f32], t: &[f32]) -> (f32, Vec<f32>) {
     let n = z.len() as f64;
     let p: Vec<f32> = z.iter().map(|&v| ((v * 0.5).tanh() + 1.0) * 0.5).collect();
@@ -734,7 +734,7 @@ mod tests {
         let tt = Tensor::from_vec(t.clone(), (b, 1, h, w), &dev).unwrap();
         let mut r1 = ChaCha8Rng::seed_from_u64(3);
         let z = net.forward(&xt, Some(&mut r1)).unwrap();
-        let loss = crate::nn::segmenter::bce_dice(&z, &tt).unwrap();
+        let loss = crate::nn::loss::bce_dice(&z, &tt).unwrap();
         let reference = loss.backward().unwrap();
 
         let mut r2 = ChaCha8Rng::seed_from_u64(3);

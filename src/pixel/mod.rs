@@ -1,9 +1,11 @@
 //! Pixel classification for reverse classification accuracy: ilastik-style filter features
 //! ([`features`]) and a random forest ([`forest`]) trained on a balanced sample of pixels.
 
+pub mod blur;
 pub mod features;
 pub mod forest;
 pub mod frangi;
+pub mod tile_stats;
 
 use anyhow::{ensure, Result};
 use forest::{Forest, ForestParams};
@@ -13,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use blur::gaussian_blur;
 pub use features::normalise_together;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

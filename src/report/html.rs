@@ -8,7 +8,6 @@ use super::svg::{esc, histogram, line_chart};
 use crate::io::Plane;
 use crate::output::OutDir;
 use crate::repo::Repo;
-use crate::stages::{export::patch_plane, monitor, qc};
 use crate::version::{DatasetVersion, StageRecord};
 use anyhow::Result;
 use serde::Serialize;
@@ -137,13 +136,13 @@ fn gallery_section(
     let mut planes: Vec<Plane> = Vec::new();
     let mut size = 0;
     for id in &set.patches {
-        let (info, plane) = patch_plane(&repo.store, v, id)?;
+        let (info, plane) = v.patch_plane(&repo.store, id)?;
         size = info.shape[1];
         planes.push(plane);
     }
     out.write("coreset.png", true, |p| contact_sheet(p, &planes, size))?;
     pictures.push("coreset.png".into());
-    let annotated = crate::stages::annotate::current_masks(v);
+    let annotated = v.current_masks();
     let done = set
         .patches
         .iter()
@@ -176,7 +175,7 @@ fn candidates_section(
         html.push_str("<p>No hunt yet (<code>biodc hunt --model M0</code>).</p>");
         return Ok(());
     }
-    let annotated = crate::stages::annotate::current_masks(v);
+    let annotated = v.current_masks();
     for (name, set) in hunts {
         let model = set
             .extra
@@ -199,10 +198,10 @@ fn candidates_section(
             ) else {
                 continue;
             };
-            let (info, plane) = patch_plane(&repo.store, v, id)?;
+            let (info, plane) = v.patch_plane(&repo.store, id)?;
             let size = info.shape[1];
             let mask = repo.store.get(p)?;
-            let unc = crate::stages::read_f32_matrix(&repo.store, u, size, size)?;
+            let unc = repo.store.get_f32_matrix(u, size, size)?;
             let file = format!("{name}/{id}.png");
             out.write(&file, true, |p| triptych(p, &plane, &mask, &unc, size))?;
             pictures.push(file.clone());
@@ -364,11 +363,11 @@ fn rca_section(rca: &[crate::version::RcaRecord], html: &mut String) {
 
 fn qc_section(v: &DatasetVersion, html: &mut String) -> Result<()> {
     html.push_str("<h2>Quality control</h2>");
-    if !v.other.contains_key("qc.jsonl") {
+    if !v.other.contains_key(crate::version::QC_FILE) {
         html.push_str("<p>No QC yet (<code>biodc qc</code>).</p>");
         return Ok(());
     }
-    let lines = qc::qc_lines(v)?;
+    let lines = v.qc_lines()?;
     let mut by_flag: BTreeMap<&str, usize> = BTreeMap::new();
     for l in &lines {
         for f in &l.flags {
@@ -414,7 +413,7 @@ fn qc_section(v: &DatasetVersion, html: &mut String) -> Result<()> {
 pub fn report(repo: &Repo, rev: Option<&str>, out: &Path) -> Result<ReportSummary> {
     let (id, v) = repo.version(rev)?;
     let out = &OutDir::create(out)?;
-    let rca = monitor::latest_by_stack(&monitor::rca_lines(&v)?);
+    let rca = crate::version::latest_by_stack(&v.rca_lines()?);
     let mut pictures = Vec::new();
     let mut html = String::new();
     let counts = crate::version::counts(&repo.history, id)?;
@@ -432,7 +431,7 @@ pub fn report(repo: &Repo, rev: Option<&str>, out: &Path) -> Result<ReportSummar
     let versions = history_section(repo, id, &mut html)?;
     gallery_section(repo, &v, out, &mut html, &mut pictures)?;
     candidates_section(repo, &v, out, &mut html, &mut pictures)?;
-    models_section(&v, &monitor::rca_lines(&v)?, &mut html);
+    models_section(&v, &v.rca_lines()?, &mut html);
     rca_section(&rca, &mut html);
     qc_section(&v, &mut html)?;
     let _ = write!(

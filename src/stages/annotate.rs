@@ -120,14 +120,14 @@ fn mask_files(dir: &Path) -> Result<(Vec<PathBuf>, usize, Vec<String>)> {
         .follow_links(true)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !super::import::is_hidden(e.path()))
+        .filter_entry(|e| e.depth() == 0 || !crate::io::files::is_hidden(e.path()))
     {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => match e.path() {
                 Some(p) if p.symlink_metadata().is_ok() && !p.exists() => {
                     if patch_id_of(p).is_some() {
-                        problems.push(super::import::broken_link(p));
+                        problems.push(crate::io::files::broken_link(p));
                     }
                     continue;
                 }
@@ -160,6 +160,24 @@ fn mask_files(dir: &Path) -> Result<(Vec<PathBuf>, usize, Vec<String>)> {
     }
     files.sort();
     Ok((files, skipped, problems))
+}
+
+/// The `annotate` verb.
+pub struct Annotate;
+
+impl super::Stage for Annotate {
+    const VERB: &'static str = "annotate";
+    type Params = AnnotateParams;
+    type Report = AnnotateReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &AnnotateParams,
+    ) -> Result<(Next, AnnotateReport)> {
+        annotate(repo, head, version, params)
+    }
 }
 
 pub fn annotate(
@@ -264,7 +282,7 @@ pub fn annotate(
         replaced,
         params.annotator
     );
-    let mut record = repo.stage_record("annotate", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Annotate as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert("annotations.jsonl".into(), format!("{} masks", masks.len()));
@@ -275,13 +293,4 @@ pub fn annotate(
         foreground_fraction: on as f64 / total.max(1) as f64,
     };
     Ok((Some((version, record)), report))
-}
-
-/// The current mask of each patch (its last annotation line) and the round it came in.
-pub fn current_masks(version: &DatasetVersion) -> BTreeMap<&str, &AnnotationRecord> {
-    version
-        .annotations
-        .iter()
-        .map(|a| (a.patch.as_str(), a))
-        .collect()
 }

@@ -1,7 +1,7 @@
 //! `coreset`: the K most representative patches by max K-cover over the embeddings' cosine
 //! similarity (or the `random` / `kcenter` baselines), stored as `sets/<name>.json`.
 
-use super::{read_f32_matrix, Next};
+use super::Next;
 use crate::history::CommitId;
 use crate::repo::Repo;
 use crate::select::{cover, kcenter::kcenter, knn::exact_knn};
@@ -57,12 +57,26 @@ pub struct CoresetReport {
     pub seconds: f64,
 }
 
-/// The condition label of a patch's stack ("none" when untagged).
-pub fn condition_of(version: &DatasetVersion, patch: &str) -> String {
-    crate::version::stack_of_patch_id(patch)
-        .and_then(|s| version.stacks.get(s))
-        .and_then(|s| s.conditions.first().cloned())
-        .unwrap_or_else(|| "none".into())
+/// The `coreset` verb.
+pub struct Coreset;
+
+impl super::Stage for Coreset {
+    const VERB: &'static str = "coreset";
+    type Params = CoresetParams;
+    type Report = CoresetReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &CoresetParams,
+    ) -> Result<(Next, CoresetReport)> {
+        coreset(repo, head, version, params)
+    }
+
+    fn seed(params: &CoresetParams) -> Option<u64> {
+        Some(params.seed)
+    }
 }
 
 pub fn coreset(
@@ -85,11 +99,11 @@ pub fn coreset(
             params.k
         );
     }
-    let x = read_f32_matrix(&repo.store, &emb.matrix, n, d)?;
+    let x = repo.store.get_f32_matrix(&emb.matrix, n, d)?;
     if params.per_condition > 0 && params.method != Method::Kcover {
         bail!("--per-condition applies to --method kcover only");
     }
-    let flagged = super::qc::flagged_patches(&version, &params.exclude)?;
+    let flagged = version.flagged_patches(&params.exclude)?;
     let allowed: Vec<bool> = emb.patches.iter().map(|p| !flagged.contains(p)).collect();
     if allowed.iter().filter(|a| **a).count() < params.k {
         bail!("fewer than {} patches are left after --exclude", params.k);
@@ -98,7 +112,7 @@ pub fn coreset(
     let conditions: Vec<String> = emb
         .patches
         .iter()
-        .map(|p| condition_of(&version, p))
+        .map(|p| version.condition_of(p))
         .collect();
     let (picks, scores) = match params.method {
         Method::Kcover => {
@@ -181,12 +195,7 @@ pub fn coreset(
             )
         }
     );
-    let mut record = repo.stage_record(
-        "coreset",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Coreset as super::Stage>::record(repo, params, &summary)?;
     record
         .inputs
         .insert(format!("embeddings/{}", params.model), emb.matrix.to_hex());

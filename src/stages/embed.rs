@@ -7,7 +7,6 @@
 //! mean over the version's patches before L2 normalisation.
 
 use super::{patches::PatchList, Next};
-use crate::cache::Cache;
 use crate::history::CommitId;
 use crate::nn::{checkpoint, data::batch, mae::MaeConfig, mae::EMBED_DIM};
 use crate::repo::Repo;
@@ -41,6 +40,29 @@ pub fn load_mae(repo: &Repo, model: &ModelManifest, dev: &Device) -> Result<crat
     let cfg: MaeConfig = serde_json::from_value(model.architecture["biodc"].clone())
         .with_context(|| format!("model {} has no biodc architecture record", model.name))?;
     checkpoint::load(&cfg, &repo.store.get(&model.checkpoint)?, dev)
+}
+
+/// The `embed` verb.
+pub struct Embed;
+
+impl super::Stage for Embed {
+    const VERB: &'static str = "embed";
+    type Params = EmbedParams;
+    type Report = EmbedReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &EmbedParams,
+    ) -> Result<(Next, EmbedReport)> {
+        embed(repo, head, version, params)
+    }
+
+    fn for_rerun(mut params: EmbedParams) -> EmbedParams {
+        params.fresh = true;
+        params
+    }
 }
 
 pub fn embed(
@@ -78,7 +100,7 @@ pub fn embed(
         mae.cfg.encoder.image_size,
         mae.cfg.encoder.image_size
     );
-    let cache = Cache::open(&repo.dot().join("cache.sled"))?;
+    let cache = repo.cache()?;
     let tree = format!("pooled-{}", model.checkpoint.to_hex());
     let mut rows: Vec<Option<Vec<f32>>> = list
         .items
@@ -130,7 +152,7 @@ pub fn embed(
         todo.len(),
         rows.len() - todo.len()
     );
-    let mut record = repo.stage_record("embed", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Embed as super::Stage>::record(repo, params, &summary)?;
     record
         .inputs
         .insert(format!("models/{}", model.name), model.checkpoint.to_hex());
@@ -173,15 +195,11 @@ pub fn condition_knn(
         .embeddings
         .get(model)
         .with_context(|| format!("no embeddings of model {model:?}: run `biodc embed` first"))?;
-    let x = super::read_f32_matrix(&repo.store, &e.matrix, e.rows, e.dim)?;
-    let labels: Vec<String> = e
-        .patches
-        .iter()
-        .map(|p| super::coreset::condition_of(version, p))
-        .collect();
+    let x = repo.store.get_f32_matrix(&e.matrix, e.rows, e.dim)?;
+    let labels: Vec<String> = e.patches.iter().map(|p| version.condition_of(p)).collect();
     let (mut raw, mut texture) = (Vec::new(), Vec::new());
     for id in &e.patches {
-        let (info, plane) = super::export::patch_plane(&repo.store, version, id)?;
+        let (info, plane) = version.patch_plane(&repo.store, id)?;
         let (h, w) = (info.shape[1], info.shape[2]);
         let px = crate::nn::data::normalize_patch(&plane.to_f32());
         raw.extend(crate::pixel::block_means(&px, h, w, 8));

@@ -10,7 +10,6 @@
 use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
 use crate::output::OutDir;
 use crate::repo::Repo;
-use crate::store::Store;
 use crate::version::DatasetVersion;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -97,46 +96,6 @@ fn refuse_existing(out: &OutDir, files: &[String], force: bool) -> Result<()> {
     Ok(())
 }
 
-/// The patch ids of `set` ("all" = every patch) in `version`.
-pub fn set_members(version: &DatasetVersion, set: &str) -> Result<Vec<String>> {
-    if set == "all" {
-        return Ok(version.all_patches().map(|(_, p)| p.id.clone()).collect());
-    }
-    match version.sets.get(set) {
-        Some(s) => Ok(s.patches.clone()),
-        None => {
-            let known: Vec<&str> = version.sets.keys().map(String::as_str).collect();
-            bail!(
-                "no set named {set:?} in this version (sets: {}; or `all`)",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )
-        }
-    }
-}
-
-/// Reads one patch's pixels from the store.
-pub fn patch_plane(
-    store: &Store,
-    version: &DatasetVersion,
-    id: &str,
-) -> Result<(StackInfo, Plane)> {
-    let (stack, patch) = version
-        .patch(id)
-        .with_context(|| format!("patch {id} is not in this version"))?;
-    let raw = store.get(&patch.tile)?;
-    let plane = Plane::from_le_bytes(stack.dtype, &raw)?;
-    let info = StackInfo {
-        shape: [1, stack.tile, stack.tile],
-        dtype: stack.dtype,
-        voxel_size: stack.voxel_size,
-    };
-    Ok((info, plane))
-}
-
 /// Largest set that also gets a contact sheet.
 const GALLERY_MAX: usize = 400;
 
@@ -155,7 +114,7 @@ pub fn export_set_with(
     dir: &Path,
     force: bool,
 ) -> Result<usize> {
-    let ids = set_members(version, set)?;
+    let ids = version.set_members(set)?;
     let out = OutDir::create(dir)?;
     refuse_existing(&out, &set_files(set, &ids), force)?;
     write_set(repo, version, set, &ids, &out, force)
@@ -183,7 +142,7 @@ fn write_set(
     let written: Vec<(String, ExportedFile)> = ids
         .par_iter()
         .map(|id| -> Result<(String, ExportedFile)> {
-            let (info, plane) = patch_plane(store, version, id)?;
+            let (info, plane) = version.patch_plane(store, id)?;
             let name = format!("{id}.tif");
             let mut hash = None;
             out.write(&name, force, |path| {
@@ -212,7 +171,7 @@ fn write_set(
     if !ids.is_empty() && ids.len() <= GALLERY_MAX {
         let planes = ids
             .iter()
-            .map(|id| patch_plane(store, version, id).map(|(_, p)| p))
+            .map(|id| version.patch_plane(store, id).map(|(_, p)| p))
             .collect::<Result<Vec<_>>>()?;
         let size = version.patch(&ids[0]).map_or(0, |(s, _)| s.tile);
         let name = format!("{set}-gallery.png");
@@ -289,8 +248,8 @@ pub fn export_with_prediction(
     force: bool,
 ) -> Result<usize> {
     // Everything is checked before anything is written.
-    super::train::model(version, model)?;
-    let members = set_members(version, set)?;
+    version.model(model)?;
+    let members = version.set_members(set)?;
     let out = OutDir::create(dir)?;
     let mut files = set_files(set, &members);
     for id in &members {
@@ -299,11 +258,11 @@ pub fn export_with_prediction(
     }
     refuse_existing(&out, &files, force)?;
     let n = write_set(repo, version, set, &members, &out, force)?;
-    let ids = set_members(version, set)?;
-    let m = super::train::model(version, model)?;
+    let ids = version.set_members(set)?;
+    let m = version.model(model)?;
     let net = crate::segmentation::SegmentationModel::load(&repo.store, m)?;
     let size = net.window();
-    let images = super::train::load_images(&repo.store, version, &ids)?;
+    let images = crate::segmentation::load_images(&repo.store, version, &ids)?;
     let masks = crate::segmentation::predict_masks(&net, &images, 16)?;
     let stored = version.sets.get(set).and_then(|s| {
         let same_model =
@@ -314,7 +273,7 @@ pub fn export_with_prediction(
     let mut uncertainty = Vec::with_capacity(ids.len());
     for (id, img) in ids.iter().zip(&images) {
         let map = match stored.and_then(|s| s.get(id)) {
-            Some(obj) => super::read_f32_matrix(&repo.store, obj, size, size)?,
+            Some(obj) => repo.store.get_f32_matrix(obj, size, size)?,
             None => {
                 let r = super::hunt::mc_dropout(
                     &net,
@@ -332,7 +291,7 @@ pub fn export_with_prediction(
     }
     let mut index = BTreeMap::new();
     for ((id, mask), unc) in ids.iter().zip(&masks).zip(&uncertainty) {
-        let (info, plane) = patch_plane(&repo.store, version, id)?;
+        let (info, plane) = version.patch_plane(&repo.store, id)?;
         let name = format!("predictions/{id}.tif");
         let mut hash = None;
         out.write(&name, force, |path| {

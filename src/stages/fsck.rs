@@ -188,7 +188,7 @@ pub fn gc(repo: &Repo) -> Result<GcReport> {
     let _lock = repo.lock()?;
     let mut report = FsckReport::default();
     let mut keep = referenced(repo, &mut report)?;
-    keep.extend(super::pretrain::pending_objects(repo)?);
+    keep.extend(repo.pending_objects()?);
     anyhow::ensure!(
         report.history.is_empty(),
         "history is damaged; run `biodc fsck`: {}",

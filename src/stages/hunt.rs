@@ -11,10 +11,11 @@
 //! The top patches by the chosen score become `sets/candidates-N`, with each pick's entropy map
 //! (f32) and mean-prediction mask stored as objects for export and review.
 
-use super::train::{dice, load_images, model};
 use super::Next;
 use crate::history::CommitId;
+use crate::pixel::dice;
 use crate::repo::Repo;
+use crate::segmentation::load_images;
 use crate::segmentation::SegmentationModel;
 use crate::store::{Filter, Kind, ObjectId};
 use crate::version::{DatasetVersion, PatchSet};
@@ -148,6 +149,28 @@ fn next_name(version: &DatasetVersion) -> String {
         .unwrap()
 }
 
+/// The `hunt` verb.
+pub struct Hunt;
+
+impl super::Stage for Hunt {
+    const VERB: &'static str = "hunt";
+    type Params = HuntParams;
+    type Report = HuntReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &HuntParams,
+    ) -> Result<(Next, HuntReport)> {
+        hunt(repo, head, version, params)
+    }
+
+    fn seed(params: &HuntParams) -> Option<u64> {
+        Some(params.seed)
+    }
+}
+
 pub fn hunt(
     repo: &Repo,
     _head: CommitId,
@@ -157,10 +180,10 @@ pub fn hunt(
     let started = Instant::now();
     anyhow::ensure!(params.passes >= 2, "--passes must be at least 2");
     anyhow::ensure!(params.top > 0, "--top must be positive");
-    let m = model(&version, &params.model)?;
+    let m = version.model(&params.model)?;
     let net = SegmentationModel::load(&repo.store, m)?;
-    let annotated = super::annotate::current_masks(&version);
-    let flagged = super::qc::flagged_patches(&version, &params.exclude)?;
+    let annotated = version.current_masks();
+    let flagged = version.flagged_patches(&params.exclude)?;
     let size = net.window();
     let mut ids: Vec<String> = version
         .all_patches()
@@ -260,12 +283,7 @@ pub fn hunt(
         params.score,
         version.sets[&name].scores.first().copied().unwrap_or(0.0)
     );
-    let mut record = repo.stage_record(
-        "hunt",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Hunt as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(format!("sets/{name}"), format!("{} patches", top.len()));

@@ -1,6 +1,11 @@
 //! One file per stage of the loop. A stage reads the version at HEAD and returns the next
 //! version with its stage record; [`run`] is the one place that locks, commits, and on failure
 //! removes the objects the stage wrote, so a failed verb leaves the repository as it was.
+//!
+//! Each committing verb is a [`Stage`]: its verb name (written once, in its `impl`), its
+//! parameters, and its run function. [`REGISTRY`] lists them, so `reproduce` finds a recorded
+//! verb without a list of its own. Adding a verb: its file (the `impl Stage`), one line in
+//! [`REGISTRY`], and its place in the CLI.
 
 pub mod annotate;
 pub mod coreset;
@@ -20,7 +25,8 @@ pub mod train;
 use crate::history::CommitId;
 use crate::repo::Repo;
 use crate::version::{DatasetVersion, StageRecord};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
 
 /// What a stage returns: the next version and its record, or None when there is nothing to
 /// commit (e.g. re-importing unchanged files).
@@ -50,21 +56,103 @@ pub fn run<R>(
     outcome
 }
 
-/// Reads a rows × dim little-endian f32 matrix object.
-pub fn read_f32_matrix(
-    store: &crate::store::Store,
-    id: &crate::store::ObjectId,
-    rows: usize,
-    dim: usize,
-) -> Result<Vec<f32>> {
-    let raw = store.get(id)?;
-    anyhow::ensure!(
-        raw.len() == rows * dim * 4,
-        "matrix {id} holds {} bytes, expected {rows}×{dim} f32",
-        raw.len()
-    );
-    Ok(raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+/// A committing verb of the loop.
+pub trait Stage {
+    /// The verb, as the CLI and the stage record name it.
+    const VERB: &'static str;
+    type Params: Serialize + DeserializeOwned;
+    type Report;
+
+    /// Runs on `version` (the commit `head`) and returns the next version with its record.
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &Self::Params,
+    ) -> Result<(Next, Self::Report)>;
+
+    /// The seed the run draws its randomness from, for the record.
+    fn seed(_params: &Self::Params) -> Option<u64> {
+        None
+    }
+
+    /// The parameters `reproduce` re-runs with (e.g. recompute what a cache would skip).
+    fn for_rerun(params: Self::Params) -> Self::Params {
+        params
+    }
+
+    /// The record of a run: verb, command line, parameters, seed, threads, biodc version and
+    /// `summary`; the stage adds its inputs, outputs and timings.
+    fn record(repo: &Repo, params: &Self::Params, summary: &str) -> Result<StageRecord> {
+        Ok(repo.stage_record(
+            Self::VERB,
+            serde_json::to_value(params)?,
+            Self::seed(params),
+            summary,
+        ))
+    }
+
+    /// Runs on HEAD and commits (see [`run`]).
+    fn commit(repo: &Repo, params: &Self::Params) -> Result<(Option<CommitId>, Self::Report)> {
+        run(repo, |r, head, v| Self::run(r, head, v, params))
+    }
+}
+
+/// A registered stage, its types erased: what `reproduce` needs to re-run a record.
+pub struct Registered {
+    pub verb: &'static str,
+    rerun: fn(&Repo, CommitId, DatasetVersion, &serde_json::Value) -> Result<Next>,
+}
+
+impl Registered {
+    const fn of<S: Stage>() -> Registered {
+        Registered {
+            verb: S::VERB,
+            rerun: rerun::<S>,
+        }
+    }
+
+    /// Runs the stage again on `version` (the commit `parent`) with recorded parameters.
+    pub fn rerun(
+        &self,
+        repo: &Repo,
+        parent: CommitId,
+        version: DatasetVersion,
+        params: &serde_json::Value,
+    ) -> Result<Next> {
+        (self.rerun)(repo, parent, version, params)
+    }
+}
+
+fn rerun<S: Stage>(
+    repo: &Repo,
+    parent: CommitId,
+    version: DatasetVersion,
+    params: &serde_json::Value,
+) -> Result<Next> {
+    let p: S::Params = serde_json::from_value(params.clone()).with_context(|| {
+        format!(
+            "the {} record's parameters do not parse with this biodc",
+            S::VERB
+        )
+    })?;
+    Ok(S::run(repo, parent, version, &S::for_rerun(p))?.0)
+}
+
+/// Every committing verb.
+pub const REGISTRY: &[Registered] = &[
+    Registered::of::<import::Import>(),
+    Registered::of::<pretrain::Pretrain>(),
+    Registered::of::<embed::Embed>(),
+    Registered::of::<qc::Qc>(),
+    Registered::of::<coreset::Coreset>(),
+    Registered::of::<annotate::Annotate>(),
+    Registered::of::<train::Train>(),
+    Registered::of::<hunt::Hunt>(),
+    Registered::of::<monitor::Monitor>(),
+];
+
+/// The registered stage of `verb`.
+pub fn registered(verb: &str) -> Option<&'static Registered> {
+    REGISTRY.iter().find(|r| r.verb == verb)
 }

@@ -9,20 +9,18 @@
 //! (the mean and the best-matching patch are kept too). Scores under the alarm threshold are
 //! alarms in `monitor`, `status` and `diff`.
 
-use super::train::model;
 use super::Next;
 use crate::history::CommitId;
 use crate::pixel::{dice, normalise_together, PixelClassifier, PixelClassifierParams};
 use crate::repo::Repo;
 use crate::segmentation::SegmentationModel;
-use crate::version::{DatasetVersion, RcaRecord};
+use crate::version::{DatasetVersion, RcaRecord, RCA_FILE};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Where `metrics/rca.jsonl` lives in a version.
-pub const RCA_FILE: &str = "metrics/rca.jsonl"; // read without loading a version by crate::version::rca_of
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitorParams {
@@ -112,31 +110,6 @@ pub fn rca(
     })
 }
 
-/// The RCA lines of a version (empty when it has none).
-pub fn rca_lines(version: &DatasetVersion) -> Result<Vec<RcaRecord>> {
-    let Some(bytes) = version.other.get(RCA_FILE) else {
-        return Ok(Vec::new());
-    };
-    std::str::from_utf8(bytes)?
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{RCA_FILE} line {}: {e}", i + 1))
-        })
-        .collect()
-}
-
-/// Latest RCA line per stack (the file keeps one line per (stack, model); this takes the one of
-/// the most recent run), worst first.
-pub fn latest_by_stack(lines: &[RcaRecord]) -> Vec<RcaRecord> {
-    let mut v: Vec<RcaRecord> = crate::version::diff::latest_rca(lines.to_vec())
-        .into_values()
-        .collect();
-    v.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
-    v
-}
-
 /// The annotated patches of set `name` with some foreground, as RCA references: (ids, (raw
 /// image, 0/1 truth), edge).
 pub fn references(
@@ -147,7 +120,7 @@ pub fn references(
     let Some(set) = version.sets.get(name) else {
         bail!("no reference set {name:?}: RCA compares against annotated patches (e.g. --reference coreset)");
     };
-    let current = super::annotate::current_masks(version);
+    let current = version.current_masks();
     let ids: Vec<String> = set
         .patches
         .iter()
@@ -157,7 +130,7 @@ pub fn references(
     if ids.is_empty() {
         bail!("set {name} has no annotated patch: annotate it first (`biodc annotate DIR --round core`)");
     }
-    let masks = super::train::load_masks(&repo.store, version, &ids)?;
+    let masks = crate::segmentation::load_masks(&repo.store, version, &ids)?;
     let mut kept = Vec::with_capacity(ids.len());
     let mut refs = Vec::with_capacity(ids.len());
     let mut size = 0;
@@ -167,7 +140,7 @@ pub fn references(
         if !m.iter().any(|&v| v != 0) {
             continue;
         }
-        let (info, plane) = super::export::patch_plane(&repo.store, version, id)?;
+        let (info, plane) = version.patch_plane(&repo.store, id)?;
         size = info.shape[1];
         kept.push(id.clone());
         refs.push((
@@ -181,6 +154,28 @@ pub fn references(
     Ok((kept, refs, size))
 }
 
+/// The `monitor` verb.
+pub struct Monitor;
+
+impl super::Stage for Monitor {
+    const VERB: &'static str = "monitor";
+    type Params = MonitorParams;
+    type Report = MonitorReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &MonitorParams,
+    ) -> Result<(Next, MonitorReport)> {
+        monitor(repo, head, version, params)
+    }
+
+    fn seed(params: &MonitorParams) -> Option<u64> {
+        Some(params.seed)
+    }
+}
+
 pub fn monitor(
     repo: &Repo,
     _head: CommitId,
@@ -188,7 +183,7 @@ pub fn monitor(
     params: &MonitorParams,
 ) -> Result<(Next, MonitorReport)> {
     let started = Instant::now();
-    let m = model(&version, &params.model)?.clone();
+    let m = version.model(&params.model)?.clone();
     let net = SegmentationModel::load(&repo.store, &m)?;
     let (ref_ids, references, size) = references(repo, &version, &params.reference)?;
     let names: Vec<String> = if params.stacks.is_empty() {
@@ -200,7 +195,7 @@ pub fn monitor(
         seed: params.seed,
         ..params.classifier.clone()
     };
-    let earlier = rca_lines(&version)?;
+    let earlier = version.rca_lines()?;
     let run = earlier.iter().map(|l| l.run).max().unwrap_or(0) + 1;
     let pb = crate::progress::bar(names.len() as u64, "monitor", false);
     let mut scores = Vec::new();
@@ -266,12 +261,7 @@ pub fn monitor(
         alarms.len(),
         params.alarm
     );
-    let mut record = repo.stage_record(
-        "monitor",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Monitor as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(RCA_FILE.into(), format!("{} stacks", scores.len()));

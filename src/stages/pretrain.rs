@@ -64,28 +64,6 @@ struct Pending {
     held_out_loss_start: f64,
 }
 
-fn pending_path(repo: &Repo, name: &str) -> std::path::PathBuf {
-    repo.dot()
-        .join("pending")
-        .join(format!("pretrain-{name}.json"))
-}
-
-/// Objects named by pending checkpoints (kept by `gc`).
-pub fn pending_objects(repo: &Repo) -> Result<Vec<ObjectId>> {
-    let dir = repo.dot().join("pending");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let path = e?.path();
-        if let Ok(p) = serde_json::from_slice::<Pending>(&std::fs::read(&path)?) {
-            out.push(p.state);
-        }
-    }
-    Ok(out)
-}
-
 /// The architecture `params` ask for, on `size`×`size` patches.
 pub fn model_config(params: &PretrainParams, size: usize) -> Result<MaeConfig> {
     let mut cfg = MaeConfig::preset(&params.preset)?;
@@ -95,6 +73,33 @@ pub fn model_config(params: &PretrainParams, size: usize) -> Result<MaeConfig> {
     }
     cfg.mask_ratio = params.mask_ratio;
     Ok(cfg)
+}
+
+/// The `pretrain` verb.
+pub struct Pretrain;
+
+impl super::Stage for Pretrain {
+    const VERB: &'static str = "pretrain";
+    type Params = PretrainParams;
+    type Report = PretrainReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &PretrainParams,
+    ) -> Result<(Next, PretrainReport)> {
+        pretrain(repo, head, version, params, false)
+    }
+
+    fn seed(params: &PretrainParams) -> Option<u64> {
+        Some(params.seed)
+    }
+
+    fn for_rerun(mut params: PretrainParams) -> PretrainParams {
+        params.scratch = true;
+        params
+    }
 }
 
 pub fn pretrain(
@@ -138,7 +143,7 @@ pub fn pretrain(
         Ok(t.mae.loss(x, &mut rng, false)?.to_scalar::<f32>()? as f64)
     };
 
-    let pending_file = pending_path(repo, &params.name);
+    let pending_file = repo.pending_path("pretrain", &params.name);
     let (mut trainer, mut curve, start_loss, resumed_from) = match resume {
         true => {
             let p: Pending =
@@ -192,15 +197,14 @@ pub fn pretrain(
             && trainer.step % params.checkpoint_every.max(1) == 0
             && trainer.step < total
         {
-            save_pending(
-                repo,
-                &pending_file,
-                head,
-                params,
-                &trainer,
-                &curve,
-                start_loss,
-            )?;
+            repo.save_pending(&pending_file, &trainer.save_state()?, |state| Pending {
+                head: head.to_string(),
+                params: params.clone(),
+                step: trainer.step,
+                state,
+                loss_curve: curve.clone(),
+                held_out_loss_start: start_loss,
+            })?;
             crate::failpoint::hit("pretrain:after-checkpoint");
         }
     }
@@ -254,12 +258,7 @@ pub fn pretrain(
             "no held-out patches (fewer than 10)".to_string()
         }
     );
-    let mut record = repo.stage_record(
-        "pretrain",
-        serde_json::to_value(params)?,
-        Some(params.seed),
-        &summary,
-    );
+    let mut record = <Pretrain as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
         .insert(format!("models/{}", params.name), ckpt.to_hex());
@@ -280,34 +279,4 @@ pub fn pretrain(
         patches_per_second: (trained_steps as f64 * params.batch as f64) / seconds.max(1e-9),
     };
     Ok((Some((version, record)), report))
-}
-
-fn save_pending(
-    repo: &Repo,
-    path: &std::path::Path,
-    head: CommitId,
-    params: &PretrainParams,
-    trainer: &Trainer,
-    curve: &[(u64, f32)],
-    start_loss: f64,
-) -> Result<()> {
-    let (state, _) =
-        repo.store
-            .put(Kind::Checkpoint, Filter::Shuffle(4), &trainer.save_state()?)?;
-    repo.store.sync()?;
-    // The checkpoint must outlive a failed run: it is named by the pending file, not a commit.
-    repo.store.keep_created();
-    let pending = Pending {
-        head: head.to_string(),
-        params: params.clone(),
-        step: trainer.step,
-        state,
-        loss_curve: curve.to_vec(),
-        held_out_loss_start: start_loss,
-    };
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&pending)?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }

@@ -5,16 +5,17 @@
 //! neighbours); per condition and per core-set cluster: counts and the imbalance ratio, and
 //! conditions the core set under-covers.
 
-use super::{patches::PatchList, read_f32_matrix, Next};
+use super::{patches::PatchList, Next};
 use crate::history::CommitId;
-use crate::io::{Dtype, Plane};
+use crate::io::Plane;
+use crate::pixel::tile_stats::{thumb_correlation, tile_stats, TileStats};
 use crate::repo::Repo;
 use crate::select::knn::exact_knn;
-use crate::version::DatasetVersion;
-use anyhow::{Context, Result};
+use crate::version::{DatasetVersion, QcLine, QC_FILE};
+use anyhow::Result;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Robust z-score beyond which a patch is flagged (blurred / low SNR below −Z, outlier above +Z).
 pub const Z: f64 = 4.0;
@@ -30,25 +31,8 @@ pub const NEAR_DUPLICATE: f32 = 0.99;
 /// cosine 0.99 (at `demo --scale small` a third of all patches); the same field imaged twice
 /// also matches pixel for pixel once the noise is averaged out, different tissue does not.
 pub const NEAR_DUPLICATE_PIXELS: f64 = 0.9;
-/// Thumbnail edge for the pixel check: blocks of (size / 32)² pixels average the noise away
-/// and keep vessel-scale structure; a background-only thumbnail is noise and correlates with
-/// nothing.
-const THUMB: usize = 32;
 /// Fraction of pixels at the dtype's maximum that makes a patch saturated.
 pub const SATURATED: f64 = 0.05;
-
-/// One line of `qc.jsonl`: a flagged patch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QcLine {
-    pub patch: String,
-    pub flags: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duplicate_of: Option<String>,
-    /// Scores behind the statistical flags: robust z-scores, and for a near duplicate the
-    /// thumbnail correlation (`pixel_correlation`) that confirmed it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub z: BTreeMap<String, f64>,
-}
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct QcParams {
@@ -73,151 +57,22 @@ pub struct QcReport {
     pub under_covered: Vec<String>,
 }
 
-/// Per-tile statistics.
-#[derive(Debug, Clone)]
-struct TileStats {
-    blank: bool,
-    saturated: f64,
-    /// log of var(Laplacian) / var(image): sharpness independent of contrast.
-    log_sharpness: f64,
-    /// log of (p99 − median) / noise σ (Immerkær's estimator).
-    log_snr: f64,
-    /// Mean Hessian anisotropy |λ₁ − λ₂| / (|λ₁| + |λ₂|) over the brightest 10 % of the
-    /// smoothed patch: high for tubes, low for blobs and other non-vessel textures.
-    tubularity: f64,
-    /// Block means on a [`THUMB`]² grid, centred and scaled to unit length (zeros when flat).
-    thumb: Vec<f64>,
-}
+/// The `qc` verb.
+pub struct Qc;
 
-fn tile_stats(plane: &Plane, size: usize) -> TileStats {
-    let v = plane.to_f32();
-    let n = v.len() as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    let range = match plane.dtype() {
-        Dtype::U8 => 255.0,
-        Dtype::U16 => 65535.0,
-        Dtype::F32 => v.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0) as f64,
-    };
-    let blank = var.sqrt() <= 1e-6 * range.max(mean.abs());
-    let saturated = match plane.dtype() {
-        Dtype::F32 => 0.0,
-        _ => v.iter().filter(|&&x| x as f64 >= range).count() as f64 / n,
-    };
-    let (mut lap_sum, mut lap_sq, mut noise_abs) = (0f64, 0f64, 0f64);
-    let at = |y: usize, x: usize| v[y * size + x] as f64;
-    for y in 1..size - 1 {
-        for x in 1..size - 1 {
-            let lap = at(y - 1, x) + at(y + 1, x) + at(y, x - 1) + at(y, x + 1) - 4.0 * at(y, x);
-            lap_sum += lap;
-            lap_sq += lap * lap;
-            let diag = at(y - 1, x - 1) + at(y - 1, x + 1) + at(y + 1, x - 1) + at(y + 1, x + 1);
-            noise_abs += (diag - 2.0 * (at(y - 1, x) + at(y + 1, x) + at(y, x - 1) + at(y, x + 1))
-                + 4.0 * at(y, x))
-            .abs();
-        }
-    }
-    let m = ((size - 2) * (size - 2)) as f64;
-    let lap_var = lap_sq / m - (lap_sum / m).powi(2);
-    let sigma = (std::f64::consts::PI / 2.0).sqrt() * noise_abs / (6.0 * m);
-    let mut sorted = v.clone();
-    sorted.sort_by(f32::total_cmp);
-    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize] as f64;
-    TileStats {
-        tubularity: tubularity(&v, size),
-        blank,
-        saturated,
-        log_sharpness: ((lap_var + 1e-12) / (var + 1e-12)).ln(),
-        log_snr: ((q(0.99) - q(0.5)).max(1e-12) / sigma.max(1e-12)).ln(),
-        thumb: thumbnail(&v, size),
-    }
-}
+impl super::Stage for Qc {
+    const VERB: &'static str = "qc";
+    type Params = QcParams;
+    type Report = QcReport;
 
-/// See [`TileStats::thumb`].
-fn thumbnail(v: &[f32], size: usize) -> Vec<f64> {
-    let mut out: Vec<f64> = crate::pixel::block_means(v, size, size, THUMB.min(size))
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    let mean = out.iter().sum::<f64>() / out.len() as f64;
-    out.iter_mut().for_each(|p| *p -= mean);
-    let norm = out.iter().map(|p| p * p).sum::<f64>().sqrt();
-    if norm > 0.0 {
-        out.iter_mut().for_each(|p| *p /= norm);
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &QcParams,
+    ) -> Result<(Next, QcReport)> {
+        qc(repo, head, version, params)
     }
-    out
-}
-
-/// Pearson correlation of two thumbnails (0 when either is flat).
-fn thumb_correlation(a: &TileStats, b: &TileStats) -> f64 {
-    a.thumb.iter().zip(&b.thumb).map(|(x, y)| x * y).sum()
-}
-
-/// See [`TileStats::tubularity`]; Hessian of the patch smoothed with σ = 2 px.
-fn tubularity(v: &[f32], size: usize) -> f64 {
-    let mut smooth = v.to_vec();
-    crate::synth::gaussian_blur(&mut smooth, size, size, 2.0);
-    let mut sorted = smooth.clone();
-    sorted.sort_by(f32::total_cmp);
-    let cut = sorted[(sorted.len() - 1) * 9 / 10];
-    let at = |y: usize, x: usize| smooth[y * size + x] as f64;
-    let (mut sum, mut count) = (0f64, 0usize);
-    for y in 2..size - 2 {
-        for x in 2..size - 2 {
-            if smooth[y * size + x] < cut {
-                continue;
-            }
-            let dxx = at(y, x + 2) - 2.0 * at(y, x) + at(y, x - 2);
-            let dyy = at(y + 2, x) - 2.0 * at(y, x) + at(y - 2, x);
-            let dxy =
-                (at(y + 1, x + 1) - at(y + 1, x - 1) - at(y - 1, x + 1) + at(y - 1, x - 1)) / 4.0;
-            let root = ((dxx - dyy).powi(2) + 4.0 * dxy * dxy).sqrt();
-            let (l1, l2) = ((dxx + dyy + root) / 2.0, (dxx + dyy - root) / 2.0);
-            let denom = l1.abs() + l2.abs();
-            if denom > 0.0 {
-                sum += (l1 - l2).abs() / denom;
-                count += 1;
-            }
-        }
-    }
-    if count == 0 {
-        1.0
-    } else {
-        sum / count as f64
-    }
-}
-
-/// [`robust_z`] computed separately within each group.
-fn grouped_robust_z(values: &[f64], use_: &[bool], groups: &[String]) -> Vec<f64> {
-    let mut out = vec![0.0; values.len()];
-    for g in groups.iter().collect::<BTreeSet<_>>() {
-        let idx: Vec<usize> = (0..values.len()).filter(|&i| &groups[i] == g).collect();
-        let v: Vec<f64> = idx.iter().map(|&i| values[i]).collect();
-        let u: Vec<bool> = idx.iter().map(|&i| use_[i]).collect();
-        for (k, z) in robust_z(&v, &u).into_iter().enumerate() {
-            out[idx[k]] = z;
-        }
-    }
-    out
-}
-
-/// Robust z-scores (median / 1.4826·MAD) of `values` over the entries where `use_[i]`.
-fn robust_z(values: &[f64], use_: &[bool]) -> Vec<f64> {
-    let mut v: Vec<f64> = values
-        .iter()
-        .zip(use_)
-        .filter(|(_, u)| **u)
-        .map(|(x, _)| *x)
-        .collect();
-    if v.is_empty() {
-        return vec![0.0; values.len()];
-    }
-    v.sort_by(f64::total_cmp);
-    let med = v[v.len() / 2];
-    let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
-    dev.sort_by(f64::total_cmp);
-    let mad = (1.4826 * dev[dev.len() / 2]).max(1e-9);
-    values.iter().map(|x| (x - med) / mad).collect()
 }
 
 pub fn qc(
@@ -266,10 +121,10 @@ pub fn qc(
     let groups: Vec<String> = list
         .items
         .iter()
-        .map(|(_, p)| super::coreset::condition_of(&version, &p.id))
+        .map(|(_, p)| version.condition_of(&p.id))
         .collect();
     let z_of = |f: fn(&TileStats) -> f64| {
-        grouped_robust_z(
+        crate::stats::grouped_robust_z(
             &stats.iter().map(f).collect::<Vec<_>>(),
             &informative,
             &groups,
@@ -283,7 +138,7 @@ pub fn qc(
         .zip(&informative)
         .map(|(s, &i)| i && s.log_snr > 5f64.ln())
         .collect();
-    let sharp_z = grouped_robust_z(
+    let sharp_z = crate::stats::grouped_robust_z(
         &stats.iter().map(|s| s.log_sharpness).collect::<Vec<_>>(),
         &structured,
         &groups,
@@ -323,7 +178,7 @@ pub fn qc(
     };
     // Embedding-based flags and clusters, when embeddings exist.
     if let Some(e) = version.embeddings.get(&params.model) {
-        let x = read_f32_matrix(store, &e.matrix, e.rows, e.dim)?;
+        let x = store.get_f32_matrix(&e.matrix, e.rows, e.dim)?;
         let nb = exact_knn(&x, e.rows, e.dim, 11);
         let index: BTreeMap<&str, usize> = list
             .items
@@ -358,7 +213,7 @@ pub fn qc(
                 .filter(|&(j, s)| {
                     (j as usize) < i
                         && s >= NEAR_DUPLICATE
-                        && !z_neighbours(a, &e.patches[j as usize])
+                        && !crate::version::z_neighbours(a, &e.patches[j as usize])
                 })
                 .find_map(|(j, _)| {
                     let b = &e.patches[j as usize];
@@ -378,7 +233,7 @@ pub fn qc(
                 index.get(p.as_str()).is_some_and(|&i| informative[i]) && !dup_of.contains_key(p)
             })
             .collect();
-        let z = robust_z(&dist, &use_);
+        let z = crate::stats::robust_z(&dist, &use_);
         for (i, id) in e.patches.iter().enumerate() {
             if use_[i] && z[i] > Z {
                 flag(&mut lines, id, "outlier")
@@ -410,9 +265,7 @@ pub fn qc(
             report.cluster_imbalance = imbalance(&report.per_cluster);
             let mut picks_per: BTreeMap<String, usize> = BTreeMap::new();
             for p in &set.patches {
-                *picks_per
-                    .entry(super::coreset::condition_of(&version, p))
-                    .or_default() += 1;
+                *picks_per.entry(version.condition_of(p)).or_default() += 1;
             }
             report.under_covered = condition_counts(&version, &list)
                 .iter()
@@ -437,7 +290,7 @@ pub fn qc(
         serde_json::to_writer(&mut text, line)?;
         text.push(b'\n');
     }
-    version.other.insert("qc.jsonl".into(), text);
+    version.other.insert(QC_FILE.into(), text);
     let summary = format!(
         "qc: {} of {n} patches flagged ({}); condition imbalance {:.2}{}",
         report.flagged,
@@ -457,10 +310,10 @@ pub fn qc(
             )
         }
     );
-    let mut record = repo.stage_record("qc", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Qc as super::Stage>::record(repo, params, &summary)?;
     record
         .outputs
-        .insert("qc.jsonl".into(), format!("{} flagged", report.flagged));
+        .insert(QC_FILE.into(), format!("{} flagged", report.flagged));
     record
         .outputs
         .insert("summary".into(), serde_json::to_string(&report)?);
@@ -490,8 +343,7 @@ fn dot(x: &[f32], d: usize, a: usize, b: usize) -> f32 {
 fn condition_counts(version: &DatasetVersion, list: &PatchList) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for (_, p) in &list.items {
-        *out.entry(super::coreset::condition_of(version, &p.id))
-            .or_default() += 1;
+        *out.entry(version.condition_of(&p.id)).or_default() += 1;
     }
     out
 }
@@ -502,52 +354,10 @@ fn imbalance(counts: &BTreeMap<String, usize>) -> Option<f64> {
     Some(max as f64 / min.max(1) as f64)
 }
 
-/// The QC lines of a version (empty when `qc` has not run).
-/// Whether two patch ids are the same place of one stack in adjacent slices.
-fn z_neighbours(a: &str, b: &str) -> bool {
-    let split = |id: &str| -> Option<(String, i64)> {
-        let mut parts = id.rsplitn(4, '-');
-        let (x, y, z, stack) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        Some((
-            format!("{stack}-{y}-{x}"),
-            z.strip_prefix('z')?.parse().ok()?,
-        ))
-    };
-    match (split(a), split(b)) {
-        (Some((pa, za)), Some((pb, zb))) => pa == pb && (za - zb).abs() == 1,
-        _ => false,
-    }
-}
-
-pub fn qc_lines(version: &DatasetVersion) -> Result<Vec<QcLine>> {
-    let Some(text) = version.other.get("qc.jsonl") else {
-        return Ok(Vec::new());
-    };
-    text.split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).context("qc.jsonl: malformed line"))
-        .collect()
-}
-
-/// Patch ids carrying any of `flags` in the version's `qc.jsonl` (empty when `flags` is).
-pub fn flagged_patches(version: &DatasetVersion, flags: &[String]) -> Result<BTreeSet<String>> {
-    if flags.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    anyhow::ensure!(
-        version.other.contains_key("qc.jsonl"),
-        "--exclude needs QC flags: run `biodc qc` first"
-    );
-    Ok(qc_lines(version)?
-        .into_iter()
-        .filter(|l| l.flags.iter().any(|f| flags.contains(f)))
-        .map(|l| l.patch)
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pixel::tile_stats::thumbnail;
     use rand::{Rng, SeedableRng};
 
     /// Roughly standard normal: the centred sum of four uniforms, scaled to unit variance.
@@ -600,26 +410,5 @@ mod tests {
         // A flat thumbnail correlates with nothing (and does not divide by zero).
         let flat = stats(&[5.0; 128 * 128]);
         assert_eq!(thumb_correlation(&flat, &field), 0.0);
-    }
-    #[test]
-    fn z_neighbours_are_the_same_place_in_adjacent_slices() {
-        use super::z_neighbours;
-        assert!(z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s001-z3-y0224-x0000"
-        ));
-        assert!(!z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s001-z4-y0224-x0000"
-        ));
-        assert!(!z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s001-z3-y0224-x0224"
-        ));
-        assert!(!z_neighbours(
-            "c0_s001-z2-y0224-x0000",
-            "c0_s002-z3-y0224-x0000"
-        ));
-        assert!(!z_neighbours("odd", "c0_s002-z3-y0224-x0000"));
     }
 }

@@ -9,7 +9,6 @@
 //! change per stack. A recorded object that no longer matches its hash in the store (damaged,
 //! tampered with) is reported as a mismatch too.
 
-use super::{annotate, coreset, embed, hunt, import, monitor, pretrain, qc, train};
 use crate::history::CommitId;
 use crate::repo::Repo;
 use crate::store::ObjectId;
@@ -40,11 +39,6 @@ pub struct ReproduceReport {
     pub seconds: f64,
 }
 
-fn params<T: serde::de::DeserializeOwned>(v: &serde_json::Value, verb: &str) -> Result<T> {
-    serde_json::from_value(v.clone())
-        .with_context(|| format!("the {verb} record's parameters do not parse with this biodc"))
-}
-
 /// Runs the recorded stage again on `parent`.
 fn rerun(
     repo: &Repo,
@@ -53,27 +47,12 @@ fn rerun(
     parent: CommitId,
     v: DatasetVersion,
 ) -> Result<DatasetVersion> {
-    let next = match verb {
-        "import" => import::import(repo, parent, v, &params(p, verb)?)?.0,
-        "pretrain" => {
-            let mut pp: pretrain::PretrainParams = params(p, verb)?;
-            pp.scratch = true;
-            pretrain::pretrain(repo, parent, v, &pp, false)?.0
-        }
-        "embed" => {
-            let mut ep: embed::EmbedParams = params(p, verb)?;
-            ep.fresh = true;
-            embed::embed(repo, parent, v, &ep)?.0
-        }
-        "qc" => qc::qc(repo, parent, v, &params(p, verb)?)?.0,
-        "coreset" => coreset::coreset(repo, parent, v, &params(p, verb)?)?.0,
-        "annotate" => annotate::annotate(repo, parent, v, &params(p, verb)?)?.0,
-        "train" => train::train(repo, parent, v, &params(p, verb)?)?.0,
-        "hunt" => hunt::hunt(repo, parent, v, &params(p, verb)?)?.0,
-        "monitor" => monitor::monitor(repo, parent, v, &params(p, verb)?)?.0,
-        other => bail!("`{other}` commits cannot be re-run"),
+    let Some(stage) = super::registered(verb) else {
+        bail!("`{verb}` commits cannot be re-run");
     };
-    next.map(|(v, _)| v)
+    stage
+        .rerun(repo, parent, v, p)?
+        .map(|(v, _)| v)
         .context("the re-run had nothing to commit (its inputs equal its parent)")
 }
 
@@ -149,7 +128,7 @@ fn describe(repo: &Repo, role: &str, a: &ObjectId, b: &ObjectId) -> String {
         return format!("sizes differ: {} vs {} bytes", ra.len(), rb.len());
     }
     if role.starts_with("annotations.jsonl") || role.contains(": prediction of ") {
-        return format!("masks differ: Dice {:.4}", train::dice(&ra, &rb));
+        return format!("masks differ: Dice {:.4}", crate::pixel::dice(&ra, &rb));
     }
     if role.starts_with("embeddings/") || role.contains(": uncertainty of ") {
         let f = |r: &[u8]| -> Vec<f32> {
@@ -170,7 +149,7 @@ fn describe(repo: &Repo, role: &str, a: &ObjectId, b: &ObjectId) -> String {
 
 /// What differs between two manifests of the same path.
 fn describe_manifest(path: &str, a: &str, b: &str) -> String {
-    if path == monitor::RCA_FILE {
+    if path == crate::version::RCA_FILE {
         let parse = |t: &str| -> BTreeMap<(String, String), f64> {
             t.lines()
                 .filter_map(|l| serde_json::from_str::<crate::version::RcaRecord>(l).ok())

@@ -136,7 +136,7 @@ pub fn segment(
     stacks: &[String],
     out: &Path,
 ) -> Result<Vec<SegmentedStack>> {
-    let m = super::train::model(version, model)?;
+    let m = version.model(model)?;
     let net = SegmentationModel::load(&repo.store, m)?;
     let names: Vec<String> = if stacks.is_empty() {
         version.stacks.keys().cloned().collect()

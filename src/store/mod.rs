@@ -162,6 +162,20 @@ impl Store {
         Ok(raw)
     }
 
+    /// Reads object `id` as a rows × dim little-endian f32 matrix (embeddings, uncertainty maps).
+    pub fn get_f32_matrix(&self, id: &ObjectId, rows: usize, dim: usize) -> Result<Vec<f32>> {
+        let raw = self.get(id)?;
+        anyhow::ensure!(
+            raw.len() == rows * dim * 4,
+            "matrix {id} holds {} bytes, expected {rows}×{dim} f32",
+            raw.len()
+        );
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
     /// Reads object `id` and its header.
     pub fn get_with_header(&self, id: &ObjectId) -> Result<(Header, Vec<u8>)> {
         let raw = self.get(id)?;

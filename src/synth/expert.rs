@@ -37,10 +37,10 @@ pub fn write_masks_from_folder(
     patches: &[String],
     out: &Path,
 ) -> Result<usize> {
-    let files = crate::stages::import::tiff_files(&[truth.to_path_buf()])?;
+    let files = crate::io::files::tiff_files(&[truth.to_path_buf()])?;
     let mask_file: BTreeMap<String, PathBuf> = files
         .into_iter()
-        .map(|f| (crate::stages::import::stack_name(&f), f))
+        .map(|f| (crate::io::files::stack_name(&f), f))
         .collect();
     write_masks_from(&mask_file, version, patches, out)
 }

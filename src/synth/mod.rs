@@ -16,7 +16,6 @@ mod render;
 mod style;
 mod vessels;
 
-pub use render::gaussian_blur;
 pub use style::{Style, STYLES};
 
 use crate::io::{Dtype, Plane, Stack, StackInfo};
@@ -257,7 +256,7 @@ fn render_stack(
             };
             let mut plane = look.image(profile, w, &mut stream(seed, index, Stream::Noise(z)));
             if defect == Some(DefectKind::BlurredStack) {
-                render::gaussian_blur(&mut plane, w, h, render::DEFOCUS_SIGMA);
+                crate::pixel::gaussian_blur(&mut plane, w, h, render::DEFOCUS_SIGMA);
             }
             if saturated_z == Some(z) {
                 render::saturate(&mut plane);

@@ -231,3 +231,21 @@ mod tests {
         assert!(tile_starts(100, 224).is_empty());
     }
 }
+
+/// Where `qc` writes its flags, one [`QcLine`] per flagged patch.
+pub const QC_FILE: &str = "qc.jsonl";
+/// Where `monitor` appends its scores, one [`RcaRecord`] per (stack, model, run).
+pub const RCA_FILE: &str = "metrics/rca.jsonl";
+
+/// One line of `qc.jsonl`: a flagged patch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcLine {
+    pub patch: String,
+    pub flags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
+    /// Scores behind the statistical flags: robust z-scores, and for a near duplicate the
+    /// thumbnail correlation (`pixel_correlation`) that confirmed it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub z: BTreeMap<String, f64>,
+}

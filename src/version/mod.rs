@@ -4,11 +4,13 @@
 pub mod diff;
 mod float;
 pub mod manifest;
+mod queries;
 pub mod references;
 pub mod validate;
 
 pub use diff::{diff, Changes, VersionDiff};
 pub use manifest::*;
+pub use queries::latest_by_stack;
 
 use crate::history::{BlobId, CommitId, History};
 use crate::store::ObjectId;
@@ -188,6 +190,22 @@ pub fn stack_of_patch_id(id: &str) -> Option<&str> {
     (x.starts_with('x') && y.starts_with('y') && z.starts_with('z')).then_some(stack)
 }
 
+/// Whether two patch ids are the same place of one stack in adjacent slices.
+pub fn z_neighbours(a: &str, b: &str) -> bool {
+    let split = |id: &str| -> Option<(String, i64)> {
+        let mut parts = id.rsplitn(4, '-');
+        let (x, y, z, stack) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        Some((
+            format!("{stack}-{y}-{x}"),
+            z.strip_prefix('z')?.parse().ok()?,
+        ))
+    };
+    match (split(a), split(b)) {
+        (Some((pa, za)), Some((pb, zb))) => pa == pb && (za - zb).abs() == 1,
+        _ => false,
+    }
+}
+
 /// `stacks/a.json` → ("stacks", Some("a")); `biodc.json` → ("biodc.json", None).
 fn split_manifest_path(path: &str) -> (&str, Option<&str>) {
     match path.split_once('/') {
@@ -254,15 +272,12 @@ pub struct Counts {
 /// The latest RCA line of each stack at `commit`, worst first (empty without monitor results).
 /// Reads one blob, not the whole version.
 pub fn rca_of(history: &History, commit: CommitId) -> Result<Vec<RcaRecord>> {
-    const PATH: &str = "metrics/rca.jsonl";
     let tree: BTreeMap<String, BlobId> = history.tree_of(commit)?;
-    let Some(blob) = tree.get(PATH) else {
+    let Some(blob) = tree.get(RCA_FILE) else {
         return Ok(Vec::new());
     };
-    let lines: Vec<RcaRecord> = parse_jsonl(PATH, &history.blob(*blob)?)?;
-    let mut v: Vec<RcaRecord> = diff::latest_rca(lines).into_values().collect();
-    v.sort_by(|a, b| a.rca.total_cmp(&b.rca).then(a.stack.cmp(&b.stack)));
-    Ok(v)
+    let lines: Vec<RcaRecord> = parse_jsonl(RCA_FILE, &history.blob(*blob)?)?;
+    Ok(latest_by_stack(&lines))
 }
 
 pub fn counts(history: &History, commit: CommitId) -> Result<Counts> {
@@ -312,6 +327,27 @@ fn count_lines(bytes: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn z_neighbours_are_the_same_place_in_adjacent_slices() {
+        assert!(z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z3-y0224-x0000"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z4-y0224-x0000"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s001-z3-y0224-x0224"
+        ));
+        assert!(!z_neighbours(
+            "c0_s001-z2-y0224-x0000",
+            "c0_s002-z3-y0224-x0000"
+        ));
+        assert!(!z_neighbours("odd", "c0_s002-z3-y0224-x0000"));
+    }
+
     use super::*;
 
     #[test]

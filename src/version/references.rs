@@ -5,12 +5,9 @@
 //! stack whose patches something names ([`dependents`]) unless told to, and then removes those
 //! references from the new version and lists them ([`drop_references`]).
 
-use super::DatasetVersion;
+use super::{DatasetVersion, QC_FILE, RCA_FILE};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-
-pub const QC_FILE: &str = "qc.jsonl";
-pub const RCA_FILE: &str = "metrics/rca.jsonl";
 
 /// Lines of a JSON-lines manifest in `other`, parsed loosely (unparsable lines are None).
 fn json_lines(v: &DatasetVersion, path: &str) -> Vec<(String, Option<serde_json::Value>)> {

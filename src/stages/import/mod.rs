@@ -4,19 +4,22 @@
 //! cohort). Tiles of a plane are hashed and compressed in parallel; identical tiles are stored
 //! once, and a file whose bytes did not change since the last import is not read again.
 
+mod source;
+
 use super::Next;
-use crate::cache::Cache;
 use crate::history::CommitId;
+use crate::io::files::{stack_name, tiff_files};
 use crate::io::tiff::TiffStackReader;
 use crate::io::{Dtype, Plane, StackInfo};
 use crate::repo::Repo;
 use crate::store::{Filter, Kind, Store};
 use crate::version::references::{dependents, drop_references, Dropped};
 use crate::version::StackManifest;
-use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord, SourceFile};
+use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use source::source_file;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,6 +82,24 @@ struct Input {
     info: StackInfo,
 }
 
+/// The `import` verb.
+pub struct Import;
+
+impl super::Stage for Import {
+    const VERB: &'static str = "import";
+    type Params = ImportParams;
+    type Report = ImportReport;
+
+    fn run(
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &ImportParams,
+    ) -> Result<(Next, ImportReport)> {
+        import(repo, head, version, params)
+    }
+}
+
 /// Imports `params.paths` into the next version.
 pub fn import(
     repo: &Repo,
@@ -90,7 +111,7 @@ pub fn import(
     let tile = params.patch.unwrap_or(version.meta.patch_size);
     anyhow::ensure!(tile >= 8, "--patch {tile} is too small (at least 8 pixels)");
     let inputs = collect_inputs(params, tile)?;
-    let cache = Cache::open(&repo.dot().join("cache.sled"))?;
+    let cache = repo.cache()?;
     let total: u64 = inputs.iter().map(|i| raw_len(&i.info)).sum();
     let pb = crate::progress::bar(total, "import", true);
     let mut report = ImportReport::default();
@@ -201,7 +222,7 @@ pub fn import(
         report.unchanged_stacks,
         report.new_objects
     );
-    let mut record = repo.stage_record("import", serde_json::to_value(params)?, None, &summary);
+    let mut record = <Import as super::Stage>::record(repo, params, &summary)?;
     record.inputs = record_inputs;
     record.outputs = report
         .new_stacks
@@ -282,185 +303,8 @@ fn conditions_of(params: &ImportParams, path: &Path) -> Vec<String> {
     out
 }
 
-/// The TIFF files named by `paths`: files as given, folders walked in name order, skipping
-/// hidden files and folders (`.git`, whose annex holds the content a DataLad dataset links to;
-/// temp files). Symbolic links are followed (git-annex and DataLad keep files as links); a link
-/// whose target is missing is an error, not silently skipped.
-pub fn tiff_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut broken = Vec::new();
-    for path in paths {
-        if !path.exists() {
-            if path.symlink_metadata().is_ok() {
-                broken.push(broken_link(path));
-                continue;
-            }
-            bail!("{}: no such file or folder", path.display());
-        }
-        if path.is_dir() {
-            let before = files.len() + broken.len();
-            for entry in walkdir::WalkDir::new(path)
-                .follow_links(true)
-                .sort_by_file_name()
-                .into_iter()
-                .filter_entry(|e| e.depth() == 0 || !is_hidden(e.path()))
-            {
-                let entry = match entry {
-                    Ok(e) => e,
-                    Err(e) => match e.path() {
-                        Some(p) if p.symlink_metadata().is_ok() && !p.exists() => {
-                            if is_tiff_name(p) {
-                                broken.push(broken_link(p));
-                            }
-                            continue;
-                        }
-                        _ => return Err(e).with_context(|| format!("walking {}", path.display())),
-                    },
-                };
-                if entry.file_type().is_file() && is_tiff_name(entry.path()) {
-                    files.push(entry.into_path());
-                }
-            }
-            if files.len() + broken.len() == before {
-                bail!("{}: folder has no .tif/.tiff files", path.display());
-            }
-        } else {
-            files.push(path.clone());
-        }
-    }
-    if !broken.is_empty() {
-        bail!(
-            "cannot import; nothing was written:\n  {}",
-            broken.join("\n  ")
-        );
-    }
-    Ok(files)
-}
-
-/// Why a dangling link cannot be read.
-pub fn broken_link(path: &Path) -> String {
-    let target = std::fs::read_link(path)
-        .map(|t| t.display().to_string())
-        .unwrap_or_default();
-    format!(
-        "{}: symbolic link to {target}, which does not exist (with git-annex or DataLad, \
-         `git annex get` / `datalad get` the file first)",
-        path.display()
-    )
-}
-
-/// A file or folder whose name starts with `.`.
-pub fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-}
-
-fn is_tiff_name(path: &Path) -> bool {
-    path.extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .is_some_and(|e| e == "tif" || e == "tiff")
-}
-
-/// The stack name of a file: its name without `.ome.tif`/`.tif`/`.tiff`, other characters than
-/// letters, digits, `_`, `.` and `-` replaced by `_`.
-pub fn stack_name(path: &Path) -> String {
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let lower = file.to_ascii_lowercase();
-    let stem_len = [".ome.tiff", ".ome.tif", ".tiff", ".tif"]
-        .iter()
-        .find(|s| lower.ends_with(*s))
-        .map_or(file.len(), |s| file.len() - s.len());
-    file[..stem_len]
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 fn raw_len(info: &StackInfo) -> u64 {
     (info.shape.iter().product::<usize>() * info.dtype.size()) as u64
-}
-
-/// What the stat cache remembers of a file: when all of it still matches, the file's bytes
-/// are taken to be unchanged. The inode change time (ctime) cannot be set back by anyone, so a
-/// file rewritten with the same size and a restored mtime is still read again.
-#[derive(Serialize, Deserialize, PartialEq)]
-struct FileStat {
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    inode: u64,
-    device: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StatEntry {
-    stat: FileStat,
-    /// When the file was hashed (clock time, ns since the epoch).
-    hashed_ns: i128,
-    blake3: String,
-}
-
-/// Changes made within this long before a file was hashed may share its timestamps with the
-/// version that was hashed (coarse file system clocks): such an entry is not trusted.
-const RACY_NS: i128 = 2_000_000_000;
-
-fn file_stat(meta: &std::fs::Metadata) -> FileStat {
-    use std::os::unix::fs::MetadataExt;
-    FileStat {
-        len: meta.len(),
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
-        inode: meta.ino(),
-        device: meta.dev(),
-    }
-}
-
-fn now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
-}
-
-/// The source file's size and blake3, from the stat cache when nothing about the file changed.
-fn source_file(cache: &Cache, path: &Path) -> Result<SourceFile> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    let stat = file_stat(&meta);
-    let key = path.canonicalize()?.to_string_lossy().into_owned();
-    let cached: Option<StatEntry> = cache.get("import-stat", key.as_bytes());
-    let trusted = cached
-        .filter(|e| e.stat == stat && e.stat.ctime_ns.max(e.stat.mtime_ns) + RACY_NS < e.hashed_ns);
-    let blake3 = match trusted {
-        Some(e) => e.blake3,
-        None => {
-            let hashed_ns = now_ns();
-            let mut hasher = blake3::Hasher::new();
-            hasher
-                .update_reader(std::fs::File::open(path)?)
-                .with_context(|| format!("{}: reading", path.display()))?;
-            let hex = hasher.finalize().to_hex().to_string();
-            let entry = StatEntry {
-                stat,
-                hashed_ns,
-                blake3: hex.clone(),
-            };
-            cache.put("import-stat", key.as_bytes(), &entry);
-            hex
-        }
-    };
-    Ok(SourceFile {
-        file: path.to_string_lossy().into_owned(),
-        blake3,
-        bytes: meta.len(),
-    })
 }
 
 /// Reads the stack plane by plane and stores its tiles; returns its patch records.
@@ -534,16 +378,4 @@ fn store_tile(
         0
     };
     Ok((id, new, len))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stack_names() {
-        assert_eq!(stack_name(Path::new("a/b/c0_s001.tif")), "c0_s001");
-        assert_eq!(stack_name(Path::new("x.OME.TIF")), "x");
-        assert_eq!(stack_name(Path::new("my stack (2).tiff")), "my_stack__2_");
-    }
 }

@@ -1,0 +1,115 @@
+//! Verbs that name versions: checkout, branch, tag.
+
+use super::{print_json, short};
+use crate::refs::{self, RefKind};
+use crate::repo::Repo;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::Path;
+
+/// Move HEAD to a branch or (detached) to any version.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc checkout main\n  biodc checkout 3f2a9c1b   # detached: inspect or branch from an old version"
+)]
+pub struct CheckoutArgs {
+    pub target: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn checkout(dir: &Path, a: CheckoutArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let c = refs::checkout(&repo, &a.target)?;
+    if a.json {
+        return print_json(&c);
+    }
+    match &c.branch {
+        Some(b) => println!("switched to branch {b}"),
+        None => println!("HEAD detached at {}", short(&c.head)),
+    }
+    Ok(0)
+}
+
+/// List, create or delete branches.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc branch\n  biodc branch relabel-round2 HEAD~1\n  biodc branch -d relabel-round2"
+)]
+pub struct BranchArgs {
+    /// Branch to create (lists branches when omitted).
+    pub name: Option<String>,
+    /// Where it starts (default HEAD).
+    pub start: Option<String>,
+    /// Delete the branch NAME.
+    #[arg(short = 'd', long)]
+    pub delete: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn branch(dir: &Path, a: BranchArgs) -> Result<i32> {
+    named_refs(dir, RefKind::Branch, a.name, a.start, a.delete, a.json)
+}
+
+/// List, create or delete tags (names for versions).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc tag\n  biodc tag core-annotated\n  biodc tag -d core-annotated"
+)]
+pub struct TagArgs {
+    /// Tag to create (lists tags when omitted).
+    pub name: Option<String>,
+    /// Version it names (default HEAD).
+    pub rev: Option<String>,
+    /// Delete the tag NAME.
+    #[arg(short = 'd', long)]
+    pub delete: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn tag(dir: &Path, a: TagArgs) -> Result<i32> {
+    named_refs(dir, RefKind::Tag, a.name, a.rev, a.delete, a.json)
+}
+
+fn named_refs(
+    dir: &Path,
+    kind: RefKind,
+    name: Option<String>,
+    rev: Option<String>,
+    delete: bool,
+    json: bool,
+) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let Some(name) = name else {
+        if delete {
+            bail!("-d needs the {} name", kind.word());
+        }
+        let list = refs::list(&repo, kind)?;
+        if json {
+            return print_json(&list);
+        }
+        for r in list {
+            let mark = if r.current { "*" } else { " " };
+            println!("{mark} {} {}", r.name, short(&r.version));
+        }
+        return Ok(0);
+    };
+    let change = if delete {
+        refs::delete(&repo, kind, &name)?
+    } else {
+        refs::create(&repo, kind, &name, rev.as_deref())?
+    };
+    if json {
+        return print_json(&change);
+    }
+    match &change.version {
+        Some(v) => println!("{} {} {name} at {}", change.action, kind.word(), short(v)),
+        None => println!("{} {} {name}", change.action, kind.word()),
+    }
+    Ok(0)
+}
