@@ -1,10 +1,10 @@
-//! Verbs that train and use networks: pretrain, embed, coreset.
+//! Verbs that train and use networks or choose patches: pretrain, embed, coreset, set, annotate, qc.
 
 use super::{print_json, short};
 use crate::name::Name;
 use crate::repo::Repo;
 use crate::stages::{self, annotate, coreset, embed, pretrain, qc};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::Path;
 use std::path::PathBuf;
@@ -322,5 +322,64 @@ pub fn qc(dir: &Path, a: QcArgs) -> Result<i32> {
     if !r.under_covered.is_empty() {
         println!("the core set under-covers: {}", r.under_covered.join(", "));
     }
+    Ok(0)
+}
+
+/// Name a set of patches by hand (a validation set, a batch to annotate, one experiment's
+/// patches): `export`, `expert`, `train --sets` and `diff` then use it like a core set.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  biodc set validation c0_s001-z0-y0000-x0000 c1_s004-z2-y0224-x0448
+  biodc set batch-2 --from picked.txt   # one patch id per line")]
+pub struct SetArgs {
+    /// Set name.
+    #[arg(value_parser = crate::name::set)]
+    pub name: Name,
+    /// Patch ids.
+    pub patches: Vec<String>,
+    /// A file of patch ids, one per line (`#` starts a comment).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Replace a set of the same name.
+    #[arg(long)]
+    pub replace: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn set(dir: &Path, a: SetArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let mut patches = a.patches;
+    if let Some(file) = &a.from {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("{}: cannot read the patch list", file.display()))?;
+        patches.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    let params = stages::define_set::SetParams {
+        name: a.name.into(),
+        patches,
+        replace: a.replace,
+    };
+    let (commit, r) = <stages::define_set::DefineSet as stages::Stage>::commit(&repo, &params)?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "version {}: set {} of {} patches{}",
+        short(&commit.expect("set commits")),
+        r.name,
+        r.patches,
+        if r.replaced.is_some() {
+            " (replaced)"
+        } else {
+            ""
+        }
+    );
     Ok(0)
 }

@@ -9,6 +9,7 @@
 
 pub mod annotate;
 pub mod coreset;
+pub mod define_set;
 pub mod embed;
 pub mod export;
 pub mod fsck;
@@ -146,6 +147,7 @@ pub const REGISTRY: &[Registered] = &[
     Registered::of::<embed::Embed>(),
     Registered::of::<qc::Qc>(),
     Registered::of::<coreset::Coreset>(),
+    Registered::of::<define_set::DefineSet>(),
     Registered::of::<annotate::Annotate>(),
     Registered::of::<train::Train>(),
     Registered::of::<hunt::Hunt>(),
