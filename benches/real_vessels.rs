@@ -15,7 +15,9 @@
 //! (RCA, and the predictions scored against the truth). The loop's wall time is all of that.
 //! Then, on the same annotated patches: a pixel forest (`train --kind forest`), Frangi
 //! vesselness with a threshold tuned on the training images, the second observer, and (with
-//! --torch) `benches/pytorch_unet.py` for the same training wall time as M0 + M1.
+//! --torch) `benches/pytorch_unet.py` for the same training wall time as M0 + M1. Last, for
+//! hunted vs random extras in the same run: M1' = M0 fine-tuned with M1's schedule on the core
+//! set plus 3 random unannotated patches that qc did not flag.
 
 use biodc::io::tiff::{read_binary_mask, read_stack};
 use biodc::nn::data::normalize_patch;
