@@ -35,17 +35,10 @@ impl DatasetVersion {
         }
         match self.sets.get(set) {
             Some(s) => Ok(s.patches.clone()),
-            None => {
-                let known: Vec<&str> = self.sets.keys().map(String::as_str).collect();
-                bail!(
-                    "no set named {set:?} in this version (sets: {}; or `all`)",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )
-            }
+            None => bail!(
+                "no set named {set:?} in this version (sets: {}; or `all`)",
+                listing(self.sets.keys())
+            ),
         }
     }
 
@@ -75,14 +68,9 @@ impl DatasetVersion {
     /// The model `name`, with an error that lists the models there are.
     pub fn model(&self, name: &str) -> Result<&ModelManifest> {
         self.models.get(name).with_context(|| {
-            let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
             format!(
                 "no model named {name:?} in this version (models: {})",
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
+                listing(self.models.keys())
             )
         })
     }
@@ -131,6 +119,16 @@ impl DatasetVersion {
                     .map_err(|e| anyhow::anyhow!("{RCA_FILE} line {}: {e}", i + 1))
             })
             .collect()
+    }
+}
+
+/// "a, b, c", or "none".
+fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
     }
 }
 
