@@ -686,8 +686,10 @@ fn main() {
                 let annotated: std::collections::BTreeSet<String> =
                     v.annotations.iter().map(|x| x.patch.clone()).collect();
                 let flagged = v.flagged_patches(&hp.exclude).unwrap();
+                // Training images only: monitor has imported the test images by now.
                 let mut pool: Vec<String> = v
                     .all_patches()
+                    .filter(|(stack, _)| !test_names.contains(&stack.name))
                     .map(|(_, p)| p.id.clone())
                     .filter(|id| !annotated.contains(id) && !flagged.contains(id))
                     .collect();
