@@ -267,16 +267,10 @@ fn selection_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde
         run(&repo, |r, h, v| import::import(r, h, v, &ip));
         for (name, steps) in [("mae", None), ("random-init", Some(0))] {
             let pp = pretrain::PretrainParams {
-                preset: "tiny".into(),
-                epochs: 5,
-                batch: 8,
-                lr: 1.5e-3,
-                mask_ratio: 0.75,
                 seed,
                 name: name.into(),
-                checkpoint_every: 50,
                 max_steps: steps,
-                scratch: false,
+                ..pretrain::PretrainParams::default()
             };
             run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false));
             let ep = embed::EmbedParams {
@@ -423,17 +417,10 @@ fn main() {
             };
             run(&repo, |r, h, v| import::import(r, h, v, &ip));
             tick("import", &mut lap);
+            // `biodc pretrain`'s defaults, as the README workflow runs it.
             let pp = pretrain::PretrainParams {
-                preset: "tiny".into(),
-                epochs: 5,
-                batch: 8,
-                lr: 1.5e-3,
-                mask_ratio: 0.75,
                 seed,
-                name: "mae".into(),
-                checkpoint_every: 50,
-                max_steps: None,
-                scratch: false,
+                ..pretrain::PretrainParams::default()
             };
             run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false));
             tick("pretrain", &mut lap);

@@ -131,16 +131,9 @@ pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcom
     );
 
     let pp = pretrain::PretrainParams {
-        preset: "tiny".into(),
         epochs,
-        batch: 8,
-        lr: 1.5e-3,
-        mask_ratio: 0.75,
         seed,
-        name: "mae".into(),
-        checkpoint_every: 50,
-        max_steps: None,
-        scratch: false,
+        ..pretrain::PretrainParams::default()
     };
     let (_, r) = stages::run(&repo, |repo, head, v| {
         pretrain::pretrain(repo, head, v, &pp, false)

@@ -390,34 +390,15 @@ fn composite(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    fn rand(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::nn::test_util::{max_diff, uniform};
+    use candle_core::Var;
 
     #[test]
     fn matches_the_composite_with_gradients() {
-        let x = Var::from_tensor(&(rand(&[3, 5, 4, 8], 1, -2.0, 2.0) + 0.7).unwrap()).unwrap();
-        let gamma = Var::from_tensor(&rand(&[8], 2, 0.5, 1.5)).unwrap();
-        let beta = Var::from_tensor(&rand(&[8], 3, -0.3, 0.3)).unwrap();
-        let r = rand(&[3, 5, 4, 8], 4, -1.0, 1.0);
+        let x = Var::from_tensor(&(uniform(&[3, 5, 4, 8], 1, -2.0, 2.0) + 0.7).unwrap()).unwrap();
+        let gamma = Var::from_tensor(&uniform(&[8], 2, 0.5, 1.5)).unwrap();
+        let beta = Var::from_tensor(&uniform(&[8], 3, -0.3, 0.3)).unwrap();
+        let r = uniform(&[3, 5, 4, 8], 4, -1.0, 1.0);
         let a = group_norm_relu(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 4).unwrap();
         let b = composite(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 4).unwrap();
         assert!(max_diff(&a, &b) < 1e-5);

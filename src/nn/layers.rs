@@ -379,6 +379,7 @@ pub fn unpatchify(x: &Tensor, p: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::test_util::max_diff;
     use rand::SeedableRng;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -386,19 +387,6 @@ mod tests {
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| normal(&mut rng)).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod loss;
 pub mod mae;
 pub mod ops;
 pub mod segmenter;
+#[cfg(test)]
+mod test_util;
 pub mod train;
 pub mod transunet;
 pub mod unet;

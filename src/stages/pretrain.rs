@@ -41,6 +41,24 @@ pub struct PretrainParams {
     pub scratch: bool,
 }
 
+impl Default for PretrainParams {
+    /// `biodc pretrain`'s defaults: MAE tiny, 5 epochs of batch 8.
+    fn default() -> PretrainParams {
+        PretrainParams {
+            preset: "tiny".into(),
+            epochs: 5,
+            batch: 8,
+            lr: 1.5e-3,
+            mask_ratio: 0.75,
+            seed: 0,
+            name: "mae".into(),
+            checkpoint_every: 50,
+            max_steps: None,
+            scratch: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PretrainReport {
     pub steps: u64,
