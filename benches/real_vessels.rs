@@ -183,8 +183,7 @@ fn model_dice(model: &SegmentationModel, test: &[Truth]) -> Vec<f64> {
     test.iter()
         .map(|t| {
             let p = segment::segment_slice(model, &t.image, t.h, t.w, 8).unwrap();
-            let m: Vec<u8> = p.iter().map(|&v| (v > 0.5) as u8).collect();
-            dice_in(&m, &t.mask, &t.fov)
+            dice_in(&model.mask(&p), &t.mask, &t.fov)
         })
         .collect()
 }

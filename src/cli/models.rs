@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 /// earlier model of the same kind; each batch then mixes annotations the parent saw and new
 /// ones (`--new-weight`) so it does not forget. Loss: binary cross-entropy + Dice;
 /// augmentation: flips, 90° rotations, intensity jitter. The run says whether it converged.
+/// The model is recorded with how it is applied: a network's probabilities averaged over the
+/// image's four flips, foreground above --threshold.
 /// Masks of the round named by --validation are never trained on: they give the validation
 /// Dice recorded in models/<name>.json.
 #[derive(Debug, Args)]
@@ -63,6 +65,14 @@ pub struct TrainArgs {
     /// Stop after N steps (quick runs).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Apply the network to each image once, not averaged over its four flips (4× faster
+    /// segment and monitor; recorded in the model).
+    #[arg(long)]
+    pub no_flips: bool,
+    /// Foreground above this probability; recorded in the model and used by segment,
+    /// monitor and export.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -90,7 +100,15 @@ pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
         new_weight: a.new_weight,
         validation: a.validation,
         max_steps: a.max_steps,
+        flips: !a.no_flips,
+        threshold: a.threshold,
     };
+    if !(params.threshold > 0.0 && params.threshold < 1.0) {
+        anyhow::bail!(
+            "--threshold {}: a probability strictly between 0 and 1 was expected",
+            params.threshold
+        );
+    }
     let (commit, r) = stages::run(&repo, |repo, head, v| train::train(repo, head, v, &params))?;
     if a.json {
         return print_json(&r);

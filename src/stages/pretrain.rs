@@ -262,6 +262,7 @@ pub fn pretrain(
         .filter(|(_, v)| v.is_finite())
         .map(|(k, v)| (k.to_string(), v))
         .collect::<BTreeMap<_, _>>(),
+        inference: Default::default(),
     };
     version.models.insert(params.name.clone(), manifest);
     let summary = format!(

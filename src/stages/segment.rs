@@ -2,7 +2,7 @@
 //! stored tiles, cut into windows of the patch size that overlap by a quarter, each window
 //! normalised like a training patch; the windows' probabilities are blended with a tent weight
 //! (highest in the window's centre, where the network sees the most context) and thresholded
-//! at 0.5. Masks are written as 8-bit TIFF stacks (0/255) of the input's shape.
+//! as the model's record says (averaged over flips first where it says so). Masks are written as 8-bit TIFF stacks (0/255) of the input's shape.
 
 use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
 use crate::nn::data::normalize_patch;
@@ -109,12 +109,7 @@ pub fn segment_slices(
 ) -> Result<Vec<Vec<u8>>> {
     slices
         .iter()
-        .map(|s| {
-            Ok(segment_slice(net, s, h, w, 8)?
-                .iter()
-                .map(|&p| (p > 0.5) as u8)
-                .collect())
-        })
+        .map(|s| Ok(net.mask(&segment_slice(net, s, h, w, 8)?)))
         .collect()
 }
 

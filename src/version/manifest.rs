@@ -133,6 +133,36 @@ pub struct ModelManifest {
     /// Named scalar results (held-out loss, Dice, …).
     #[serde(default, deserialize_with = "super::float::map_f64")]
     pub metrics: BTreeMap<String, f64>,
+    /// How its probabilities become masks. Absent in records of models from before it
+    /// existed, which were applied as [`Inference::default`] — so they still are.
+    #[serde(default, skip_serializing_if = "Inference::is_default")]
+    pub inference: Inference,
+}
+
+/// How a segmentation model is applied: its probability map, averaged over the image's
+/// flips when `flips` is set, is foreground where it exceeds `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Inference {
+    /// Average the probabilities of the image, its left-right, up-down and both flips
+    /// (a network's errors differ between them; a forest's filter bank does not see a flip).
+    pub flips: bool,
+    pub threshold: f32,
+}
+
+impl Default for Inference {
+    /// One pass, threshold 0.5: how every model was applied before the field existed.
+    fn default() -> Self {
+        Inference {
+            flips: false,
+            threshold: 0.5,
+        }
+    }
+}
+
+impl Inference {
+    pub fn is_default(&self) -> bool {
+        *self == Inference::default()
+    }
 }
 
 /// `embeddings/<model>.json`: one vector per patch.

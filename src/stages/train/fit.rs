@@ -10,7 +10,7 @@ use crate::nn::unet::{UNet, UNetConfig};
 use crate::nn::{checkpoint, vit::VitConfig};
 use crate::pixel::{PixelClassifier, PixelClassifierParams};
 use crate::repo::Repo;
-use crate::segmentation::{Example, PixelForest, SegmentationModel};
+use crate::segmentation::{Example, PixelForest, Predictor, SegmentationModel};
 use crate::version::DatasetVersion;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -82,7 +82,7 @@ pub(super) fn start(
             m.name
         ),
         ("segmenter", ModelKind::Unet | ModelKind::Transunet) => {
-            let SegmentationModel::Network(net) = SegmentationModel::load(&repo.store, m)? else {
+            let Predictor::Network(net) = SegmentationModel::load(&repo.store, m)?.predictor else {
                 unreachable!("a segmenter record loads as a network")
             };
             let same = matches!(

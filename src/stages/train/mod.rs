@@ -24,9 +24,11 @@ use super::Next;
 use crate::history::CommitId;
 use crate::nn::checkpoint;
 use crate::repo::Repo;
-use crate::segmentation::{evaluate, load_images, load_masks, mean, Example, SegmentationModel};
+use crate::segmentation::{
+    evaluate, load_images, load_masks, mean, Example, Predictor, SegmentationModel,
+};
 use crate::store::{Filter, Kind};
-use crate::version::{DatasetVersion, ModelManifest};
+use crate::version::{DatasetVersion, Inference, ModelManifest};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,6 +80,27 @@ pub struct TrainParams {
     pub validation: String,
     /// Stop after this many steps (quick runs); None = the whole schedule.
     pub max_steps: Option<u64>,
+    /// Apply the network averaged over flips of its input (recorded in the model; a forest
+    /// ignores it). Records from before it existed: off.
+    #[serde(default)]
+    pub flips: bool,
+    /// Probability above which a pixel is foreground. Records from before it: 0.5.
+    #[serde(default = "half")]
+    pub threshold: f32,
+}
+
+fn half() -> f32 {
+    0.5
+}
+
+impl TrainParams {
+    /// How the trained model will be applied.
+    pub fn inference(&self) -> Inference {
+        Inference {
+            flips: self.flips && self.kind != ModelKind::Forest,
+            threshold: self.threshold,
+        }
+    }
 }
 
 impl Default for TrainParams {
@@ -97,6 +120,8 @@ impl Default for TrainParams {
             new_weight: 0.5,
             validation: "validation".into(),
             max_steps: None,
+            flips: true,
+            threshold: 0.5,
         }
     }
 }
@@ -235,7 +260,10 @@ pub fn train(
     // The parent's Dice on the old and new annotations, to show what fine-tuning changed.
     let mut dice_by = BTreeMap::new();
     if let (Start::Network(net), true) = (&start, balanced) {
-        let parent_model = SegmentationModel::Network(net.clone());
+        let parent_model = SegmentationModel {
+            predictor: Predictor::Network(net.clone()),
+            inference: params.inference(),
+        };
         for (key, set) in [("parent_old", &old), ("parent_new", &new)] {
             let d = evaluate(&parent_model, &repo.store, &version, &ids_of(set))?;
             dice_by.insert(key.to_string(), mean(&d));
@@ -245,12 +273,16 @@ pub fn train(
     let (trained_model, trained) = match start {
         Start::Network(net) => {
             let t = train_network(&net, &examples, (&old, &new), size, params)?;
-            (SegmentationModel::Network(net), Some(t))
+            (Predictor::Network(net), Some(t))
         }
         Start::Forest => (
-            SegmentationModel::Forest(fit_forest(&examples, size, params.seed)?),
+            Predictor::Forest(fit_forest(&examples, size, params.seed)?),
             None,
         ),
+    };
+    let trained_model = SegmentationModel {
+        predictor: trained_model,
+        inference: params.inference(),
     };
     let steps = trained.as_ref().map_or(0, |t| t.steps);
     let train_seconds = trained
@@ -298,8 +330,8 @@ pub fn train(
         None => Convergence::fitted(dice_by["train"]),
     };
 
-    let (weights, architecture, kind) = match &trained_model {
-        SegmentationModel::Network(net) => (
+    let (weights, architecture, kind) = match &trained_model.predictor {
+        Predictor::Network(net) => (
             checkpoint::to_safetensors(
                 &net.params()
                     .vars
@@ -310,7 +342,7 @@ pub fn train(
             net.config_json(),
             "segmenter",
         ),
-        SegmentationModel::Forest(f) => (
+        Predictor::Forest(f) => (
             f.forest.to_bytes(),
             serde_json::to_value(f.architecture())?,
             "forest",
@@ -349,6 +381,7 @@ pub fn train(
             .map(|t| t.curve.clone())
             .unwrap_or_default(),
         metrics,
+        inference: trained_model.inference,
     };
     version.models.insert(params.name.clone(), manifest);
     let seconds = started.elapsed().as_secs_f64();
