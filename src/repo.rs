@@ -42,6 +42,17 @@ pub struct Repo {
 impl Repo {
     /// Creates a repository in `dir` and commits the empty first version.
     pub fn init(dir: &Path, config: Config) -> Result<Repo> {
+        let repo = Repo::create(dir, config)?;
+        let version = DatasetVersion::empty(repo.config.patch_size);
+        let stage = repo.stage_record("init", serde_json::json!({}), None, "init: empty dataset");
+        let lock = repo.lock()?;
+        repo.commit(&lock, None, &version, &stage)?;
+        drop(lock);
+        Ok(repo)
+    }
+
+    /// Creates the folders of a repository in `dir`, with no version yet (a clone fills them).
+    pub fn create(dir: &Path, config: Config) -> Result<Repo> {
         let dot = dir.join(DOT);
         if dot.exists() {
             bail!("{} already holds a biodc repository", dir.display());
@@ -50,18 +61,12 @@ impl Repo {
         std::fs::write(dot.join("config.toml"), toml::to_string_pretty(&config)?)?;
         let history = History::init(&dot.join("git"))?;
         let store = Store::open(&dot.join("objects"))?;
-        let repo = Repo {
+        Ok(Repo {
             dot,
             store,
             history,
             config,
-        };
-        let version = DatasetVersion::empty(repo.config.patch_size);
-        let stage = repo.stage_record("init", serde_json::json!({}), None, "init: empty dataset");
-        let lock = repo.lock()?;
-        repo.commit(&lock, None, &version, &stage)?;
-        drop(lock);
-        Ok(repo)
+        })
     }
 
     /// Opens the repository of `start` or of the nearest parent folder that has one.
@@ -87,9 +92,11 @@ impl Repo {
                 .with_context(|| format!("{}: malformed config", config_path.display()))?,
             Err(_) => Config::default(),
         };
+        let store = Store::open(&dot.join("objects"))?;
+        crate::remote::attach_partial_source(dot, &store)?;
         Ok(Repo {
             dot: dot.to_path_buf(),
-            store: Store::open(&dot.join("objects"))?,
+            store,
             history: History::open(&dot.join("git"))?,
             config,
         })

@@ -55,6 +55,12 @@ pub fn fsck(dir: &Path, a: FsckArgs) -> Result<i32> {
         r.unreachable,
         r.stray.len()
     );
+    if r.on_remote > 0 {
+        println!(
+            "({} objects are on the remote this partial clone reads from, not here: `biodc fetch --set NAME` brings some)",
+            r.on_remote
+        );
+    }
     if r.vanished > 0 {
         println!(
             "({} unreachable objects were removed while fsck ran, by a gc beside it)",

@@ -7,6 +7,7 @@ mod learn;
 mod maintenance;
 mod models;
 mod refs;
+mod remote;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -59,6 +60,11 @@ pub enum Verb {
     Monitor(models::MonitorArgs),
     Reproduce(history::ReproduceArgs),
     Report(history::ReportArgs),
+    Remote(remote::RemoteArgs),
+    Push(remote::PushArgs),
+    Fetch(remote::FetchArgs),
+    Pull(remote::PullArgs),
+    Clone(remote::CloneArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -96,6 +102,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Monitor(a) => models::monitor(&dir, a),
         Verb::Reproduce(a) => history::reproduce(&dir, a),
         Verb::Report(a) => history::report(&dir, a),
+        Verb::Remote(a) => remote::remote(&dir, a),
+        Verb::Push(a) => remote::push(&dir, a),
+        Verb::Fetch(a) => remote::fetch(&dir, a),
+        Verb::Pull(a) => remote::pull(&dir, a),
+        Verb::Clone(a) => remote::clone(&dir, a),
     }
 }
 

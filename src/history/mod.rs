@@ -8,6 +8,9 @@ use gix::refs::{FullName, Target};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+mod transfer;
+pub use transfer::{kind_word, loose, parse_loose, GitKind};
+
 pub use gix::ObjectId as CommitId;
 
 /// Git's id of a manifest blob: equal ids mean equal bytes, which makes `diff` cheap.

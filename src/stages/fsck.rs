@@ -34,6 +34,9 @@ pub struct FsckReport {
     pub vanished: usize,
     /// Temp files and other files that are not objects (`gc` removes them).
     pub stray: Vec<String>,
+    /// In a partial clone: objects versions name that are not here but read from the remote
+    /// when needed (not damage; `fetch` brings them).
+    pub on_remote: usize,
 }
 
 /// Places listed per damaged object.
@@ -141,6 +144,10 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
         .iter()
         .filter(|id| !listed.contains(id) && !store.contains(id))
     {
+        if store.has_source() {
+            report.on_remote += 1;
+            continue;
+        }
         report.missing.push(format!("object {id} is missing"));
         bad.insert(*id);
     }

@@ -77,12 +77,21 @@ pub enum Damage {
     Missing { id: ObjectId },
 }
 
+/// Where objects that are not here can be read from: the remote a partial clone came from.
+pub trait ObjectSource: Send + Sync {
+    /// The stored form (header and compressed bytes) of `id`, or None when the source lacks it.
+    fn fetch(&self, id: &ObjectId) -> Result<Option<Vec<u8>>>;
+}
+
 /// The object store under `.biodc/objects`.
 pub struct Store {
     root: PathBuf,
     level: i32,
     /// Objects this process created (not merely found), so a failed verb can take them back.
     created: Mutex<Vec<ObjectId>>,
+    /// Read-through for objects not here (a partial clone), and how many it brought.
+    source: std::sync::OnceLock<Box<dyn ObjectSource>>,
+    fetched: std::sync::atomic::AtomicUsize,
 }
 
 impl Store {
@@ -93,7 +102,50 @@ impl Store {
             root: root.to_path_buf(),
             level: 1,
             created: Mutex::new(Vec::new()),
+            source: std::sync::OnceLock::new(),
+            fetched: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Reads objects missing here from `source` from now on (each kept here once read).
+    pub fn set_source(&self, source: Box<dyn ObjectSource>) {
+        let _ = self.source.set(source);
+    }
+
+    /// Whether objects missing here may come from a source.
+    pub fn has_source(&self) -> bool {
+        self.source.get().is_some()
+    }
+
+    /// How many objects the source brought in this process.
+    pub fn fetched(&self) -> usize {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stores the stored form `bytes` of object `id` as read from elsewhere, after checking that
+    /// it decodes to content that hashes to `id`; returns the content.
+    pub fn put_stored(&self, id: &ObjectId, bytes: &[u8]) -> Result<Vec<u8>> {
+        let (_, raw) = decode(bytes).with_context(|| format!("object {id} is corrupt"))?;
+        if ObjectId::of(&raw) != *id {
+            bail!("object {id} is corrupt: its content does not hash to its name");
+        }
+        let path = self.path_of(id);
+        if !path.exists() {
+            let dir = path.parent().expect("object path has a folder");
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".tmp-")
+                .tempfile_in(dir)
+                .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+            tmp.write_all(bytes)
+                .with_context(|| format!("writing object {}", id.short()))?;
+            if let Err(e) = tmp.persist_noclobber(&path) {
+                if !path.exists() {
+                    return Err(e.error).with_context(|| format!("storing {}", path.display()));
+                }
+            }
+        }
+        Ok(raw)
     }
 
     pub fn root(&self) -> &Path {
@@ -151,8 +203,25 @@ impl Store {
         Ok(self.put(Kind::Json, Filter::None, &raw)?.0)
     }
 
-    /// Reads object `id`, checking that its content hashes to `id`.
+    /// Reads object `id`, checking that its content hashes to `id`; an object not here comes
+    /// from the source, if there is one, and stays here.
     pub fn get(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        if let Some(source) = self.source.get() {
+            if !self.path_of(id).exists() {
+                let bytes = source
+                    .fetch(id)?
+                    .with_context(|| format!("object {id} is missing here and on the remote"))?;
+                let raw = self.put_stored(id, &bytes)?;
+                self.fetched
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(raw);
+            }
+        }
+        self.get_here(id)
+    }
+
+    /// Reads object `id` from this store only.
+    fn get_here(&self, id: &ObjectId) -> Result<Vec<u8>> {
         let path = self.path_of(id);
         let bytes = fs::read(&path).with_context(|| format!("object {id} is missing"))?;
         let (_, raw) = decode(&bytes).with_context(|| format!("object {id} is corrupt"))?;
@@ -236,7 +305,7 @@ impl Store {
     /// Checks one object: readable, decompresses, hashes to its name. An object whose file is
     /// not there (or was removed while being read) is [`Damage::Missing`], not corrupt.
     pub fn verify(&self, id: &ObjectId) -> Option<Damage> {
-        let e = self.get(id).err()?;
+        let e = self.get_here(id).err()?;
         let gone = e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)

@@ -1,0 +1,249 @@
+//! One remote's storage through the `object_store` crate: a folder (`LocalFileSystem`) or an
+//! S3-compatible bucket (`AmazonS3`, configured from the usual AWS environment variables), used
+//! synchronously from a small tokio runtime of its own.
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::sync::Arc;
+
+/// Where a remote lives, parsed from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Folder(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl Location {
+    /// `s3://bucket/prefix`, `file:///abs/path` or a plain path (relative to `base`).
+    pub fn parse(url: &str, base: &std::path::Path) -> Result<Location> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("{url}: an S3 URL names a bucket: s3://BUCKET[/PREFIX]");
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            if scheme != "file" {
+                bail!("{url}: remotes are folders (a path or file://) or S3 buckets (s3://)");
+            }
+        }
+        let path = std::path::PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        Ok(Location::Folder(if path.is_absolute() {
+            path
+        } else {
+            base.join(path)
+        }))
+    }
+}
+
+/// A remote's storage.
+pub struct Backend {
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+    /// Shown in errors.
+    url: String,
+}
+
+/// What a conditional put found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    Yes,
+    AlreadyThere,
+}
+
+impl Backend {
+    /// Opens the storage at `location`; a folder is created when `create` is set.
+    pub fn open(location: &Location, url: &str, create: bool) -> Result<Backend> {
+        let store: Arc<dyn ObjectStore> = match location {
+            Location::Folder(dir) => {
+                if create {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating the remote folder {}", dir.display()))?;
+                } else if !dir.is_dir() {
+                    bail!("remote {url}: no folder {}", dir.display());
+                }
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(dir)
+                        .map_err(|e| anyhow!("remote {url}: {e}"))?,
+                )
+            }
+            Location::S3 { bucket, prefix } => {
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: 2,
+                        retry_timeout: std::time::Duration::from_secs(10),
+                        ..Default::default()
+                    })
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_connect_timeout(std::time::Duration::from_secs(5)),
+                    )
+                    .build()
+                    .map_err(|e| anyhow!("remote {url}: {e}"))?;
+                if prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.as_str()))
+                }
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        Ok(Backend {
+            store,
+            runtime,
+            url: url.into(),
+        })
+    }
+
+    fn fail(&self, what: &str, e: object_store::Error) -> anyhow::Error {
+        anyhow!("remote {}: {what}: {}", self.url, one_line(&e))
+    }
+
+    /// The bytes at `key`, or None when there is nothing there.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let store = self.store.clone();
+        let k = Key::from(key);
+        self.runtime.block_on(async move {
+            match store.get(&k).await {
+                Ok(r) => Ok(Some(
+                    r.bytes().await.map_err(|e| self.fail(key, e))?.to_vec(),
+                )),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.fail(key, e)),
+            }
+        })
+    }
+
+    /// The bytes of many keys, `jobs` at a time, in the order given; `each` is called as each
+    /// arrives.
+    pub fn get_many(
+        &self,
+        keys: &[String],
+        jobs: usize,
+        each: &(dyn Fn(usize, Option<Vec<u8>>) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let store = self.store.clone();
+        self.runtime.block_on(async {
+            let mut s = futures::stream::iter(keys.iter().enumerate())
+                .map(|(i, key)| {
+                    let store = store.clone();
+                    async move {
+                        let r = match store.get(&Key::from(key.as_str())).await {
+                            Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+                            Err(object_store::Error::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        };
+                        (i, r)
+                    }
+                })
+                .buffer_unordered(jobs.max(1));
+            while let Some((i, r)) = s.next().await {
+                each(i, r.map_err(|e| self.fail(&keys[i], e))?)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes `bytes` at `key` (replacing what was there).
+    pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let store = self.store.clone();
+        self.runtime.block_on(async move {
+            store
+                .put(&Key::from(key), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.fail(key, e))
+        })
+    }
+
+    /// Writes the bytes `load(i)` at `keys[i]` for every i, `jobs` at a time (each loaded
+    /// only when its upload starts); `done(i, bytes)` is called after each.
+    pub fn put_many(
+        &self,
+        keys: &[String],
+        jobs: usize,
+        load: &(dyn Fn(usize) -> Result<Vec<u8>> + Sync),
+        done: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<()> {
+        let store = self.store.clone();
+        self.runtime.block_on(async {
+            let mut s = futures::stream::iter(0..keys.len())
+                .map(|i| {
+                    let store = store.clone();
+                    async move {
+                        let bytes = load(i)?;
+                        let n = bytes.len();
+                        store
+                            .put(&Key::from(keys[i].as_str()), PutPayload::from(bytes))
+                            .await
+                            .map_err(|e| self.fail(&keys[i], e))?;
+                        Ok::<_, anyhow::Error>((i, n))
+                    }
+                })
+                .buffer_unordered(jobs.max(1));
+            while let Some(r) = s.next().await {
+                let (i, n) = r?;
+                done(i, n);
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes `bytes` at `key` only if nothing is there yet: atomic on both backends (a folder
+    /// links a finished temp file to the name, which fails if it exists; S3 sends
+    /// `If-None-Match: *`).
+    pub fn create(&self, key: &str, bytes: Vec<u8>) -> Result<Created> {
+        let store = self.store.clone();
+        self.runtime.block_on(async move {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match store
+                .put_opts(&Key::from(key), PutPayload::from(bytes), opts)
+                .await
+            {
+                Ok(_) => Ok(Created::Yes),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(Created::AlreadyThere),
+                Err(e) => Err(self.fail(key, e)),
+            }
+        })
+    }
+
+    /// Every key under `prefix` (a folder-like path without a trailing slash).
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let store = self.store.clone();
+        let p = Key::from(prefix);
+        self.runtime.block_on(async move {
+            store
+                .list(Some(&p))
+                .map_ok(|m| m.location.to_string())
+                .try_collect::<Vec<String>>()
+                .await
+                .map_err(|e| self.fail(&format!("listing {prefix}/"), e))
+        })
+    }
+}
+
+/// An object_store error on one line, without the request's internals.
+fn one_line(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let mut first = text.lines().next().unwrap_or_default().to_string();
+    if first.len() > 300 {
+        first.truncate(300);
+        first.push('…');
+    }
+    first
+}

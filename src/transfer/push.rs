@@ -1,0 +1,179 @@
+//! `push`: send a branch's versions and the objects they name that the remote lacks, then move
+//! the remote branch, only if no one else moved it since it was read.
+
+use super::{current_branch, listed_ids, next_entry, remote_tip, tracking_ref};
+use crate::history::{loose, CommitId};
+use crate::remote::{self, git_key, object_key, Created, Remotes};
+use crate::repo::Repo;
+use crate::store::ObjectId;
+use crate::version::DatasetVersion;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone)]
+pub struct PushParams {
+    pub remote: String,
+    /// None: the branch HEAD is on.
+    pub branch: Option<String>,
+    /// Concurrent uploads.
+    pub jobs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    pub remote: String,
+    pub url: String,
+    pub branch: String,
+    pub commit: String,
+    /// Where the remote branch was (None: new branch).
+    pub previous: Option<String>,
+    pub up_to_date: bool,
+    pub versions_sent: usize,
+    pub objects_sent: usize,
+    pub git_objects_sent: usize,
+    pub bytes_sent: u64,
+    pub seconds: f64,
+}
+
+/// Pushes a branch to a remote.
+pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
+    let started = std::time::Instant::now();
+    let remotes = Remotes::load(repo.dot())?;
+    let url = remotes.url(&p.remote)?.to_string();
+    let branch = current_branch(&repo.history, p.branch.as_deref())?;
+    let tip = repo
+        .history
+        .ref_target(&format!("refs/heads/{branch}"))?
+        .with_context(|| format!("no branch {branch:?} here"))?;
+    let base = repo.dot().parent().unwrap_or(repo.dot());
+    let backend = remote::open(&url, base, true)?;
+    let before = remote_tip(&backend, &branch)?;
+    let mut report = PushReport {
+        remote: p.remote.clone(),
+        url: url.clone(),
+        branch: branch.clone(),
+        commit: tip.to_string(),
+        previous: before.map(|(_, id)| id.to_string()),
+        up_to_date: false,
+        versions_sent: 0,
+        objects_sent: 0,
+        git_objects_sent: 0,
+        bytes_sent: 0,
+        seconds: 0.0,
+    };
+    if let Some((_, old)) = before {
+        if old == tip {
+            report.up_to_date = true;
+            repo.history
+                .move_ref(&tracking_ref(&p.remote, &branch), tip, None)?;
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        if !repo.history.has_object(old) || !repo.history.is_ancestor(old, tip)? {
+            bail!(
+                "{} on {} is at {}, which {branch} here does not contain: run `biodc pull {}` first, then push again",
+                branch,
+                p.remote,
+                &old.to_string()[..12],
+                p.remote
+            );
+        }
+    }
+    backend.put(remote::MARKER, br#"{"format": 1}"#.to_vec())?;
+    backend.put(
+        remote::CONFIG,
+        std::fs::read(repo.dot().join("config.toml")).unwrap_or_default(),
+    )?;
+
+    let remote_git: HashSet<CommitId> = listed_ids(&backend, "git")?
+        .iter()
+        .filter_map(|h| CommitId::from_hex(h.as_bytes()).ok())
+        .collect();
+    let known = |id: CommitId| remote_git.contains(&id);
+    let commits = repo.history.commits_to_send(&[tip], &known)?;
+    report.versions_sent = commits.len();
+
+    // Data objects the new versions name that the remote lacks.
+    let remote_objects: HashSet<ObjectId> = listed_ids(&backend, "objects")?
+        .iter()
+        .filter_map(|h| ObjectId::from_hex(h).ok())
+        .collect();
+    let mut wanted = BTreeSet::new();
+    for &c in &commits {
+        let v = DatasetVersion::load(&repo.history, c)?;
+        wanted.extend(
+            v.object_refs()
+                .into_iter()
+                .map(|(_, id)| id)
+                .filter(|id| !remote_objects.contains(id)),
+        );
+    }
+    let wanted: Vec<ObjectId> = wanted.into_iter().collect();
+    if let Some(id) = wanted.iter().find(|id| !repo.store.contains(id)) {
+        bail!(
+            "object {id} is named by a version being pushed but is neither here nor on {}: nothing was moved (run `biodc fsck`)",
+            p.remote
+        );
+    }
+    let sent = AtomicU64::new(0);
+    let pb = crate::progress::bar(wanted.len() as u64, "push objects", false);
+    let keys: Vec<String> = wanted.iter().map(object_key).collect();
+    let store = &repo.store;
+    backend.put_many(
+        &keys,
+        p.jobs,
+        &|i| {
+            let path = store.path_of(&wanted[i]);
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        },
+        &|_, n| {
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+            pb.inc(1);
+            crate::failpoint::hit("push:object");
+        },
+    )?;
+    pb.finish_and_clear();
+    report.objects_sent = wanted.len();
+    crate::failpoint::hit("push:after-objects");
+
+    // History: trees and blobs, then commits parents first.
+    let contents = repo.history.contents(&commits, &known)?;
+    let git_bytes = |id: CommitId| -> Result<Vec<u8>> {
+        let (kind, data) = repo.history.raw_object(id)?;
+        Ok(zstd::encode_all(&loose(kind, &data)[..], 3)?)
+    };
+    let keys: Vec<String> = contents.iter().map(git_key).collect();
+    // Read here, not in the uploads: the git repository handle stays on this thread.
+    let encoded = contents
+        .iter()
+        .map(|&id| git_bytes(id))
+        .collect::<Result<Vec<_>>>()?;
+    backend.put_many(&keys, p.jobs, &|i| Ok(encoded[i].clone()), &|_, n| {
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+    })?;
+    crate::failpoint::hit("push:after-trees");
+    for &c in &commits {
+        let bytes = git_bytes(c)?;
+        sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        backend.put(&git_key(&c), bytes)?;
+    }
+    report.git_objects_sent = contents.len() + commits.len();
+    crate::failpoint::hit("push:before-ref");
+
+    let entry = next_entry(&branch, before);
+    match backend.create(&entry, format!("{tip}\n").into_bytes())? {
+        Created::Yes => {}
+        Created::AlreadyThere => bail!(
+            "{branch} on {} moved while this push ran (another push won): run `biodc pull {}`, then push again; the versions sent stay there and will not be sent twice",
+            p.remote,
+            p.remote
+        ),
+    }
+    repo.history
+        .move_ref(&tracking_ref(&p.remote, &branch), tip, None)?;
+    report.bytes_sent = sent.load(Ordering::Relaxed);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,292 @@
+//! Remotes on a folder: push, clone (whole, partial, read-through), fetch, pull; a push killed
+//! anywhere resumes; racing pushes; corrupt remote objects are refused.
+//! (The same on a real S3 server: tests/remote_s3.rs.)
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A project of two small stacks with a two-patch core set annotated: (tmp, project, the
+/// patch ids).
+fn annotated_project() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let (tmp, project, cohort) = project_with(Cohort {
+        stacks: 2,
+        shape: "1,128,128",
+        seed: 3,
+        patch: 64,
+        defects: false,
+    });
+    import_cohort(&project, &cohort);
+    ok(&project, &["export", "--set", "all", "--to", "../all"]);
+    let mut ids: Vec<String> = std::fs::read_dir(tmp.path().join("all"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".tif").map(String::from)
+        })
+        .collect();
+    ids.sort();
+    ok(&project, &["set", "coreset", &ids[0], &ids[5]]);
+    let masks = tmp.path().join("masks");
+    expert(&project, &cohort, "coreset", None, &masks);
+    ok(
+        &project,
+        &["annotate", masks.to_str().unwrap(), "--round", "core"],
+    );
+    (tmp, project, ids)
+}
+
+/// Names of the object files of a project (or of a remote's `objects/`).
+fn names(dir: &Path) -> BTreeSet<String> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let p = e.path();
+            format!(
+                "{}{}",
+                p.parent().unwrap().file_name().unwrap().to_string_lossy(),
+                p.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect()
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = biodc(dir).args(args).output().unwrap();
+    assert!(!out.status.success(), "biodc {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `fsck` exits 0 and reports no damage.
+fn fsck_clean(dir: &Path) {
+    let f = json(dir, &["fsck", "--json"]);
+    for k in ["corrupt", "missing", "history", "dangling"] {
+        assert_eq!(f[k], serde_json::json!([]), "{k}: {f}");
+    }
+}
+
+fn log(dir: &Path) -> serde_json::Value {
+    json(dir, &["log", "--json"])
+}
+
+#[test]
+fn a_push_clones_elsewhere_identically_and_a_second_push_sends_nothing() {
+    let (tmp, project, ids) = annotated_project();
+    let remote = tmp.path().join("remote");
+    ok(
+        &project,
+        &["remote", "add", "origin", remote.to_str().unwrap()],
+    );
+    let listed = json(&project, &["remote", "--json"]);
+    assert_eq!(listed["remotes"]["origin"]["url"], remote.to_str().unwrap());
+    let first = json(&project, &["push", "--json"]);
+    let local = names(&project.join(".biodc/objects"));
+    assert_eq!(first["objects_sent"], local.len());
+    assert_eq!(names(&remote.join("objects")), local);
+
+    ok(tmp.path(), &["clone", remote.to_str().unwrap(), "copy"]);
+    let copy = tmp.path().join("copy");
+    assert_eq!(names(&copy.join(".biodc/objects")), local);
+    assert_eq!(log(&copy), log(&project));
+    fsck_clean(&copy);
+
+    let again = json(&project, &["push", "--json"]);
+    assert_eq!(again["up_to_date"], true);
+    // A new version that names no new object sends one version and no object.
+    ok(&project, &["set", "validation", &ids[1]]);
+    let third = json(&project, &["push", "--json"]);
+    assert_eq!(third["versions_sent"], 1);
+    assert_eq!(third["objects_sent"], 0);
+
+    let pulled = json(&copy, &["pull", "--json"]);
+    assert_eq!(pulled["outcome"], "fast-forward");
+    assert_eq!(head(&copy), head(&project));
+}
+
+#[test]
+fn a_push_killed_anywhere_leaves_the_branch_old_or_new_and_resumes() {
+    let (tmp, project, _) = annotated_project();
+    let total = names(&project.join(".biodc/objects")).len();
+    for (i, point) in [
+        "push:object:3",
+        "push:after-objects",
+        "push:after-trees",
+        "push:before-ref",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let remote = tmp.path().join(format!("remote{i}"));
+        let name = format!("r{i}");
+        ok(
+            &project,
+            &["remote", "add", &name, remote.to_str().unwrap()],
+        );
+        let out = biodc(&project)
+            .args(["push", &name, "-j", "2"])
+            .env("BIODC_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{point}: the push should have been killed"
+        );
+        // Killed before the branch moved: the remote has no branch, so nothing names
+        // anything missing.
+        assert!(
+            !remote.join("refs").exists() || names(&remote.join("refs")).is_empty(),
+            "{point}"
+        );
+        let there = names(&remote.join("objects")).len();
+        let rerun = json(&project, &["push", &name, "--json"]);
+        assert_eq!(
+            rerun["objects_sent"].as_u64().unwrap() as usize,
+            total - there,
+            "{point}: the rerun sends only what is missing"
+        );
+        let copy = tmp.path().join(format!("copy{i}"));
+        ok(
+            tmp.path(),
+            &["clone", remote.to_str().unwrap(), copy.to_str().unwrap()],
+        );
+        fsck_clean(&copy);
+        assert_eq!(head(&copy), head(&project), "{point}");
+    }
+}
+
+#[test]
+fn two_racing_pushes_one_wins_and_the_other_is_told_to_pull() {
+    let (tmp, project, ids) = annotated_project();
+    let remote = tmp.path().join("remote");
+    ok(
+        &project,
+        &["remote", "add", "origin", remote.to_str().unwrap()],
+    );
+    ok(&project, &["push"]);
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    ok(tmp.path(), &["clone", remote.to_str().unwrap(), "a"]);
+    ok(tmp.path(), &["clone", remote.to_str().unwrap(), "b"]);
+    ok(&a, &["set", "from-a", &ids[2]]);
+    ok(&b, &["set", "from-b", &ids[3]]);
+    let spawn = |dir: &Path| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("biodc"))
+            .arg("-C")
+            .arg(dir)
+            .args(["push"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (pa, pb) = (spawn(&a), spawn(&b));
+    let (ra, rb) = (
+        pa.wait_with_output().unwrap(),
+        pb.wait_with_output().unwrap(),
+    );
+    assert!(
+        ra.status.success() != rb.status.success(),
+        "exactly one push wins: {} / {}",
+        String::from_utf8_lossy(&ra.stderr),
+        String::from_utf8_lossy(&rb.stderr)
+    );
+    let (winner, loser) = if ra.status.success() {
+        (&a, &rb)
+    } else {
+        (&b, &ra)
+    };
+    assert!(String::from_utf8_lossy(&loser.stderr).contains("pull"));
+    let check = tmp.path().join("check");
+    ok(tmp.path(), &["clone", remote.to_str().unwrap(), "check"]);
+    assert_eq!(head(&check), head(winner));
+    fsck_clean(&check);
+}
+
+#[test]
+fn a_partial_clone_fetches_exactly_what_it_reads() {
+    let (tmp, project, _) = annotated_project();
+    let remote = tmp.path().join("remote");
+    ok(
+        &project,
+        &["remote", "add", "origin", remote.to_str().unwrap()],
+    );
+    ok(&project, &["push"]);
+    // coreset: 2 patches, each a tile and a mask.
+    ok(
+        tmp.path(),
+        &[
+            "clone",
+            "--sets",
+            "coreset",
+            remote.to_str().unwrap(),
+            "some",
+        ],
+    );
+    let some = tmp.path().join("some");
+    let fetched = names(&some.join(".biodc/objects"));
+    assert_eq!(fetched.len(), 4, "{fetched:?}");
+    ok(&some, &["export", "--set", "coreset", "--to", "out"]);
+    assert_eq!(
+        names(&some.join(".biodc/objects")),
+        fetched,
+        "export read only what was there"
+    );
+
+    ok(
+        tmp.path(),
+        &["clone", "--no-data", remote.to_str().unwrap(), "none"],
+    );
+    let none = tmp.path().join("none");
+    assert!(names(&none.join(".biodc/objects")).is_empty());
+    assert_eq!(log(&none), log(&project));
+    ok(&none, &["export", "--set", "coreset", "--to", "out"]);
+    let tiles = names(&none.join(".biodc/objects"));
+    assert!(!tiles.is_empty() && tiles.is_subset(&fetched), "{tiles:?}");
+    // The masks come when asked for.
+    ok(&none, &["fetch", "--set", "coreset"]);
+    assert_eq!(names(&none.join(".biodc/objects")), fetched);
+}
+
+#[test]
+fn a_corrupt_or_incomplete_remote_fails_the_clone_and_leaves_nothing() {
+    let (tmp, project, _) = annotated_project();
+    let remote = tmp.path().join("remote");
+    ok(
+        &project,
+        &["remote", "add", "origin", remote.to_str().unwrap()],
+    );
+    ok(&project, &["push"]);
+    // One object's bytes replaced by another's.
+    let objs: Vec<PathBuf> = walkdir::WalkDir::new(remote.join("objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    let saved = std::fs::read(&objs[0]).unwrap();
+    std::fs::copy(&objs[1], &objs[0]).unwrap();
+    let e = fails(tmp.path(), &["clone", remote.to_str().unwrap(), "bad"]);
+    assert!(e.contains("rejected") || e.contains("corrupt"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+    std::fs::write(&objs[0], saved).unwrap();
+    // A git object gone: the clone fails before anything is checked out.
+    let git: Vec<PathBuf> = walkdir::WalkDir::new(remote.join("git"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    std::fs::remove_file(&git[0]).unwrap();
+    let e = fails(tmp.path(), &["clone", remote.to_str().unwrap(), "bad"]);
+    assert!(e.contains("does not hold it"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+    let e = fails(
+        tmp.path(),
+        &["clone", tmp.path().join("nowhere").to_str().unwrap(), "x"],
+    );
+    assert!(e.contains("no folder"), "{e}");
+}
