@@ -74,18 +74,22 @@ impl Backend {
                 )
             }
             Location::S3 { bucket, prefix } => {
+                use object_store::aws::AmazonS3ConfigKey;
+                use object_store::ClientConfigKey;
+                // Short waits: a wrong endpoint should fail in seconds, not after 10 retries.
+                // (Set as config keys: replacing the client options would drop AWS_ALLOW_HTTP.)
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        "5s",
+                    )
                     .with_retry(object_store::RetryConfig {
                         max_retries: 2,
                         retry_timeout: std::time::Duration::from_secs(10),
                         ..Default::default()
                     })
-                    .with_client_options(
-                        object_store::ClientOptions::new()
-                            .with_connect_timeout(std::time::Duration::from_secs(5)),
-                    )
                     .build()
                     .map_err(|e| anyhow!("remote {url}: {e}"))?;
                 if prefix.is_empty() {
@@ -107,7 +111,7 @@ impl Backend {
     }
 
     fn fail(&self, what: &str, e: object_store::Error) -> anyhow::Error {
-        anyhow!("remote {}: {what}: {}", self.url, one_line(&e))
+        anyhow!("remote {}: {what}: {}", self.url, explain(&e))
     }
 
     /// The bytes at `key`, or None when there is nothing there.
@@ -237,7 +241,35 @@ impl Backend {
     }
 }
 
-/// An object_store error on one line, without the request's internals.
+/// What a user can act on, for the usual failures; otherwise the error on one line.
+fn explain(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let code = [
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "NotSignedUp",
+        "AccessDenied",
+    ]
+    .into_iter()
+    .find(|c| text.contains(c));
+    if let Some(code) = code {
+        return format!(
+            "access denied ({code}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        );
+    }
+    if text.contains("NoSuchBucket") {
+        return "the bucket does not exist (NoSuchBucket)".into();
+    }
+    if text.contains("error sending request") || text.contains("onnection refused") {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .unwrap_or_else(|_| "the default AWS endpoint".into());
+        return format!("cannot reach {endpoint} (is the server up? AWS_ENDPOINT_URL says where)");
+    }
+    one_line(e)
+}
+
+/// An object_store error on one line, shortened.
 fn one_line(e: &object_store::Error) -> String {
     let text = e.to_string();
     let mut first = text.lines().next().unwrap_or_default().to_string();

@@ -1,0 +1,215 @@
+//! Remotes on a real S3 server: s3s-fs (an S3 implementation over a folder, the s3s project's
+//! own) serving on 127.0.0.1 from inside this test process; biodc talks to it over HTTP with
+//! the AWS environment variables, as it would to MinIO or Ceph.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+const KEY: &str = "biodc-test-key";
+const SECRET: &str = "biodc-test-secret";
+const BUCKET: &str = "lab";
+
+/// The server, started once for this test binary: (address, the folder it serves).
+fn server() -> &'static (SocketAddr, tempfile::TempDir) {
+    static SERVER: OnceLock<(SocketAddr, tempfile::TempDir)> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(KEY, SECRET));
+        let service = b.build();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let http = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                loop {
+                    let Ok((sock, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let conn = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone())
+                        .into_owned();
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            });
+        });
+        let addr = rx.recv().unwrap();
+        // The variables biodc reads, as a lab would export them for MinIO or Ceph.
+        std::env::set_var("AWS_ENDPOINT_URL", format!("http://{addr}"));
+        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+        (addr, root)
+    })
+}
+
+/// A small project with a set annotated.
+fn project() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (tmp, project, cohort) = project_with(Cohort {
+        stacks: 2,
+        shape: "1,128,128",
+        seed: 5,
+        patch: 64,
+        defects: false,
+    });
+    import_cohort(&project, &cohort);
+    ok(&project, &["export", "--set", "all", "--to", "../all"]);
+    let mut ids: Vec<String> = std::fs::read_dir(tmp.path().join("all"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".tif").map(String::from)
+        })
+        .collect();
+    ids.sort();
+    ok(&project, &["set", "coreset", &ids[1], &ids[6]]);
+    let masks = tmp.path().join("masks");
+    expert(&project, &cohort, "coreset", None, &masks);
+    ok(
+        &project,
+        &["annotate", masks.to_str().unwrap(), "--round", "core"],
+    );
+    (tmp, project)
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let p = e.path();
+            format!(
+                "{}{}",
+                p.parent().unwrap().file_name().unwrap().to_string_lossy(),
+                p.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn push_and_clone_through_s3_match_and_a_second_push_sends_nothing() {
+    server();
+    let (tmp, project) = project();
+    let url = format!("s3://{BUCKET}/vessels-a");
+    ok(&project, &["remote", "add", "origin", &url]);
+    let listed = ok(&project, &["remote", "list"]);
+    assert!(
+        !listed.contains(SECRET) && !listed.contains(KEY),
+        "{listed}"
+    );
+    let remotes_file = std::fs::read_to_string(project.join(".biodc/remotes.toml")).unwrap();
+    assert!(!remotes_file.contains(SECRET) && !remotes_file.contains(KEY));
+
+    let first = json(&project, &["push", "--json"]);
+    let local = names(&project.join(".biodc/objects"));
+    assert_eq!(
+        first["objects_sent"].as_u64().unwrap() as usize,
+        local.len()
+    );
+    ok(tmp.path(), &["clone", &url, "copy"]);
+    let copy = tmp.path().join("copy");
+    assert_eq!(names(&copy.join(".biodc/objects")), local);
+    assert_eq!(
+        json(&copy, &["log", "--json"]),
+        json(&project, &["log", "--json"])
+    );
+    let f = json(&copy, &["fsck", "--json"]);
+    assert_eq!(f["corrupt"], serde_json::json!([]));
+    assert_eq!(f["missing"], serde_json::json!([]));
+    assert_eq!(json(&project, &["push", "--json"])["up_to_date"], true);
+
+    // A history-only clone reads the tiles export needs from the bucket, and only those.
+    ok(tmp.path(), &["clone", "--no-data", &url, "light"]);
+    let light = tmp.path().join("light");
+    assert!(names(&light.join(".biodc/objects")).is_empty());
+    ok(&light, &["export", "--set", "coreset", "--to", "out"]);
+    assert_eq!(names(&light.join(".biodc/objects")).len(), 2);
+}
+
+#[test]
+fn the_branch_entry_is_created_only_once_on_s3() {
+    server();
+    let dir = tempfile::tempdir().unwrap();
+    let b = biodc::remote::open(&format!("s3://{BUCKET}/cas"), dir.path(), true).unwrap();
+    use biodc::remote::Created;
+    assert_eq!(
+        b.create("refs/heads/main/1", b"a".to_vec()).unwrap(),
+        Created::Yes
+    );
+    assert_eq!(
+        b.create("refs/heads/main/1", b"b".to_vec()).unwrap(),
+        Created::AlreadyThere
+    );
+    assert_eq!(b.get("refs/heads/main/1").unwrap().unwrap(), b"a");
+}
+
+#[test]
+fn wrong_credentials_a_missing_bucket_and_no_server_are_one_line_each() {
+    let (addr, _) = server();
+    let (tmp, project) = project();
+    let one_line = |args: &[&str], envs: &[(&str, String)]| -> String {
+        let mut cmd = biodc(&project);
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        eprintln!("{args:?}: {e}");
+        assert!(e.lines().count() <= 2, "{e}");
+        e
+    };
+    ok(
+        &project,
+        &["remote", "add", "origin", &format!("s3://{BUCKET}/x")],
+    );
+    ok(
+        &project,
+        &["remote", "add", "nobucket", "s3://no-such-bucket/x"],
+    );
+    let e = one_line(&["push"], &[("AWS_SECRET_ACCESS_KEY", "wrong".into())]);
+    assert!(e.contains("access denied"), "{e}");
+    assert!(!e.contains("wrong"), "the secret is not echoed: {e}");
+    let e = one_line(&["push", "nobucket"], &[]);
+    assert!(
+        e.contains("no-such-bucket") && e.contains("bucket does not exist"),
+        "{e}"
+    );
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = std::time::Instant::now();
+    let e = one_line(
+        &["push"],
+        &[("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))],
+    );
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(e.contains("cannot reach"), "{e}");
+    let _ = (addr, tmp);
+}
