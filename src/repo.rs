@@ -212,6 +212,7 @@ impl Repo {
             biodc_version: env!("CARGO_PKG_VERSION").into(),
             timings_ms: Default::default(),
             summary: summary.into(),
+            merged: None,
         }
     }
 
@@ -239,7 +240,14 @@ impl Repo {
             stage.summary,
             serde_json::to_string_pretty(&stage.params)?
         );
-        let id = self.history.commit(&files, &message, parent)?;
+        let merged = match &stage.merged {
+            Some(hex) => Some(
+                CommitId::from_hex(hex.as_bytes())
+                    .with_context(|| format!("merged version {hex:?} is not a commit id"))?,
+            ),
+            None => None,
+        };
+        let id = self.history.commit(&files, &message, parent, merged)?;
         self.store.keep_created();
         Ok(id)
     }

@@ -65,6 +65,7 @@ pub enum Verb {
     Fetch(remote::FetchArgs),
     Pull(remote::PullArgs),
     Clone(remote::CloneArgs),
+    Merge(refs::MergeArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -107,6 +108,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Fetch(a) => remote::fetch(&dir, a),
         Verb::Pull(a) => remote::pull(&dir, a),
         Verb::Clone(a) => remote::clone(&dir, a),
+        Verb::Merge(a) => refs::merge(&dir, a),
     }
 }
 

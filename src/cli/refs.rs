@@ -113,3 +113,61 @@ fn named_refs(
     }
     Ok(0)
 }
+
+/// Merge another line of work (a branch, `origin/main` after a fetch, any version) into HEAD.
+///
+/// Annotations of different patches come together; a patch both sides gave a different mask,
+/// or a set, model or manifest both changed differently, is a conflict: each is listed with
+/// both sides and nothing is committed.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc merge annotator-b\n  biodc fetch && biodc merge origin/main"
+)]
+pub struct MergeArgs {
+    /// Branch or version to merge (remote branches as REMOTE/BRANCH).
+    pub rev: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn merge(dir: &Path, a: MergeArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let rev = if repo.history.resolve(&a.rev).is_err() && a.rev.contains('/') {
+        format!("refs/remotes/{}", a.rev)
+    } else {
+        a.rev.clone()
+    };
+    let m = crate::stages::merge::merge_into_head(&repo, &rev)?;
+    let failed = m.outcome == "conflict";
+    if a.json {
+        print_json(&m)?;
+        return Ok(if failed { 1 } else { 0 });
+    }
+    match (m.outcome.as_str(), &m.report) {
+        ("conflict", Some(r)) => {
+            eprintln!(
+                "{} conflicts merging {}; nothing was committed:",
+                r.conflicts.len(),
+                a.rev
+            );
+            for c in &r.conflicts {
+                eprintln!(
+                    "  {} {}: ours {} / theirs {}",
+                    c.kind, c.name, c.ours, c.theirs
+                );
+            }
+            eprintln!("resolve by annotating those patches again (or changing one side), then merge again");
+        }
+        ("merged", Some(r)) => println!(
+            "version {}: merged {} ({} annotations taken{}{})",
+            short(&m.head),
+            a.rev,
+            r.annotations_taken,
+            if r.taken.is_empty() { "" } else { "; " },
+            r.taken.join(", ")
+        ),
+        (other, _) => println!("{other}: HEAD at {}", short(&m.head)),
+    }
+    Ok(if failed { 1 } else { 0 })
+}

@@ -146,14 +146,15 @@ impl History {
         Ok(self.repo.find_blob(id).map_err(err)?.data.clone())
     }
 
-    /// Writes `files` as a tree and a commit on top of `parent`, then moves HEAD (and the branch
-    /// it is on) to it, checking that HEAD still is `parent`. Objects first, ref last: a process
-    /// killed midway leaves HEAD where it was.
+    /// Writes `files` as a tree and a commit on top of `parent` (and `merged`, a merge's second
+    /// parent), then moves HEAD (and the branch it is on) to it, checking that HEAD still is
+    /// `parent`. Objects first, ref last: a process killed midway leaves HEAD where it was.
     pub fn commit(
         &self,
         files: &BTreeMap<String, Vec<u8>>,
         message: &str,
         parent: Option<CommitId>,
+        merged: Option<CommitId>,
     ) -> Result<CommitId> {
         let dir = self.repo.path();
         let empty = gix::ObjectId::empty_tree(gix::hash::Kind::Sha1);
@@ -178,7 +179,7 @@ impl History {
             author: sig.clone(),
             committer: sig.clone(),
             encoding: None,
-            parents: parent.into_iter().collect(),
+            parents: parent.into_iter().chain(merged).collect(),
             extra_headers: Vec::new(),
         };
         let id = self

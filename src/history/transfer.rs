@@ -159,6 +159,21 @@ impl History {
         Ok(false)
     }
 
+    /// The newest commit both `a` and `b` descend from, if any.
+    pub fn merge_base(&self, a: CommitId, b: CommitId) -> Result<Option<CommitId>> {
+        let mut of_a = HashSet::new();
+        for info in self.repo.rev_walk([a]).all().map_err(err)? {
+            of_a.insert(info.map_err(err)?.id);
+        }
+        for info in self.repo.rev_walk([b]).all().map_err(err)? {
+            let id = info.map_err(err)?.id;
+            if of_a.contains(&id) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
     /// Moves ref `full` (a branch or remote-tracking ref) to `new`, creating it if needed,
     /// provided it is still at `expected` (None: whatever it is).
     pub fn move_ref(&self, full: &str, new: CommitId, expected: Option<CommitId>) -> Result<()> {

@@ -15,6 +15,7 @@ pub mod export;
 pub mod fsck;
 pub mod hunt;
 pub mod import;
+pub mod merge;
 pub mod monitor;
 pub mod patches;
 pub mod pretrain;
@@ -152,6 +153,7 @@ pub const REGISTRY: &[Registered] = &[
     Registered::of::<train::Train>(),
     Registered::of::<hunt::Hunt>(),
     Registered::of::<monitor::Monitor>(),
+    Registered::of::<merge::Merge>(),
 ];
 
 /// The registered stage of `verb`.

@@ -358,10 +358,9 @@ pub fn pull(
         }
         Some(l) if repo.history.is_ancestor(theirs, l)? => "ahead",
         Some(l) => bail!(
-            "{branch} here ({}) and on {remote_name} ({}) have both moved on: merging them is not built yet; nothing was changed here (the remote's versions are at {})",
+            "{branch} here ({}) and on {remote_name} ({}) have both moved on: run `biodc merge {remote_name}/{branch}`, then push; nothing was changed here",
             short(l),
-            short(theirs),
-            tracking_ref(remote_name, &branch)
+            short(theirs)
         ),
         None => {
             repo.history.move_ref(&local_ref, theirs, None)?;

@@ -227,6 +227,9 @@ pub struct StageRecord {
     pub timings_ms: BTreeMap<String, u64>,
     /// One line for humans, also the commit message's first line.
     pub summary: String,
+    /// A merge's second parent (the version merged into `parent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<String>,
 }
 
 /// Tile origins along one axis of length `len` for tile edge `tile`: a regular grid, plus one
