@@ -38,23 +38,50 @@ fn two_annotators_rounds_merge_and_a_disputed_patch_is_a_conflict() {
     ok(&project, &["set", "round-a", &ids[0], &ids[1]]);
     ok(&project, &["set", "round-b", &ids[2], &ids[3]]);
     let remote = tmp.path().join("remote");
-    ok(&project, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    ok(
+        &project,
+        &["remote", "add", "origin", remote.to_str().unwrap()],
+    );
     ok(&project, &["push"]);
     let base = head(&project);
     for who in ["a", "b", "c"] {
         ok(tmp.path(), &["clone", remote.to_str().unwrap(), who]);
     }
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
 
     // Annotator a labels round-a and pushes first.
     let masks_a = tmp.path().join("masks-a");
     expert(&a, &cohort, "round-a", None, &masks_a);
-    ok(&a, &["annotate", masks_a.to_str().unwrap(), "--round", "a", "--annotator", "ann-a"]);
+    ok(
+        &a,
+        &[
+            "annotate",
+            masks_a.to_str().unwrap(),
+            "--round",
+            "a",
+            "--annotator",
+            "ann-a",
+        ],
+    );
     ok(&a, &["push"]);
     // Annotator b labels round-b; the push is refused, the pull says to merge.
     let masks_b = tmp.path().join("masks-b");
     expert(&b, &cohort, "round-b", None, &masks_b);
-    ok(&b, &["annotate", masks_b.to_str().unwrap(), "--round", "b", "--annotator", "ann-b"]);
+    ok(
+        &b,
+        &[
+            "annotate",
+            masks_b.to_str().unwrap(),
+            "--round",
+            "b",
+            "--annotator",
+            "ann-b",
+        ],
+    );
     let (_, e) = fails(&b, &["push"]);
     assert!(e.contains("pull"), "{e}");
     let (_, e) = fails(&b, &["pull"]);
@@ -73,6 +100,7 @@ fn two_annotators_rounds_merge_and_a_disputed_patch_is_a_conflict() {
         .map(|p| p.as_str().unwrap().to_string())
         .collect();
     assert_eq!(parents, vec![ours.clone(), head(&a)]);
+    assert!(ok(&b, &["log", "-n", "1"]).contains(&format!("Merge:  {}", &ours[..12])));
     let d = json(&b, &["diff", &ours, "HEAD", "--json"]);
     assert!(d["annotations"].to_string().contains(&ids[0]), "{d}");
     let r = json(&b, &["reproduce", "HEAD", "--json"]);
@@ -89,12 +117,25 @@ fn two_annotators_rounds_merge_and_a_disputed_patch_is_a_conflict() {
         masks_c.join(format!("{}.tif", ids[0])),
     )
     .unwrap();
-    ok(&c, &["annotate", masks_c.to_str().unwrap(), "--round", "c", "--annotator", "ann-c"]);
+    ok(
+        &c,
+        &[
+            "annotate",
+            masks_c.to_str().unwrap(),
+            "--round",
+            "c",
+            "--annotator",
+            "ann-c",
+        ],
+    );
     let before = head(&c);
     ok(&c, &["fetch"]);
     let (code, e) = fails(&c, &["merge", "origin/main"]);
     assert_eq!(code, 1);
-    assert!(e.contains(&ids[0]) && e.contains("ann-a") && e.contains("ann-c"), "{e}");
+    assert!(
+        e.contains(&ids[0]) && e.contains("ann-a") && e.contains("ann-c"),
+        "{e}"
+    );
     assert!(!e.contains(&ids[2]), "only the disputed patch: {e}");
     assert_eq!(head(&c), before, "nothing committed");
     assert_ne!(before, base);

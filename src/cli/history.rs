@@ -159,8 +159,14 @@ pub fn log(dir: &Path, a: LogArgs) -> Result<i32> {
         if a.oneline {
             println!("{} {subject}", short(&info.id));
         } else {
+            let merge = if info.parents.len() > 1 {
+                let ps: Vec<String> = info.parents.iter().map(short).collect();
+                format!("Merge:  {}\n", ps.join(" "))
+            } else {
+                String::new()
+            };
             println!(
-                "version {}\nAuthor: {}\nDate:   {}\n\n    {subject}\n",
+                "version {}\n{merge}Author: {}\nDate:   {}\n\n    {subject}\n",
                 info.id,
                 info.author,
                 format_time(info.time)

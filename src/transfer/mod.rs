@@ -5,10 +5,12 @@
 //! it names, a branch never names a commit that has not, and a rerun sends only what is still
 //! missing.
 
+mod clone;
 mod fetch;
 mod push;
 
-pub use fetch::{clone, fetch, pull, CloneData, CloneReport, FetchReport, PullReport};
+pub use clone::{clone, CloneReport};
+pub use fetch::{fetch, pull, CloneData, FetchReport, PullReport};
 pub use push::{push, PushParams, PushReport};
 
 use crate::history::{CommitId, History};

@@ -1,0 +1,286 @@
+//! Push and clone of a cohort to a folder and to an S3 server on 127.0.0.1 (s3s-fs, in this
+//! process), beside DVC's `push` and `pull` of the same images to the same places; and a
+//! history-only clone of a repository of ~90,000 patches.
+//!
+//! ```sh
+//! python3 -m venv /tmp/dvcenv && /tmp/dvcenv/bin/pip install dvc dvc-s3   # once, optional
+//! cargo bench --bench remote -- [--stacks 70] [--dvc /tmp/dvcenv/bin/dvc] [-j 8] [--out r.json]
+//! ```
+//!
+//! The cohort is `--stacks` synthetic stacks of 7×1024×1024 u16 (70 ≈ 1 GiB of TIFFs). Rates
+//! are cohort megabytes (the TIFFs' size) per second, for both tools, so they compare work done
+//! for the user whatever each stores.
+
+use biodc::repo::{Config, Repo};
+use biodc::stages::{self, import};
+use biodc::synth::{write_cohort, SynthParams};
+use biodc::transfer::{self, CloneData, PushParams};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const KEY: &str = "bench-key";
+const SECRET: &str = "bench-secret";
+const BUCKET: &str = "bench";
+
+fn start_s3(root: &Path) -> std::net::SocketAddr {
+    std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+    b.set_auth(s3s::auth::SimpleAuth::from_single(KEY, SECRET));
+    let service = b.build();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let http =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64())
+}
+
+fn project(root: &Path, images: &Path, patch: usize) -> Repo {
+    std::fs::create_dir_all(root).unwrap();
+    let repo = Repo::init(
+        root,
+        Config {
+            patch_size: patch,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let p = import::ImportParams {
+        paths: vec![images.to_path_buf()],
+        condition: None,
+        condition_from_dir: false,
+        voxel_size: None,
+        patch: None,
+        replace: false,
+    };
+    stages::run(&repo, |r, h, v| import::import(r, h, v, &p)).unwrap();
+    repo
+}
+
+fn dvc(bin: &str, dir: &Path, args: &[&str]) {
+    let out = Command::new(bin)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dvc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
+    let stacks: usize = arg("--stacks").map_or(70, |s| s.parse().unwrap());
+    let jobs: usize = arg("-j").map_or(8, |s| s.parse().unwrap());
+    let dvc_bin = arg("--dvc");
+    let tmp = tempfile::tempdir_in(arg("--tmp").unwrap_or_else(|| "/tmp".into())).unwrap();
+    let t = tmp.path();
+    let addr = start_s3(&t.join("s3"));
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://{addr}"));
+    std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    std::env::set_var("AWS_REGION", "us-east-1");
+    std::env::set_var("AWS_ALLOW_HTTP", "true");
+
+    eprintln!("writing {stacks} stacks of 7×1024×1024 …");
+    let cohort = t.join("cohort");
+    write_cohort(
+        &cohort,
+        &SynthParams {
+            stacks,
+            shape: [7, 1024, 1024],
+            seed: 0,
+            defects: false,
+        },
+    )
+    .unwrap();
+    let images = cohort.join("images");
+    let mb = dir_bytes(&images) as f64 / 1e6;
+    eprintln!("cohort: {mb:.0} MB; importing …");
+    let repo = project(&t.join("project"), &images, 224);
+    let store_mb = dir_bytes(&t.join("project/.biodc/objects")) as f64 / 1e6;
+    let mut rows = Vec::new();
+    let mut row = |tool: &str, target: &str, op: &str, seconds: f64| {
+        let r = json!({"tool": tool, "remote": target, "op": op, "seconds": seconds,
+            "cohort_mb_per_s": mb / seconds});
+        println!("{r}");
+        rows.push(r);
+    };
+    let remotes = [
+        (
+            "folder",
+            t.join("remote-folder").to_string_lossy().into_owned(),
+        ),
+        ("s3", format!("s3://{BUCKET}/biodc")),
+    ];
+    for (kind, url) in &remotes {
+        let mut r = biodc::remote::Remotes::load(repo.dot()).unwrap();
+        r.remotes.insert(
+            kind.to_string(),
+            biodc::remote::RemoteEntry { url: url.clone() },
+        );
+        r.save(repo.dot()).unwrap();
+        let (_, s) = timed(|| {
+            transfer::push(
+                &repo,
+                &PushParams {
+                    remote: kind.to_string(),
+                    branch: None,
+                    jobs,
+                },
+            )
+            .unwrap()
+        });
+        row("biodc", kind, "push", s);
+        let dest = t.join(format!("clone-{kind}"));
+        let (_, s) = timed(|| transfer::clone(url, &dest, &CloneData::All, jobs).unwrap());
+        row("biodc", kind, "clone", s);
+        std::fs::remove_dir_all(&dest).unwrap();
+    }
+
+    if let Some(bin) = &dvc_bin {
+        let ws = t.join("dvc-ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::rename(&images, ws.join("images")).unwrap();
+        dvc(bin, &ws, &["init", "--no-scm", "-q"]);
+        let (_, add_s) = timed(|| dvc(bin, &ws, &["add", "-q", "images"]));
+        eprintln!("dvc add: {add_s:.1} s (not compared: biodc's import does more)");
+        for (kind, url) in [
+            (
+                "folder",
+                t.join("dvc-folder").to_string_lossy().into_owned(),
+            ),
+            ("s3", format!("s3://{BUCKET}/dvc")),
+        ] {
+            dvc(bin, &ws, &["remote", "add", "-f", kind, &url]);
+            if kind == "s3" {
+                dvc(
+                    bin,
+                    &ws,
+                    &[
+                        "remote",
+                        "modify",
+                        kind,
+                        "endpointurl",
+                        &format!("http://{addr}"),
+                    ],
+                );
+            }
+            let j = jobs.to_string();
+            let (_, s) = timed(|| dvc(bin, &ws, &["push", "-q", "-r", kind, "-j", &j]));
+            row("dvc", kind, "push", s);
+            // A fresh workspace with the same .dvc files and config, no cache, no images.
+            let fresh = t.join(format!("dvc-pull-{kind}"));
+            std::fs::create_dir_all(&fresh).unwrap();
+            std::fs::copy(ws.join("images.dvc"), fresh.join("images.dvc")).unwrap();
+            std::fs::create_dir_all(fresh.join(".dvc")).unwrap();
+            std::fs::copy(ws.join(".dvc/config"), fresh.join(".dvc/config")).unwrap();
+            let (_, s) = timed(|| dvc(bin, &fresh, &["pull", "-r", kind, "-j", &j]));
+            row("dvc", kind, "pull", s);
+            assert_eq!(dir_bytes(&fresh.join("images")) as f64 / 1e6, mb);
+            std::fs::remove_dir_all(&fresh).unwrap();
+        }
+    }
+
+    // History only, of a repository with ~90,000 patches (32 stacks of 7×640×640 in 32² tiles).
+    eprintln!("90,000-patch repository …");
+    let many = t.join("many");
+    write_cohort(
+        &many,
+        &SynthParams {
+            stacks: 32,
+            shape: [7, 640, 640],
+            seed: 1,
+            defects: false,
+        },
+    )
+    .unwrap();
+    let big = project(&t.join("many-project"), &many.join("images"), 32);
+    let (_, v) = big.version(None).unwrap();
+    let patches = v.all_patches().count();
+    let mut r = biodc::remote::Remotes::load(big.dot()).unwrap();
+    r.remotes.insert(
+        "origin".into(),
+        biodc::remote::RemoteEntry {
+            url: format!("s3://{BUCKET}/many"),
+        },
+    );
+    r.save(big.dot()).unwrap();
+    transfer::push(
+        &big,
+        &PushParams {
+            remote: "origin".into(),
+            branch: None,
+            jobs,
+        },
+    )
+    .unwrap();
+    let dest = t.join("many-clone");
+    let (c, s) = timed(|| {
+        transfer::clone(
+            &format!("s3://{BUCKET}/many"),
+            &dest,
+            &CloneData::None,
+            jobs,
+        )
+        .unwrap()
+    });
+    let r = json!({"tool": "biodc", "remote": "s3", "op": "clone --no-data", "patches": patches,
+        "seconds": s, "git_bytes": c.fetch.bytes_received});
+    println!("{r}");
+    rows.push(r);
+    let summary = json!({"cohort_mb": mb, "store_mb": store_mb, "stacks": stacks, "jobs": jobs,
+        "rows": rows});
+    if let Some(out) = arg("--out") {
+        std::fs::write(
+            PathBuf::from(out),
+            serde_json::to_string_pretty(&summary).unwrap(),
+        )
+        .unwrap();
+    }
+}
