@@ -213,3 +213,31 @@ fn wrong_credentials_a_missing_bucket_and_no_server_are_one_line_each() {
     assert!(e.contains("cannot reach"), "{e}");
     let _ = (addr, tmp);
 }
+
+#[test]
+fn a_push_to_s3_killed_midway_leaves_no_branch_and_resumes_without_resending() {
+    server();
+    let (tmp, project) = project();
+    let total = names(&project.join(".biodc/objects")).len();
+    for (i, point) in ["push:object:2", "push:before-ref"].iter().enumerate() {
+        let url = format!("s3://{BUCKET}/killed-{i}");
+        let name = format!("k{i}");
+        ok(&project, &["remote", "add", &name, &url]);
+        let out = biodc(&project)
+            .args(["push", &name, "-j", "2"])
+            .env("BIODC_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the push should have been killed");
+        let remote = biodc::remote::open(&url, tmp.path(), false).unwrap();
+        assert!(remote.list("refs").unwrap().is_empty(), "{point}: no branch yet");
+        let there = remote.list("objects").unwrap().len();
+        let rerun = json(&project, &["push", &name, "--json"]);
+        assert_eq!(
+            rerun["objects_sent"].as_u64().unwrap() as usize,
+            total - there,
+            "{point}"
+        );
+        assert_eq!(remote.list("refs").unwrap().len(), 1);
+    }
+}
