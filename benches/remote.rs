@@ -27,39 +27,8 @@ const KEY: &str = "bench-key";
 const SECRET: &str = "bench-secret";
 const BUCKET: &str = "bench";
 
-fn start_s3(root: &Path) -> std::net::SocketAddr {
-    std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-    let fs = s3s_fs::FileSystem::new(root).unwrap();
-    let mut b = s3s::service::S3ServiceBuilder::new(fs);
-    b.set_auth(s3s::auth::SimpleAuth::from_single(KEY, SECRET));
-    let service = b.build();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let http =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    continue;
-                };
-                let conn = http
-                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone())
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
-}
+#[path = "../tests/common/s3.rs"]
+mod s3;
 
 fn dir_bytes(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
@@ -160,7 +129,7 @@ fn main() {
     let dvc_bin = arg("--dvc");
     let tmp = tempfile::tempdir_in(arg("--tmp").unwrap_or_else(|| "/tmp".into())).unwrap();
     let t = tmp.path();
-    let addr = start_s3(&t.join("s3"));
+    let addr = s3::start(&t.join("s3"), BUCKET, KEY, SECRET);
     std::env::set_var("AWS_ENDPOINT_URL", format!("http://{addr}"));
     std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
     std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);

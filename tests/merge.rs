@@ -26,15 +26,7 @@ fn two_annotators_rounds_merge_and_a_disputed_patch_is_a_conflict() {
         defects: false,
     });
     import_cohort(&project, &cohort);
-    ok(&project, &["export", "--set", "all", "--to", "../all"]);
-    let mut ids: Vec<String> = std::fs::read_dir(tmp.path().join("all"))
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".tif").map(String::from)
-        })
-        .collect();
-    ids.sort();
+    let ids = patch_ids(&project, &tmp.path().join("all"));
     ok(&project, &["set", "round-a", &ids[0], &ids[1]]);
     ok(&project, &["set", "round-b", &ids[2], &ids[3]]);
     let remote = tmp.path().join("remote");

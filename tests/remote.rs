@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// A project of two small stacks with a two-patch core set annotated: (tmp, project, the
@@ -19,15 +18,7 @@ fn annotated_project() -> (tempfile::TempDir, PathBuf, Vec<String>) {
         defects: false,
     });
     import_cohort(&project, &cohort);
-    ok(&project, &["export", "--set", "all", "--to", "../all"]);
-    let mut ids: Vec<String> = std::fs::read_dir(tmp.path().join("all"))
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".tif").map(String::from)
-        })
-        .collect();
-    ids.sort();
+    let ids = patch_ids(&project, &tmp.path().join("all"));
     ok(&project, &["set", "coreset", &ids[0], &ids[5]]);
     let masks = tmp.path().join("masks");
     expert(&project, &cohort, "coreset", None, &masks);
@@ -36,24 +27,6 @@ fn annotated_project() -> (tempfile::TempDir, PathBuf, Vec<String>) {
         &["annotate", masks.to_str().unwrap(), "--round", "core"],
     );
     (tmp, project, ids)
-}
-
-/// Names of the object files of a project (or of a remote's `objects/`).
-fn names(dir: &Path) -> BTreeSet<String> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| {
-            let p = e.path();
-            format!(
-                "{}{}",
-                p.parent().unwrap().file_name().unwrap().to_string_lossy(),
-                p.file_name().unwrap().to_string_lossy()
-            )
-        })
-        .collect()
 }
 
 fn fails(dir: &Path, args: &[&str]) -> String {
@@ -85,13 +58,13 @@ fn a_push_clones_elsewhere_identically_and_a_second_push_sends_nothing() {
     let listed = json(&project, &["remote", "--json"]);
     assert_eq!(listed["remotes"]["origin"]["url"], remote.to_str().unwrap());
     let first = json(&project, &["push", "--json"]);
-    let local = names(&project.join(".biodc/objects"));
+    let local = object_names(&project.join(".biodc/objects"));
     assert_eq!(first["objects_sent"], local.len());
-    assert_eq!(names(&remote.join("objects")), local);
+    assert_eq!(object_names(&remote.join("objects")), local);
 
     ok(tmp.path(), &["clone", remote.to_str().unwrap(), "copy"]);
     let copy = tmp.path().join("copy");
-    assert_eq!(names(&copy.join(".biodc/objects")), local);
+    assert_eq!(object_names(&copy.join(".biodc/objects")), local);
     assert_eq!(log(&copy), log(&project));
     fsck_clean(&copy);
 
@@ -111,7 +84,7 @@ fn a_push_clones_elsewhere_identically_and_a_second_push_sends_nothing() {
 #[test]
 fn a_push_killed_anywhere_leaves_the_branch_old_or_new_and_resumes() {
     let (tmp, project, _) = annotated_project();
-    let total = names(&project.join(".biodc/objects")).len();
+    let total = object_names(&project.join(".biodc/objects")).len();
     for (i, point) in [
         "push:object:3",
         "push:after-objects",
@@ -139,10 +112,10 @@ fn a_push_killed_anywhere_leaves_the_branch_old_or_new_and_resumes() {
         // Killed before the branch moved: the remote has no branch, so nothing names
         // anything missing.
         assert!(
-            !remote.join("refs").exists() || names(&remote.join("refs")).is_empty(),
+            !remote.join("refs").exists() || object_names(&remote.join("refs")).is_empty(),
             "{point}"
         );
-        let there = names(&remote.join("objects")).len();
+        let there = object_names(&remote.join("objects")).len();
         let rerun = json(&project, &["push", &name, "--json"]);
         assert_eq!(
             rerun["objects_sent"].as_u64().unwrap() as usize,
@@ -227,11 +200,11 @@ fn a_partial_clone_fetches_exactly_what_it_reads() {
         ],
     );
     let some = tmp.path().join("some");
-    let fetched = names(&some.join(".biodc/objects"));
+    let fetched = object_names(&some.join(".biodc/objects"));
     assert_eq!(fetched.len(), 4, "{fetched:?}");
     ok(&some, &["export", "--set", "coreset", "--to", "out"]);
     assert_eq!(
-        names(&some.join(".biodc/objects")),
+        object_names(&some.join(".biodc/objects")),
         fetched,
         "export read only what was there"
     );
@@ -241,14 +214,14 @@ fn a_partial_clone_fetches_exactly_what_it_reads() {
         &["clone", "--no-data", remote.to_str().unwrap(), "none"],
     );
     let none = tmp.path().join("none");
-    assert!(names(&none.join(".biodc/objects")).is_empty());
+    assert!(object_names(&none.join(".biodc/objects")).is_empty());
     assert_eq!(log(&none), log(&project));
     ok(&none, &["export", "--set", "coreset", "--to", "out"]);
-    let tiles = names(&none.join(".biodc/objects"));
+    let tiles = object_names(&none.join(".biodc/objects"));
     assert!(!tiles.is_empty() && tiles.is_subset(&fetched), "{tiles:?}");
     // The masks come when asked for.
     ok(&none, &["fetch", "--set", "coreset"]);
-    assert_eq!(names(&none.join(".biodc/objects")), fetched);
+    assert_eq!(object_names(&none.join(".biodc/objects")), fetched);
 }
 
 #[test]

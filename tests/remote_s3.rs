@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::OnceLock;
 
 const KEY: &str = "biodc-test-key";
@@ -19,38 +17,7 @@ fn server() -> &'static (SocketAddr, tempfile::TempDir) {
     static SERVER: OnceLock<(SocketAddr, tempfile::TempDir)> = OnceLock::new();
     SERVER.get_or_init(|| {
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
-        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
-        let mut b = s3s::service::S3ServiceBuilder::new(fs);
-        b.set_auth(s3s::auth::SimpleAuth::from_single(KEY, SECRET));
-        let service = b.build();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                let http = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                loop {
-                    let Ok((sock, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let conn = http
-                        .serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone())
-                        .into_owned();
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-            });
-        });
-        let addr = rx.recv().unwrap();
+        let addr = common::s3::start(root.path(), BUCKET, KEY, SECRET);
         // The variables biodc reads, as a lab would export them for MinIO or Ceph.
         std::env::set_var("AWS_ENDPOINT_URL", format!("http://{addr}"));
         std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
@@ -71,15 +38,7 @@ fn project() -> (tempfile::TempDir, std::path::PathBuf) {
         defects: false,
     });
     import_cohort(&project, &cohort);
-    ok(&project, &["export", "--set", "all", "--to", "../all"]);
-    let mut ids: Vec<String> = std::fs::read_dir(tmp.path().join("all"))
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".tif").map(String::from)
-        })
-        .collect();
-    ids.sort();
+    let ids = patch_ids(&project, &tmp.path().join("all"));
     ok(&project, &["set", "coreset", &ids[1], &ids[6]]);
     let masks = tmp.path().join("masks");
     expert(&project, &cohort, "coreset", None, &masks);
@@ -88,22 +47,6 @@ fn project() -> (tempfile::TempDir, std::path::PathBuf) {
         &["annotate", masks.to_str().unwrap(), "--round", "core"],
     );
     (tmp, project)
-}
-
-fn names(dir: &Path) -> BTreeSet<String> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| {
-            let p = e.path();
-            format!(
-                "{}{}",
-                p.parent().unwrap().file_name().unwrap().to_string_lossy(),
-                p.file_name().unwrap().to_string_lossy()
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -121,14 +64,14 @@ fn push_and_clone_through_s3_match_and_a_second_push_sends_nothing() {
     assert!(!remotes_file.contains(SECRET) && !remotes_file.contains(KEY));
 
     let first = json(&project, &["push", "--json"]);
-    let local = names(&project.join(".biodc/objects"));
+    let local = object_names(&project.join(".biodc/objects"));
     assert_eq!(
         first["objects_sent"].as_u64().unwrap() as usize,
         local.len()
     );
     ok(tmp.path(), &["clone", &url, "copy"]);
     let copy = tmp.path().join("copy");
-    assert_eq!(names(&copy.join(".biodc/objects")), local);
+    assert_eq!(object_names(&copy.join(".biodc/objects")), local);
     assert_eq!(
         json(&copy, &["log", "--json"]),
         json(&project, &["log", "--json"])
@@ -141,9 +84,9 @@ fn push_and_clone_through_s3_match_and_a_second_push_sends_nothing() {
     // A history-only clone reads the tiles export needs from the bucket, and only those.
     ok(tmp.path(), &["clone", "--no-data", &url, "light"]);
     let light = tmp.path().join("light");
-    assert!(names(&light.join(".biodc/objects")).is_empty());
+    assert!(object_names(&light.join(".biodc/objects")).is_empty());
     ok(&light, &["export", "--set", "coreset", "--to", "out"]);
-    assert_eq!(names(&light.join(".biodc/objects")).len(), 2);
+    assert_eq!(object_names(&light.join(".biodc/objects")).len(), 2);
 }
 
 #[test]
@@ -218,7 +161,7 @@ fn wrong_credentials_a_missing_bucket_and_no_server_are_one_line_each() {
 fn a_push_to_s3_killed_midway_leaves_no_branch_and_resumes_without_resending() {
     server();
     let (tmp, project) = project();
-    let total = names(&project.join(".biodc/objects")).len();
+    let total = object_names(&project.join(".biodc/objects")).len();
     for (i, point) in ["push:object:2", "push:before-ref"].iter().enumerate() {
         let url = format!("s3://{BUCKET}/killed-{i}");
         let name = format!("k{i}");
@@ -228,9 +171,15 @@ fn a_push_to_s3_killed_midway_leaves_no_branch_and_resumes_without_resending() {
             .env("BIODC_FAILPOINT", point)
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{point}: the push should have been killed");
+        assert!(
+            !out.status.success(),
+            "{point}: the push should have been killed"
+        );
         let remote = biodc::remote::open(&url, tmp.path(), false).unwrap();
-        assert!(remote.list("refs").unwrap().is_empty(), "{point}: no branch yet");
+        assert!(
+            remote.list("refs").unwrap().is_empty(),
+            "{point}: no branch yet"
+        );
         let there = remote.list("objects").unwrap().len();
         let rerun = json(&project, &["push", &name, "--json"]);
         assert_eq!(

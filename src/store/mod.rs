@@ -129,23 +129,32 @@ impl Store {
         if ObjectId::of(&raw) != *id {
             bail!("object {id} is corrupt: its content does not hash to its name");
         }
-        let path = self.path_of(id);
-        if !path.exists() {
-            let dir = path.parent().expect("object path has a folder");
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".tmp-")
-                .tempfile_in(dir)
-                .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-            tmp.write_all(bytes)
-                .with_context(|| format!("writing object {}", id.short()))?;
-            if let Err(e) = tmp.persist_noclobber(&path) {
-                if !path.exists() {
-                    return Err(e.error).with_context(|| format!("storing {}", path.display()));
-                }
-            }
+        if !self.path_of(id).exists() {
+            self.write_file(id, bytes)?;
         }
         Ok(raw)
+    }
+
+    /// Writes the stored form of `id` atomically (temp file in the same folder, then a
+    /// no-clobber rename); false when another writer stored it first.
+    fn write_file(&self, id: &ObjectId, bytes: &[u8]) -> Result<bool> {
+        let path = self.path_of(id);
+        let dir = path.parent().expect("object path has a folder");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+        tmp.write_all(bytes)
+            .with_context(|| format!("writing object {}", id.short()))?;
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if path.exists() => {
+                drop(e);
+                Ok(false)
+            }
+            Err(e) => Err(e.error).with_context(|| format!("storing {}", path.display())),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -174,23 +183,10 @@ impl Store {
             return Ok((id, false));
         }
         let bytes = encode(kind, filter, raw, self.level)?;
-        let dir = path.parent().expect("object path has a folder");
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-        tmp.write_all(&bytes)
-            .with_context(|| format!("writing object {}", id.short()))?;
-        match tmp.persist_noclobber(&path) {
-            Ok(_) => {}
-            // Another thread stored the same content between our check and our rename: the
-            // object is not ours (not new, and not ours to roll back).
-            Err(e) if path.exists() => {
-                drop(e);
-                return Ok((id, false));
-            }
-            Err(e) => return Err(e.error).with_context(|| format!("storing {}", path.display())),
+        // Another thread may store the same content between our check and our rename: then
+        // the object is not ours (not new, and not ours to roll back).
+        if !self.write_file(&id, &bytes)? {
+            return Ok((id, false));
         }
         self.created.lock().unwrap().push(id);
         crate::failpoint::hit("store:after-put");

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the biodc binary in a temp project.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 
@@ -131,4 +133,39 @@ pub fn expert(project: &Path, cohort: &Path, set: &str, first: Option<usize>, to
         args.extend(["--first", n.as_str()]);
     }
     ok(project, &args);
+}
+
+/// Every patch id of `project`'s HEAD, sorted (exported once into `scratch`).
+pub fn patch_ids(project: &Path, scratch: &Path) -> Vec<String> {
+    ok(
+        project,
+        &["export", "--set", "all", "--to", scratch.to_str().unwrap()],
+    );
+    let mut ids: Vec<String> = std::fs::read_dir(scratch)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".tif").map(String::from)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Names (fan-out folder + file) of the object files under `dir`: a project's
+/// `.biodc/objects` or a remote's `objects/`.
+pub fn object_names(dir: &Path) -> std::collections::BTreeSet<String> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let p = e.path();
+            format!(
+                "{}{}",
+                p.parent().unwrap().file_name().unwrap().to_string_lossy(),
+                p.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect()
 }
