@@ -27,6 +27,8 @@ pub fn start(root: &Path, bucket: &str, key: &str, secret: &str) -> SocketAddr {
                 let Ok((sock, _)) = listener.accept().await else {
                     continue;
                 };
+                // Without it a small GET reply waits for the client's delayed ACK (~40 ms).
+                let _ = sock.set_nodelay(true);
                 let conn = http
                     .serve_connection(hyper_util::rt::TokioIo::new(sock), service.clone())
                     .into_owned();
