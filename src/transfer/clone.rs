@@ -47,7 +47,7 @@ pub fn clone(url: &str, dir: &Path, data: &CloneData, jobs: usize) -> Result<Clo
     let made_dir = !dir.exists();
     let result = (|| -> Result<CloneReport> {
         let repo = Repo::create(dir, config)?;
-        // A relative folder URL is kept relative to where clone ran, so store it absolute.
+        // A relative folder URL means relative to where clone ran: stored absolute.
         let stored_url = match remote::Location::parse(url, &cwd)? {
             remote::Location::Folder(p) => p.to_string_lossy().into_owned(),
             remote::Location::S3 { .. } => url.to_string(),
