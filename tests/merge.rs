@@ -18,15 +18,7 @@ fn fails(dir: &Path, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn two_annotators_rounds_merge_and_a_disputed_patch_is_a_conflict() {
-    let (tmp, project, cohort) = project_with(Cohort {
-        stacks: 2,
-        shape: "1,128,128",
-        seed: 3,
-        patch: 64,
-        defects: false,
-    });
-    import_cohort(&project, &cohort);
-    let ids = patch_ids(&project, &tmp.path().join("all"));
+    let (tmp, project, cohort, ids) = small_project(3);
     ok(&project, &["set", "round-a", &ids[0], &ids[1]]);
     ok(&project, &["set", "round-b", &ids[2], &ids[3]]);
     let remote = tmp.path().join("remote");

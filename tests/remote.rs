@@ -10,23 +10,7 @@ use std::path::{Path, PathBuf};
 /// A project of two small stacks with a two-patch core set annotated: (tmp, project, the
 /// patch ids).
 fn annotated_project() -> (tempfile::TempDir, PathBuf, Vec<String>) {
-    let (tmp, project, cohort) = project_with(Cohort {
-        stacks: 2,
-        shape: "1,128,128",
-        seed: 3,
-        patch: 64,
-        defects: false,
-    });
-    import_cohort(&project, &cohort);
-    let ids = patch_ids(&project, &tmp.path().join("all"));
-    ok(&project, &["set", "coreset", &ids[0], &ids[5]]);
-    let masks = tmp.path().join("masks");
-    expert(&project, &cohort, "coreset", None, &masks);
-    ok(
-        &project,
-        &["annotate", masks.to_str().unwrap(), "--round", "core"],
-    );
-    (tmp, project, ids)
+    small_annotated_project(3, [0, 5])
 }
 
 fn fails(dir: &Path, args: &[&str]) -> String {

@@ -30,22 +30,7 @@ fn server() -> &'static (SocketAddr, tempfile::TempDir) {
 
 /// A small project with a set annotated.
 fn project() -> (tempfile::TempDir, std::path::PathBuf) {
-    let (tmp, project, cohort) = project_with(Cohort {
-        stacks: 2,
-        shape: "1,128,128",
-        seed: 5,
-        patch: 64,
-        defects: false,
-    });
-    import_cohort(&project, &cohort);
-    let ids = patch_ids(&project, &tmp.path().join("all"));
-    ok(&project, &["set", "coreset", &ids[1], &ids[6]]);
-    let masks = tmp.path().join("masks");
-    expert(&project, &cohort, "coreset", None, &masks);
-    ok(
-        &project,
-        &["annotate", masks.to_str().unwrap(), "--round", "core"],
-    );
+    let (tmp, project, _) = small_annotated_project(5, [1, 6]);
     (tmp, project)
 }
 

@@ -153,12 +153,18 @@ pub fn patch_ids(project: &Path, scratch: &Path) -> Vec<String> {
 }
 
 /// Names (fan-out folder + file) of the object files under `dir`: a project's
-/// `.biodc/objects` or a remote's `objects/`.
+/// `.biodc/objects` or a remote's `objects/` (not temp or staging files a killed writer left).
 pub fn object_names(dir: &Path) -> std::collections::BTreeSet<String> {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| {
+            e.file_type().is_file()
+                && e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit())
+        })
         .map(|e| {
             let p = e.path();
             format!(
@@ -168,4 +174,35 @@ pub fn object_names(dir: &Path) -> std::collections::BTreeSet<String> {
             )
         })
         .collect()
+}
+
+/// Two imported stacks of 1×128×128 in 64² patches from synthetic seed `seed`:
+/// (tmp, project, cohort, the patch ids).
+pub fn small_project(seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf, Vec<String>) {
+    let (tmp, project, cohort) = project_with(Cohort {
+        stacks: 2,
+        shape: "1,128,128",
+        seed,
+        patch: 64,
+        defects: false,
+    });
+    import_cohort(&project, &cohort);
+    let ids = patch_ids(&project, &tmp.path().join("all"));
+    (tmp, project, cohort, ids)
+}
+
+/// [`small_project`] with patches `core` as set `coreset`, annotated by the simulated expert.
+pub fn small_annotated_project(
+    seed: u64,
+    core: [usize; 2],
+) -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let (tmp, project, cohort, ids) = small_project(seed);
+    ok(&project, &["set", "coreset", &ids[core[0]], &ids[core[1]]]);
+    let masks = tmp.path().join("masks");
+    expert(&project, &cohort, "coreset", None, &masks);
+    ok(
+        &project,
+        &["annotate", masks.to_str().unwrap(), "--round", "core"],
+    );
+    (tmp, project, ids)
 }
