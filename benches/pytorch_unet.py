@@ -10,10 +10,12 @@ as written by ../shared/data/real-vessels/prepare.py). Prints one JSON line:
 Network: 4 levels of (3×3 conv, BatchNorm, ReLU) × 2 with 16-32-64-128 channels, max pooling
 down, 2×2 transposed convolutions up. Training: random 128² crops of the per-patch
 standardised patches, the 8 flips/rotations, intensity gain/offset, BCE + soft Dice, Adam 1e-3,
-batch 8, until --seconds have passed. Inference: 224² windows overlapping by a quarter, each
+batch 8, until --seconds have passed (or for exactly --steps steps: the same budget on a
+loaded machine, where a wall-clock budget would measure the load). Inference: 224² windows overlapping by a quarter, each
 standardised like a training patch, tent-blended, threshold 0.5; Dice inside the field of view.
 
     python benches/pytorch_unet.py --patches P --test T --seconds 300 --threads 2 --seed 0
+    python benches/pytorch_unet.py --patches P --test T --steps 1744 --threads 2 --seed 0
     python benches/pytorch_unet.py --bench-steps 20 --threads 2   # seconds per step only
 """
 import argparse, glob, json, os, time
@@ -79,6 +81,8 @@ def main():
     a.add_argument("--bench-steps", type=int, default=0,
                    help="time this many steps on random crops and print seconds per step")
     a.add_argument("--seconds", type=float, default=600)
+    a.add_argument("--steps", type=int, default=0,
+                   help="train exactly this many steps instead of for --seconds")
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--crop", type=int, default=128)
@@ -111,7 +115,7 @@ def main():
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     start, steps = time.time(), 0
     net.train()
-    while time.time() - start < o.seconds:
+    while (steps < o.steps) if o.steps else (time.time() - start < o.seconds):
         xs, ys = [], []
         for _ in range(o.batch):
             i = rng.integers(len(ims))

@@ -25,7 +25,7 @@ use biodc::pixel::{dice, frangi};
 use biodc::repo::{Config, Repo};
 use biodc::segmentation::SegmentationModel;
 use biodc::stages::{
-    self, annotate, coreset, embed, hunt, import, monitor, pretrain, qc, segment, train,
+    self, annotate, coreset, define_set, embed, hunt, import, monitor, pretrain, qc, segment, train,
 };
 use biodc::synth::expert::write_masks_from_folder;
 use rand::seq::SliceRandom;
@@ -51,6 +51,8 @@ struct Args {
     keep: bool,
     /// `selection`: which patches to annotate, judged by a forest fitted on them.
     study: Option<String>,
+    /// `critical` study: only these rules (all when empty).
+    rules: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -66,6 +68,7 @@ fn parse_args() -> Args {
         out: None,
         keep: false,
         study: None,
+        rules: Vec::new(),
     };
     let argv: Vec<String> = std::env::args()
         .skip(1)
@@ -85,6 +88,7 @@ fn parse_args() -> Args {
             "--critical" => a.critical = v,
             "--out" => a.out = Some(v.into()),
             "--study" => a.study = Some(v),
+            "--rules" => a.rules = v.split(',').map(String::from).collect(),
             "--keep" => {
                 a.keep = true;
                 i += 1;
@@ -246,6 +250,278 @@ fn run<T>(
     stages::run(repo, f).unwrap().1
 }
 
+/// `train`'s default parameters for a model of `kind` named `name`.
+fn train_params(
+    kind: train::ModelKind,
+    seed: u64,
+    name: &str,
+    from: &str,
+    sets: Vec<String>,
+) -> train::TrainParams {
+    train::TrainParams {
+        name: name.into(),
+        kind,
+        from: from.into(),
+        sets,
+        seed,
+        ..train::TrainParams::default()
+    }
+}
+
+/// The README workflow up to M0 in a fresh repository under `dir`: init, import the training
+/// images, pretrain, embed, qc, coreset, the expert annotates the core set, train M0. Returns
+/// the repository, M0's report and its training seconds; stage times go into `timings`.
+#[allow(clippy::too_many_arguments)]
+fn loop_to_m0(
+    kind: train::ModelKind,
+    select: coreset::Method,
+    k: usize,
+    seed: u64,
+    train_items: &[Item],
+    dir: &Path,
+    timings: &mut BTreeMap<&'static str, f64>,
+    lap: &mut Instant,
+) -> (Repo, train::TrainReport, f64) {
+    let mut tick = |name: &'static str, lap: &mut Instant| {
+        timings.insert(name, lap.elapsed().as_secs_f64());
+        *lap = Instant::now();
+    };
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let truth_dir = train_items[0].mask.parent().unwrap().to_path_buf();
+    let repo = Repo::init(&project, Config::default()).unwrap();
+    let ip = import::ImportParams {
+        paths: train_items.iter().map(|i| i.image.clone()).collect(),
+        ..Default::default()
+    };
+    run(&repo, |r, h, v| import::import(r, h, v, &ip));
+    tick("import", lap);
+    // `biodc pretrain`'s defaults, as the README workflow runs it.
+    let pp = pretrain::PretrainParams {
+        seed,
+        ..pretrain::PretrainParams::default()
+    };
+    run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false));
+    tick("pretrain", lap);
+    let ep = embed::EmbedParams {
+        model: "mae".into(),
+        batch: 32,
+        fresh: false,
+    };
+    run(&repo, |r, h, v| embed::embed(r, h, v, &ep));
+    let qp = qc::QcParams {
+        model: "mae".into(),
+        coreset: "coreset".into(),
+    };
+    run(&repo, |r, h, v| qc::qc(r, h, v, &qp));
+    let cp = coreset::CoresetParams {
+        k,
+        model: "mae".into(),
+        neighbours: 50,
+        name: "coreset".into(),
+        method: select,
+        seed,
+        exclude: ["blank", "duplicate", "saturated", "blurred", "odd_texture"]
+            .map(String::from)
+            .to_vec(),
+        per_condition: 0,
+    };
+    run(&repo, |r, h, v| coreset::coreset(r, h, v, &cp));
+    tick("embed+qc+coreset", lap);
+    let (_, v) = repo.version(None).unwrap();
+    let core_masks = dir.join("masks-core");
+    write_masks_from_folder(&truth_dir, &v, &v.sets["coreset"].patches, &core_masks).unwrap();
+    let ap = annotate::AnnotateParams {
+        dir: core_masks,
+        round: "core".into(),
+        annotator: "simulated-expert".into(),
+        origin: None,
+    };
+    run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
+    let t0 = Instant::now();
+    let from = if kind == train::ModelKind::Transunet {
+        "mae"
+    } else {
+        "none"
+    };
+    let m0 = run(&repo, |r, h, v| {
+        train::train(r, h, v, &train_params(kind, seed, "M0", from, vec!["coreset".into()]))
+    });
+    let seconds = t0.elapsed().as_secs_f64();
+    tick("train M0", lap);
+    (repo, m0, seconds)
+}
+
+/// What the simulated expert sees of one hunted candidate: the model's mean-prediction mask
+/// against the manual mask.
+struct Candidate {
+    id: String,
+    dice: f64,
+    wrong: usize,
+    foreground: f64,
+}
+
+/// The candidates of hunt's set `set`, their manual masks copied from `truth_dir` into `out`.
+fn candidates_of(repo: &Repo, set: &str, truth_dir: &Path, out: &Path) -> Vec<Candidate> {
+    let (_, v) = repo.version(None).unwrap();
+    let s = &v.sets[set];
+    write_masks_from_folder(truth_dir, &v, &s.patches, out).unwrap();
+    s.patches
+        .iter()
+        .map(|id| {
+            let t = read_binary_mask(&out.join(format!("{id}.tif"))).unwrap().1;
+            let pred = repo.store.get(&s.objects["prediction"][id]).unwrap();
+            Candidate {
+                id: id.clone(),
+                dice: dice(&pred, &t),
+                wrong: pred.iter().zip(&t).filter(|(p, t)| (**p != 0) != (**t != 0)).count(),
+                foreground: t.iter().filter(|&&x| x != 0).count() as f64 / t.len() as f64,
+            }
+        })
+        .collect()
+}
+
+/// Commits set `name` of `ids` and annotates them from the manual masks in `truth_dir`.
+fn annotate_set(repo: &Repo, name: &str, ids: &[String], truth_dir: &Path, dir: &Path) {
+    let sp = define_set::SetParams {
+        name: name.into(),
+        patches: ids.to_vec(),
+        replace: false,
+    };
+    run(repo, |r, h, v| define_set::define_set(r, h, v, &sp));
+    let (_, v) = repo.version(None).unwrap();
+    let masks = dir.join(format!("masks-{name}"));
+    write_masks_from_folder(truth_dir, &v, ids, &masks).unwrap();
+    let ap = annotate::AnnotateParams {
+        dir: masks,
+        round: name.into(),
+        annotator: "simulated-expert".into(),
+        origin: None,
+    };
+    run(repo, |r, h, v| annotate::annotate(r, h, v, &ap));
+}
+
+/// 3 random unannotated training patches that qc did not flag with `exclude`.
+fn random_extras(repo: &Repo, exclude: &[String], test_stacks: &[String], seed: u64) -> Vec<String> {
+    let (_, v) = repo.version(None).unwrap();
+    let annotated: std::collections::BTreeSet<String> =
+        v.annotations.iter().map(|x| x.patch.clone()).collect();
+    let flagged = v.flagged_patches(exclude).unwrap();
+    let mut pool: Vec<String> = v
+        .all_patches()
+        .filter(|(stack, _)| !test_stacks.contains(&stack.name))
+        .map(|(_, p)| p.id.clone())
+        .filter(|id| !annotated.contains(id) && !flagged.contains(id))
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    pool.shuffle(&mut rng);
+    pool.truncate(3);
+    pool
+}
+
+/// The qc flags hunt skips in the README workflow.
+fn hunt_exclude() -> Vec<String> {
+    ["blank", "duplicate", "saturated", "odd_texture"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Critical-set study: one M0 per seed, then M0 fine-tuned with M1's schedule on the core set
+/// plus 3 patches picked by each rule — hunt's score (disagreement or entropy) × which 3 of its
+/// top 30 the expert corrects (lowest Dice, or most wrong pixels) — and 3 random unflagged
+/// patches. Prints the candidates and one JSON line per (seed, rule).
+fn critical_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde_json::Value>) {
+    let root = a.data.join(ds);
+    let train_items = items(&root.join("train"));
+    let truth_dir = root.join("train").join("masks");
+    for &seed in &a.seeds {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut timings, mut lap) = (BTreeMap::new(), Instant::now());
+        let (repo, _, _) =
+            loop_to_m0(a.kind, a.select, a.k, seed, &train_items, dir, &mut timings, &mut lap);
+        let (_, v) = repo.version(None).unwrap();
+        let m0 = SegmentationModel::load(&repo.store, &v.models["M0"]).unwrap();
+        let m0_dice = mean_sd(&model_dice(&m0, test_truth)).0;
+        let mut rules: Vec<(String, Vec<String>)> = Vec::new();
+        for score in [hunt::Score::Disagreement, hunt::Score::Entropy] {
+            let label = format!("{score:?}").to_lowercase();
+            let name = format!("candidates-{label}");
+            let hp = hunt::HuntParams {
+                model: "M0".into(),
+                top: 30,
+                seed,
+                score,
+                name: Some(name.clone()),
+                exclude: hunt_exclude(),
+                ..hunt::HuntParams::default()
+            };
+            run(&repo, |r, h, v| hunt::hunt(r, h, v, &hp));
+            let mut c = candidates_of(&repo, &name, &truth_dir, &dir.join(&name));
+            for x in &c {
+                println!(
+                    "{}",
+                    json!({"study": "critical-candidates", "dataset": ds, "seed": seed,
+                        "score": label, "patch": x.id, "dice": x.dice, "wrong": x.wrong,
+                        "foreground": x.foreground})
+                );
+            }
+            c.sort_by(|x, y| x.dice.total_cmp(&y.dice));
+            rules.push((
+                format!("{label}+lowest-dice"),
+                c.iter().take(3).map(|x| x.id.clone()).collect(),
+            ));
+            c.sort_by(|x, y| y.wrong.cmp(&x.wrong));
+            rules.push((
+                format!("{label}+most-wrong"),
+                c.iter().take(3).map(|x| x.id.clone()).collect(),
+            ));
+        }
+        rules.push(("random".into(), random_extras(&repo, &hunt_exclude(), &[], seed)));
+        for (i, (rule, ids)) in rules.iter().enumerate() {
+            if !a.rules.is_empty() && !a.rules.contains(rule) {
+                continue;
+            }
+            let set = format!("extra-{i}");
+            // A patch two rules both pick is annotated once: the same manual mask.
+            let (_, v) = repo.version(None).unwrap();
+            let current = v.current_masks();
+            let fresh: Vec<String> = ids
+                .iter()
+                .filter(|id| !current.contains_key(id.as_str()))
+                .cloned()
+                .collect();
+            if fresh.is_empty() {
+                let sp = define_set::SetParams {
+                    name: set.clone(),
+                    patches: ids.clone(),
+                    replace: false,
+                };
+                run(&repo, |r, h, v| define_set::define_set(r, h, v, &sp));
+            } else {
+                annotate_set(&repo, &set, &fresh, &truth_dir, dir);
+                if fresh.len() < ids.len() {
+                    let sp = define_set::SetParams {
+                        name: set.clone(),
+                        patches: ids.clone(),
+                        replace: true,
+                    };
+                    run(&repo, |r, h, v| define_set::define_set(r, h, v, &sp));
+                }
+            }
+            let name = format!("M1-{i}");
+            let tp = train_params(a.kind, seed, &name, "M0", vec!["coreset".into(), set]);
+            run(&repo, |r, h, v| train::train(r, h, v, &tp));
+            let (_, v) = repo.version(None).unwrap();
+            let m1 = SegmentationModel::load(&repo.store, &v.models[&name]).unwrap();
+            let row = json!({"study": "critical", "dataset": ds, "seed": seed, "rule": rule,
+                "patches": ids, "m0": m0_dice, "m1": mean_sd(&model_dice(&m1, test_truth)).0});
+            println!("{row}");
+            out.push(row);
+        }
+    }
+}
+
 /// Selection study: for each seed, MAE-pretrained and randomly initialised encoder embeddings;
 /// K-cover, k-center and random picks at K = 5, 10, 25 (excluding blank patches); a pixel
 /// forest fitted on each annotated set (seconds, so many sets can be compared) scored on the
@@ -335,6 +611,42 @@ fn selection_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde
 
 fn main() {
     let a = parse_args();
+    if a.study.as_deref() == Some("critical") {
+        let mut rows = Vec::new();
+        for ds in &a.datasets {
+            let test: Vec<Truth> = items(&a.data.join(ds).join("test"))
+                .iter()
+                .map(load_truth)
+                .collect();
+            critical_study(&a, ds, &test, &mut rows);
+        }
+        if let Some(out) = &a.out {
+            let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+            std::fs::write(out, text).unwrap();
+        }
+        println!("\n| dataset | rule | M0 | M0 + 3 extras |");
+        println!("|---|---|---|---|");
+        let mut keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r["dataset"].as_str().unwrap().to_string(), r["rule"].as_str().unwrap().to_string()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for (ds, rule) in keys {
+            let of = |k: &str| -> Vec<f64> {
+                rows.iter()
+                    .filter(|r| r["dataset"] == ds.as_str() && r["rule"] == rule.as_str())
+                    .map(|r| r[k].as_f64().unwrap())
+                    .collect()
+            };
+            let ((m0, s0), (m1, s1)) = (mean_sd(&of("m0")), mean_sd(&of("m1")));
+            println!(
+                "| {ds} ({} seeds) | {rule} | {m0:.3} ± {s0:.3} | {m1:.3} ± {s1:.3} |",
+                of("m0").len()
+            );
+        }
+        return;
+    }
     if a.study.as_deref() == Some("selection") {
         let mut rows = Vec::new();
         for ds in &a.datasets {
@@ -399,101 +711,25 @@ fn main() {
             } else {
                 tmp.path().to_path_buf()
             };
-            let project = dir.join("project");
-            std::fs::create_dir_all(&project).unwrap();
             let truth_dir = root.join("train").join("masks");
             let started = Instant::now();
             let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
             let mut lap = Instant::now();
+            let (repo, m0, mut train_seconds) =
+                loop_to_m0(a.kind, a.select, a.k, seed, &train_items, &dir, &mut timings, &mut lap);
             let mut tick = |name: &'static str, lap: &mut Instant| {
                 timings.insert(name, lap.elapsed().as_secs_f64());
                 *lap = Instant::now();
             };
-            let repo = Repo::init(&project, Config::default()).unwrap();
-            let ip = import::ImportParams {
-                paths: train_items.iter().map(|i| i.image.clone()).collect(),
-                ..Default::default()
+            let tp = |name: &str, from: &str, sets: Vec<String>| {
+                train_params(a.kind, seed, name, from, sets)
             };
-            run(&repo, |r, h, v| import::import(r, h, v, &ip));
-            tick("import", &mut lap);
-            // `biodc pretrain`'s defaults, as the README workflow runs it.
-            let pp = pretrain::PretrainParams {
-                seed,
-                ..pretrain::PretrainParams::default()
-            };
-            run(&repo, |r, h, v| pretrain::pretrain(r, h, v, &pp, false));
-            tick("pretrain", &mut lap);
-            let ep = embed::EmbedParams {
-                model: "mae".into(),
-                batch: 32,
-                fresh: false,
-            };
-            run(&repo, |r, h, v| embed::embed(r, h, v, &ep));
-            let qp = qc::QcParams {
-                model: "mae".into(),
-                coreset: "coreset".into(),
-            };
-            run(&repo, |r, h, v| qc::qc(r, h, v, &qp));
-            let cp = coreset::CoresetParams {
-                k: a.k,
-                model: "mae".into(),
-                neighbours: 50,
-                name: "coreset".into(),
-                method: a.select,
-                seed,
-                exclude: ["blank", "duplicate", "saturated", "blurred", "odd_texture"]
-                    .map(String::from)
-                    .to_vec(),
-                per_condition: 0,
-            };
-            run(&repo, |r, h, v| coreset::coreset(r, h, v, &cp));
-            tick("embed+qc+coreset", &mut lap);
-            let (_, v) = repo.version(None).unwrap();
-            let core_masks = dir.join("masks-core");
-            write_masks_from_folder(&truth_dir, &v, &v.sets["coreset"].patches, &core_masks)
-                .unwrap();
-            let ap = annotate::AnnotateParams {
-                dir: core_masks,
-                round: "core".into(),
-                annotator: "simulated-expert".into(),
-                origin: None,
-            };
-            run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
-            let tp = |name: &str, from: &str, sets: Vec<String>| train::TrainParams {
-                name: name.into(),
-                kind: a.kind,
-                from: from.into(),
-                sets,
-                seed,
-                ..train::TrainParams::default()
-            };
-            let t0 = Instant::now();
-            let m0 = run(&repo, |r, h, v| {
-                train::train(
-                    r,
-                    h,
-                    v,
-                    &tp(
-                        "M0",
-                        if a.kind == train::ModelKind::Transunet {
-                            "mae"
-                        } else {
-                            "none"
-                        },
-                        vec!["coreset".into()],
-                    ),
-                )
-            });
-            let mut train_seconds = t0.elapsed().as_secs_f64();
-            tick("train M0", &mut lap);
             // The critical set: the 3 worst of hunt's top 30, or 3 random unannotated patches.
             let hp = hunt::HuntParams {
                 model: "M0".into(),
                 top: 30,
                 seed,
-                exclude: ["blank", "duplicate", "saturated", "odd_texture"]
-                    .map(String::from)
-                    .to_vec(),
+                exclude: hunt_exclude(),
                 ..hunt::HuntParams::default()
             };
             let h = run(&repo, |r, hd, v| hunt::hunt(r, hd, v, &hp));
@@ -668,52 +904,8 @@ fn main() {
                 // Hunted vs random extras in the same run: M1' = M0 fine-tuned on the core set
                 // plus 3 random unannotated patches that hunt could also have proposed (not
                 // flagged by qc), with M1's schedule; scored on the test images.
-                let (_, v) = repo.version(None).unwrap();
-                let annotated: std::collections::BTreeSet<String> =
-                    v.annotations.iter().map(|x| x.patch.clone()).collect();
-                let flagged = v.flagged_patches(&hp.exclude).unwrap();
-                // Training images only: monitor has imported the test images by now.
-                let mut pool: Vec<String> = v
-                    .all_patches()
-                    .filter(|(stack, _)| !test_names.contains(&stack.name))
-                    .map(|(_, p)| p.id.clone())
-                    .filter(|id| !annotated.contains(id) && !flagged.contains(id))
-                    .collect();
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                pool.shuffle(&mut rng);
-                pool.truncate(3);
-                let extras = pool.clone();
-                run(&repo, |r, _, mut v| {
-                    v.sets.insert(
-                        "random-1".into(),
-                        biodc::version::PatchSet {
-                            name: "random-1".into(),
-                            method: "random".into(),
-                            params: json!({ "seed": seed }),
-                            patches: extras.clone(),
-                            scores: Vec::new(),
-                            extra: BTreeMap::new(),
-                            objects: BTreeMap::new(),
-                        },
-                    );
-                    let record = r.stage_record(
-                        "bench-random-extras",
-                        json!({ "seed": seed }),
-                        Some(seed),
-                        "3 random extra patches",
-                    );
-                    Ok((Some((v, record)), ()))
-                });
-                let (_, v) = repo.version(None).unwrap();
-                let masks = dir.join("masks-random");
-                write_masks_from_folder(&truth_dir, &v, &pool, &masks).unwrap();
-                let ap = annotate::AnnotateParams {
-                    dir: masks,
-                    round: "random-1".into(),
-                    annotator: "simulated-expert".into(),
-                    origin: None,
-                };
-                run(&repo, |r, hd, v| annotate::annotate(r, hd, v, &ap));
+                let pool = random_extras(&repo, &hp.exclude, &test_names, seed);
+                annotate_set(&repo, "random-1", &pool, &truth_dir, &dir);
                 run(&repo, |r, hd, v| {
                     train::train(
                         r,
