@@ -311,6 +311,8 @@ fn selection_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde
                     round: set.clone(),
                     annotator: "simulated-expert".into(),
                     origin: None,
+                    labels: false,
+                    class: None,
                 };
                 run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
                 let fp = train::TrainParams {
@@ -457,6 +459,8 @@ fn main() {
                 round: "core".into(),
                 annotator: "simulated-expert".into(),
                 origin: None,
+                labels: false,
+                class: None,
             };
             run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
             let tp = |name: &str, from: &str, sets: Vec<String>| train::TrainParams {
@@ -553,6 +557,8 @@ fn main() {
                 round: "critical-1".into(),
                 annotator: "simulated-expert".into(),
                 origin: None,
+                labels: false,
+                class: None,
             };
             run(&repo, |r, hd, v| annotate::annotate(r, hd, v, &ap));
             let t1 = Instant::now();
@@ -712,6 +718,8 @@ fn main() {
                     round: "random-1".into(),
                     annotator: "simulated-expert".into(),
                     origin: None,
+                    labels: false,
+                    class: None,
                 };
                 run(&repo, |r, hd, v| annotate::annotate(r, hd, v, &ap));
                 run(&repo, |r, hd, v| {
