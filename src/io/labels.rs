@@ -3,12 +3,11 @@
 //! class of a CVAT "Segmentation mask" export (`labelmap.txt` and RGB PNGs: the class's colour
 //! is foreground).
 
-use super::tiff::{check_pages, decode_page, guarded, open_decoder};
+use super::tiff::{check_pages, decode_page, open_decoder, page_sample};
 use super::Plane;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use tiff::decoder::DecodingResult;
-use tiff::tags::Tag;
 use tiff::ColorType;
 
 /// Which pixels of a mask file are foreground.
@@ -85,12 +84,7 @@ enum Sample {
 fn sample_of(
     decoder: &mut tiff::decoder::Decoder<std::io::BufReader<std::fs::File>>,
 ) -> std::result::Result<(Sample, usize), String> {
-    let color = guarded(|| decoder.colortype())?;
-    let format = decoder
-        .find_tag_unsigned::<u16>(Tag::SampleFormat)
-        .ok()
-        .flatten()
-        .unwrap_or(1);
+    let (color, format) = page_sample(decoder)?;
     let (sample, bits) = match (color, format) {
         (ColorType::Gray(b @ (8 | 16 | 32 | 64)), 1) => (Sample::Unsigned(b), b),
         (ColorType::Gray(b @ (8 | 16 | 32 | 64)), 2) => (Sample::Signed(b), b),

@@ -28,9 +28,7 @@ pub(super) fn open_decoder(path: &Path) -> Result<(Decoder<BufReader<File>>, u64
 }
 
 /// Runs a decoder call, turning a panic on malformed input into an error.
-pub(super) fn guarded<T>(
-    f: impl FnOnce() -> tiff::TiffResult<T>,
-) -> std::result::Result<T, String> {
+fn guarded<T>(f: impl FnOnce() -> tiff::TiffResult<T>) -> std::result::Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
@@ -175,14 +173,22 @@ impl TiffStackReader {
     }
 }
 
-/// The dtype of the current page, or why it is not supported.
-fn page_dtype(decoder: &mut Decoder<BufReader<File>>) -> std::result::Result<Dtype, String> {
+/// The current page's colour type and TIFF sample format (1 unsigned, 2 signed, 3 float).
+pub(super) fn page_sample(
+    decoder: &mut Decoder<BufReader<File>>,
+) -> std::result::Result<(ColorType, u16), String> {
     let color = guarded(|| decoder.colortype())?;
     let format = decoder
         .find_tag_unsigned::<u16>(Tag::SampleFormat)
         .ok()
         .flatten()
         .unwrap_or(1);
+    Ok((color, format))
+}
+
+/// The dtype of the current page, or why it is not supported.
+fn page_dtype(decoder: &mut Decoder<BufReader<File>>) -> std::result::Result<Dtype, String> {
+    let (color, format) = page_sample(decoder)?;
     let kind = match format {
         1 => "unsigned integer",
         2 => "signed integer",
