@@ -197,8 +197,8 @@ pub fn coreset(dir: &Path, a: CoresetArgs) -> Result<i32> {
 /// Import a folder of expert masks as one annotation round.
 ///
 /// Masks are TIFF or PNG files named by patch id (as `export` names patches), one 2D image of
-/// the patch's size with values {0,1} or {0,255}; or named by a stack (as `status` names
-/// stacks), a Z×Y×X mask of the whole stack, cut into the masks of its patches. With
+/// the patch's size with values {0,1} or {0,255}; or named by a stack (the part of a patch id
+/// before `-z`), a Z×Y×X mask of the whole stack, cut into the masks of its patches. With
 /// `--labels`, instance label images (napari, Fiji; any integer type): any non-zero label is
 /// foreground. Files Cellpose named `<name>_masks.tif|png` / `<name>_cp_masks.tif|png` are read
 /// as labels. A CVAT "Segmentation mask" export (labelmap.txt, SegmentationClass/) is read with
