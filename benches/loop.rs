@@ -70,6 +70,8 @@ impl Run {
             round: set.into(),
             annotator: "expert".into(),
             origin: None,
+            labels: false,
+            class: None,
         };
         stages::run(&self.repo, |r, h, v| annotate::annotate(r, h, v, &p)).unwrap();
     }

@@ -336,6 +336,8 @@ fn loop_to_m0(
         round: "core".into(),
         annotator: "simulated-expert".into(),
         origin: None,
+        labels: false,
+        class: None,
     };
     run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
     let t0 = Instant::now();
@@ -397,6 +399,8 @@ fn annotate_set(repo: &Repo, name: &str, ids: &[String], truth_dir: &Path, dir: 
         round: name.into(),
         annotator: "simulated-expert".into(),
         origin: None,
+        labels: false,
+        class: None,
     };
     run(repo, |r, h, v| annotate::annotate(r, h, v, &ap));
 }
@@ -587,6 +591,8 @@ fn selection_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde
                     round: set.clone(),
                     annotator: "simulated-expert".into(),
                     origin: None,
+                    labels: false,
+                    class: None,
                 };
                 run(&repo, |r, h, v| annotate::annotate(r, h, v, &ap));
                 let fp = train::TrainParams {
@@ -789,6 +795,8 @@ fn main() {
                 round: "critical-1".into(),
                 annotator: "simulated-expert".into(),
                 origin: None,
+                labels: false,
+                class: None,
             };
             run(&repo, |r, hd, v| annotate::annotate(r, hd, v, &ap));
             let t1 = Instant::now();

@@ -214,6 +214,8 @@ pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcom
         round: "core".into(),
         annotator: "simulated-expert".into(),
         origin: None,
+        labels: false,
+        class: None,
     };
     let (_, r) = stages::run(&repo, |repo, head, v| {
         annotate::annotate(repo, head, v, &ap)
@@ -293,6 +295,8 @@ pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcom
         round: "critical-1".into(),
         annotator: "simulated-expert".into(),
         origin: None,
+        labels: false,
+        class: None,
     };
     stages::run(&repo, |repo, head, v| {
         annotate::annotate(repo, head, v, &ap)

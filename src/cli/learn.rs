@@ -197,16 +197,31 @@ pub fn coreset(dir: &Path, a: CoresetArgs) -> Result<i32> {
 /// Import a folder of expert masks as one annotation round.
 ///
 /// Masks are TIFF or PNG files named by patch id (as `export` names patches), one 2D image of
-/// the patch's size with values {0,1} or {0,255}. In a folder `export` wrote, the contact
+/// the patch's size with values {0,1} or {0,255}; or named by a stack (the part of a patch id
+/// before `-z`), a Z×Y×X mask of the whole stack, cut into the masks of its patches. With
+/// `--labels`, instance label images (napari, Fiji; any integer type): any non-zero label is
+/// foreground. Files Cellpose named `<name>_masks.tif|png` / `<name>_cp_masks.tif|png` are read
+/// as labels. A CVAT "Segmentation mask" export (labelmap.txt, SegmentationClass/) is read with
+/// `--class NAME`: that class's colour is foreground. In a folder `export` wrote, the contact
 /// sheet, triptychs and unedited images are skipped (masks saved over an exported image, and
-/// the predictions/ of `export --with-prediction`, are read). Every file is checked first; any problem
-/// (wrong shape, non-binary values, unknown id, the same id twice, unreadable) is reported for
-/// every file at once and nothing is imported. A later round may replace a patch's mask; the
-/// history keeps both.
+/// the predictions/ of `export --with-prediction`, are read). Every file is checked first; any
+/// problem (wrong shape, non-binary values, unknown name, the same patch twice, unreadable) is
+/// reported for every file at once and nothing is imported. A later round may replace a
+/// patch's mask; the history keeps both.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/   # then draw masks in Fiji/napari\n  biodc annotate masks/ --round core --annotator alice"
-)]
+#[command(after_help = "Examples:
+  biodc export --set coreset --to to_annotate/   # then draw masks in Fiji/napari
+  biodc annotate masks/ --round core --annotator alice
+      # masks/<patch id>.tif, values 0/1 or 0/255
+  biodc annotate labels/ --round core --labels
+      # napari/Fiji label images: labels/<patch id>.tif, any non-zero label is foreground
+  biodc annotate cellpose/ --round core
+      # Cellpose output: cellpose/<patch id>_cp_masks.png or <patch id>_masks.tif
+  biodc annotate whole/ --round core
+      # whole/<stack>.tif: a Z×Y×X mask of a whole stack, cut into its patches (with
+      # --labels, or named <stack>_cp_masks.tif, a label image of the stack)
+  biodc annotate cvat_export/ --round core --class vessel
+      # CVAT \"Segmentation mask\" export: labelmap.txt and SegmentationClass/<patch id>.png")]
 pub struct AnnotateArgs {
     /// Folder of masks.
     pub dir: PathBuf,
@@ -218,6 +233,13 @@ pub struct AnnotateArgs {
     /// core, critical or manual (default: from the round name).
     #[arg(long, value_parser = ["core", "critical", "manual"])]
     pub origin: Option<String>,
+    /// Masks are instance label images: any non-zero label is foreground.
+    #[arg(long, conflicts_with = "class")]
+    pub labels: bool,
+    /// The class of a CVAT "Segmentation mask" export (DIR/labelmap.txt) whose colour is
+    /// foreground.
+    #[arg(long, value_name = "NAME")]
+    pub class: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -235,6 +257,8 @@ pub fn annotate(dir: &Path, a: AnnotateArgs) -> Result<i32> {
         round: a.round.into(),
         annotator: a.annotator,
         origin,
+        labels: a.labels,
+        class: a.class,
     };
     let (commit, r) = stages::run(&repo, |repo, head, v| {
         annotate::annotate(repo, head, v, &params)
@@ -250,6 +274,14 @@ pub fn annotate(dir: &Path, a: AnnotateArgs) -> Result<i32> {
         r.replaced,
         100.0 * r.foreground_fraction
     );
+    if r.files.keys().any(|k| k != "binary") {
+        let files: Vec<String> = r.files.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+        println!(
+            "from {} files: {}",
+            r.files.values().sum::<usize>(),
+            files.join("; ")
+        );
+    }
     if r.skipped > 0 {
         println!(
             "({} files `export` wrote there are not masks and were skipped: unedited images, \

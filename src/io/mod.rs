@@ -1,7 +1,8 @@
 //! Image input/output: TIFF z-stacks in and out (8/16-bit unsigned, 32-bit float; multi-page,
-//! ImageJ hyperstacks, OME-TIFF), PNG previews.
+//! ImageJ hyperstacks, OME-TIFF), PNG previews, masks and label images as annotators save them.
 
 pub mod files;
+pub mod labels;
 pub mod png;
 pub mod tiff;
 
@@ -92,24 +93,10 @@ impl Plane {
 
     /// Copy the `h`×`w` window at (`y`, `x`) out of a plane of width `width`.
     pub fn crop(&self, width: usize, y: usize, x: usize, h: usize, w: usize) -> Plane {
-        fn crop_vec<T: Copy>(
-            v: &[T],
-            width: usize,
-            y: usize,
-            x: usize,
-            h: usize,
-            w: usize,
-        ) -> Vec<T> {
-            let mut out = Vec::with_capacity(h * w);
-            for row in y..y + h {
-                out.extend_from_slice(&v[row * width + x..row * width + x + w]);
-            }
-            out
-        }
         match self {
-            Plane::U8(v) => Plane::U8(crop_vec(v, width, y, x, h, w)),
-            Plane::U16(v) => Plane::U16(crop_vec(v, width, y, x, h, w)),
-            Plane::F32(v) => Plane::F32(crop_vec(v, width, y, x, h, w)),
+            Plane::U8(v) => Plane::U8(crop(v, width, y, x, h, w)),
+            Plane::U16(v) => Plane::U16(crop(v, width, y, x, h, w)),
+            Plane::F32(v) => Plane::F32(crop(v, width, y, x, h, w)),
         }
     }
 
@@ -121,6 +108,15 @@ impl Plane {
             Plane::F32(v) => v.clone(),
         }
     }
+}
+
+/// The `h`×`w` window at (`y`, `x`) of row-major pixels `width` wide.
+pub fn crop<T: Copy>(v: &[T], width: usize, y: usize, x: usize, h: usize, w: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(h * w);
+    for row in y..y + h {
+        out.extend_from_slice(&v[row * width + x..row * width + x + w]);
+    }
+    out
 }
 
 /// Shape and metadata of a z-stack, known before any pixel is read.

@@ -32,13 +32,15 @@ pub fn write_rgb8(path: &Path, w: usize, h: usize, pixels: &[u8]) -> Result<()> 
     write(path, w, h, png::ColorType::Rgb, pixels)
 }
 
-/// Reads an 8- or 16-bit grey PNG (RGB/RGBA only when all colour channels are equal):
-/// (height, width, pixels).
-pub fn read_gray(path: &Path) -> Result<(usize, usize, Plane)> {
+/// Decodes a PNG with `transformations`: its frame's info and bytes.
+fn decode(
+    path: &Path,
+    transformations: png::Transformations,
+) -> Result<(png::OutputInfo, Vec<u8>)> {
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
-    dec.set_transformations(png::Transformations::EXPAND);
+    dec.set_transformations(transformations);
     let mut reader = dec
         .read_info()
         .map_err(|e| anyhow!("{}: not a readable PNG ({e})", path.display()))?;
@@ -46,9 +48,17 @@ pub fn read_gray(path: &Path) -> Result<(usize, usize, Plane)> {
     let info = reader
         .next_frame(&mut buf)
         .map_err(|e| anyhow!("{}: corrupt PNG ({e})", path.display()))?;
+    buf.truncate(info.buffer_size());
+    Ok((info, buf))
+}
+
+/// Reads an 8- or 16-bit grey PNG (RGB/RGBA only when all colour channels are equal):
+/// (height, width, pixels).
+pub fn read_gray(path: &Path) -> Result<(usize, usize, Plane)> {
+    let (info, buf) = decode(path, png::Transformations::EXPAND)?;
     let (w, h) = (info.width as usize, info.height as usize);
     let channels = info.color_type.samples();
-    let bytes = &buf[..info.buffer_size()];
+    let bytes = &buf[..];
     let sixteen = info.bit_depth == png::BitDepth::Sixteen;
     let sample = |i: usize| -> u16 {
         if sixteen {
@@ -78,6 +88,25 @@ pub fn read_gray(path: &Path) -> Result<(usize, usize, Plane)> {
         Plane::U8(out.into_iter().map(|v| v as u8).collect())
     };
     Ok((h, w, plane))
+}
+
+/// Reads a PNG as 8-bit RGB, whatever its colour type (palette and grey expanded, alpha
+/// dropped, 16-bit cut to 8): (height, width, interleaved RGB).
+pub fn read_rgb(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let (info, buf) = decode(
+        path,
+        png::Transformations::EXPAND | png::Transformations::STRIP_16,
+    )?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = info.color_type.samples();
+    let rgb = buf
+        .chunks_exact(channels)
+        .flat_map(|p| match channels {
+            1 | 2 => [p[0], p[0], p[0]],
+            _ => [p[0], p[1], p[2]],
+        })
+        .collect();
+    Ok((h, w, rgb))
 }
 
 /// Stretches the 0.5–99.5 percentile range to 0…255 (a constant plane gives zeros).
@@ -120,5 +149,12 @@ mod tests {
         let path = dir.path().join("c.png");
         write_rgb8(&path, 1, 1, &[10, 20, 30]).unwrap();
         assert!(format!("{:#}", read_gray(&path).unwrap_err()).contains("colour"));
+        assert_eq!(read_rgb(&path).unwrap(), (1, 1, vec![10, 20, 30]));
+        let grey = dir.path().join("g.png");
+        write_gray8(&grey, 2, 1, &[0, 200]).unwrap();
+        assert_eq!(
+            read_rgb(&grey).unwrap(),
+            (1, 2, vec![0, 0, 0, 200, 200, 200])
+        );
     }
 }

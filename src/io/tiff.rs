@@ -19,7 +19,7 @@ pub struct TiffStackReader {
     decoder: Decoder<BufReader<File>>,
 }
 
-fn open_decoder(path: &Path) -> Result<(Decoder<BufReader<File>>, u64)> {
+pub(super) fn open_decoder(path: &Path) -> Result<(Decoder<BufReader<File>>, u64)> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let len = file.metadata()?.len();
     let decoder = guarded(|| Decoder::new(BufReader::new(file)))
@@ -52,6 +52,77 @@ fn guarded<T>(f: impl FnOnce() -> tiff::TiffResult<T>) -> std::result::Result<T,
     }
 }
 
+/// Checks every page's header — its pixel type by `sample` (the type and its bytes per pixel),
+/// that its pixel data lies inside the file and can hold the pixels it claims, that all pages
+/// match — without decoding pixels: (pages, height, width, type), the decoder left at page 0.
+pub(super) fn check_pages<K: Copy + PartialEq + std::fmt::Debug>(
+    decoder: &mut Decoder<BufReader<File>>,
+    file_len: u64,
+    here: &dyn Fn(String) -> anyhow::Error,
+    sample: impl Fn(&mut Decoder<BufReader<File>>) -> std::result::Result<(K, usize), String>,
+) -> Result<(usize, usize, usize, K)> {
+    let mut shape: Option<(usize, usize, K)> = None;
+    let mut pages = 0usize;
+    loop {
+        let (w, h) = guarded(|| decoder.dimensions()).map_err(here)?;
+        let (kind, bytes) = sample(decoder).map_err(|e| here(format!("page {pages}: {e}")))?;
+        check_inside_file(decoder, file_len).map_err(|e| here(format!("page {pages}: {e}")))?;
+        check_claimed_size(decoder, w as u64, h as u64, bytes as u64)
+            .map_err(|e| here(format!("page {pages}: {e}")))?;
+        let this = (h as usize, w as usize, kind);
+        match shape {
+            None => shape = Some(this),
+            Some(first) if first != this => {
+                return Err(here(format!(
+                    "page {pages} is {}×{} {:?} but page 0 is {}×{} {:?}: \
+                     pages of one stack must match",
+                    this.0, this.1, this.2, first.0, first.1, first.2
+                )))
+            }
+            Some(_) => {}
+        }
+        pages += 1;
+        if !decoder.more_images() {
+            break;
+        }
+        guarded(|| decoder.next_image()).map_err(|e| here(format!("page {pages}: {e}")))?;
+    }
+    let (h, w, kind) = shape.ok_or_else(|| here("no pages".into()))?;
+    guarded(|| decoder.seek_to_image(0)).map_err(here)?;
+    Ok((pages, h, w, kind))
+}
+
+/// Decodes page `z`, checking that it holds `pixels` pixels.
+pub(super) fn decode_page(
+    decoder: &mut Decoder<BufReader<File>>,
+    path: &Path,
+    z: usize,
+    pixels: usize,
+) -> Result<DecodingResult> {
+    let path = path.display();
+    guarded(|| decoder.seek_to_image(z)).map_err(|e| anyhow!("{path}: page {z}: {e}"))?;
+    let data = guarded(|| decoder.read_image())
+        .map_err(|e| anyhow!("{path}: page {z}: truncated or corrupt pixel data ({e})"))?;
+    let len = match &data {
+        DecodingResult::U8(v) => v.len(),
+        DecodingResult::U16(v) => v.len(),
+        DecodingResult::U32(v) => v.len(),
+        DecodingResult::U64(v) => v.len(),
+        DecodingResult::I8(v) => v.len(),
+        DecodingResult::I16(v) => v.len(),
+        DecodingResult::I32(v) => v.len(),
+        DecodingResult::I64(v) => v.len(),
+        DecodingResult::F16(v) => v.len(),
+        DecodingResult::F32(v) => v.len(),
+        DecodingResult::F64(v) => v.len(),
+    };
+    anyhow::ensure!(
+        len == pixels,
+        "{path}: page {z}: truncated pixel data ({len} of {pixels} pixels)"
+    );
+    Ok(data)
+}
+
 impl TiffStackReader {
     /// Opens `path` and checks every page's header (shape, sample format, that its pixel data
     /// lies inside the file) without decoding pixels.
@@ -62,38 +133,12 @@ impl TiffStackReader {
             .get_tag_ascii_string(Tag::ImageDescription)
             .unwrap_or_default();
         let meta = Metadata::parse(&description).map_err(here)?;
-        let mut shape: Option<(usize, usize, Dtype)> = None;
-        let mut pages = 0usize;
-        loop {
-            let (w, h) = guarded(|| decoder.dimensions()).map_err(&here)?;
-            let dtype = page_dtype(&mut decoder).map_err(|e| here(format!("page {pages}: {e}")))?;
-            check_inside_file(&mut decoder, file_len)
-                .map_err(|e| here(format!("page {pages}: {e}")))?;
-            check_claimed_size(&mut decoder, w as u64, h as u64, dtype)
-                .map_err(|e| here(format!("page {pages}: {e}")))?;
-            let this = (h as usize, w as usize, dtype);
-            match shape {
-                None => shape = Some(this),
-                Some(first) if first != this => {
-                    return Err(here(format!(
-                        "page {pages} is {}×{} {:?} but page 0 is {}×{} {:?}: \
-                         pages of one stack must match",
-                        this.0, this.1, this.2, first.0, first.1, first.2
-                    )))
-                }
-                Some(_) => {}
-            }
-            pages += 1;
-            if !decoder.more_images() {
-                break;
-            }
-            guarded(|| decoder.next_image()).map_err(|e| here(format!("page {pages}: {e}")))?;
-        }
-        let (h, w, dtype) = shape.ok_or_else(|| here("no pages".into()))?;
+        let (pages, h, w, dtype) = check_pages(&mut decoder, file_len, &here, |d| {
+            page_dtype(d).map(|t| (t, t.size()))
+        })?;
         let x_res = resolution_um(&mut decoder, Tag::XResolution);
         let y_res = resolution_um(&mut decoder, Tag::YResolution);
         let voxel_size = meta.voxel_size(x_res, y_res);
-        guarded(|| decoder.seek_to_image(0)).map_err(here)?;
         Ok(TiffStackReader {
             path: path.to_path_buf(),
             info: StackInfo {
@@ -111,37 +156,39 @@ impl TiffStackReader {
 
     /// Decodes plane `z` (0-based).
     pub fn read_plane(&mut self, z: usize) -> Result<Plane> {
-        let path = self.path.display();
-        anyhow::ensure!(z < self.info.shape[0], "{path}: no plane {z}");
-        let decoder = &mut self.decoder;
-        guarded(|| decoder.seek_to_image(z)).map_err(|e| anyhow!("{path}: page {z}: {e}"))?;
-        let data = guarded(|| decoder.read_image())
-            .map_err(|e| anyhow!("{path}: page {z}: truncated or corrupt pixel data ({e})"))?;
-        let plane = match data {
-            DecodingResult::U8(v) => Plane::U8(v),
-            DecodingResult::U16(v) => Plane::U16(v),
-            DecodingResult::F32(v) => Plane::F32(v),
-            _ => bail!("{path}: page {z}: unexpected sample type"),
-        };
-        let [_, h, w] = self.info.shape;
         anyhow::ensure!(
-            plane.len() == h * w,
-            "{path}: page {z}: truncated pixel data ({} of {} pixels)",
-            plane.len(),
-            h * w
+            z < self.info.shape[0],
+            "{}: no plane {z}",
+            self.path.display()
         );
-        Ok(plane)
+        let [_, h, w] = self.info.shape;
+        Ok(
+            match decode_page(&mut self.decoder, &self.path, z, h * w)? {
+                DecodingResult::U8(v) => Plane::U8(v),
+                DecodingResult::U16(v) => Plane::U16(v),
+                DecodingResult::F32(v) => Plane::F32(v),
+                _ => bail!("{}: page {z}: unexpected sample type", self.path.display()),
+            },
+        )
     }
 }
 
-/// The dtype of the current page, or why it is not supported.
-fn page_dtype(decoder: &mut Decoder<BufReader<File>>) -> std::result::Result<Dtype, String> {
+/// The current page's colour type and TIFF sample format (1 unsigned, 2 signed, 3 float).
+pub(super) fn page_sample(
+    decoder: &mut Decoder<BufReader<File>>,
+) -> std::result::Result<(ColorType, u16), String> {
     let color = guarded(|| decoder.colortype())?;
     let format = decoder
         .find_tag_unsigned::<u16>(Tag::SampleFormat)
         .ok()
         .flatten()
         .unwrap_or(1);
+    Ok((color, format))
+}
+
+/// The dtype of the current page, or why it is not supported.
+fn page_dtype(decoder: &mut Decoder<BufReader<File>>) -> std::result::Result<Dtype, String> {
+    let (color, format) = page_sample(decoder)?;
     let kind = match format {
         1 => "unsigned integer",
         2 => "signed integer",
@@ -212,11 +259,11 @@ fn check_claimed_size(
     decoder: &mut Decoder<BufReader<File>>,
     w: u64,
     h: u64,
-    dtype: Dtype,
+    bytes_per_pixel: u64,
 ) -> std::result::Result<(), String> {
     let raw = w
         .checked_mul(h)
-        .and_then(|n| n.checked_mul(dtype.size() as u64))
+        .and_then(|n| n.checked_mul(bytes_per_pixel))
         .ok_or_else(|| format!("the header claims an impossible size ({w}×{h} pixels)"))?;
     let compression = decoder
         .find_tag_unsigned::<u16>(Tag::Compression)
