@@ -6,28 +6,32 @@
 //! python3 ../shared/data/real-vessels/prepare.py --out /tmp/rv [--repo GITDIR]   # once
 //! cargo bench --bench real_vessels -- --data /tmp/rv --datasets chase,stare --seeds 0,1,2 \
 //!     [--torch /tmp/torchvenv/bin/python] [--kind unet|transunet|forest] [--select kcover|random|kcenter]
-//!     [-k 7] [--critical hunted|random] [--out results.jsonl]
+//!     [-k 7] [--critical hunted|random] [--hunt-score disagreement|entropy]
+//!     [--triage most-wrong|lowest-dice] [--torch-steps N] [--out results.jsonl]
+//! cargo bench --bench real_vessels -- --study critical --datasets chase --seeds 0,1,2
+//! cargo bench --bench real_vessels -- --study selection --datasets chase --seeds 0,1,2
 //! ```
 //!
 //! Per dataset and seed: init → import the training images → pretrain (MAE tiny, 5 epochs) →
 //! embed → qc → coreset -k 7 → the expert annotates it → train M0 → hunt M0 (top 30) → the
-//! expert corrects the 3 worst candidates → train M1 from M0 → monitor both on the test images
+//! expert corrects the 3 candidates with the most wrong pixels → train M1 from M0 → monitor both on the test images
 //! (RCA, and the predictions scored against the truth). The loop's wall time is all of that.
 //! Then, on the same annotated patches: a pixel forest (`train --kind forest`), Frangi
 //! vesselness with a threshold tuned on the training images, the second observer, and (with
-//! --torch) `benches/pytorch_unet.py` for the same training wall time as M0 + M1. Last, for
+//! --torch) `benches/pytorch_unet.py` for the same training wall time as M0 + M1 (or, with
+//! --torch-steps, a step budget: on a loaded machine wall time measures the load). Last, for
 //! hunted vs random extras in the same run: M1' = M0 fine-tuned with M1's schedule on the core
 //! set plus 3 random unannotated patches that qc did not flag.
 
 use biodc::io::tiff::{read_binary_mask, read_stack};
 use biodc::nn::data::normalize_patch;
-use biodc::pixel::{dice, frangi};
+use biodc::pixel::frangi;
 use biodc::repo::{Config, Repo};
 use biodc::segmentation::SegmentationModel;
 use biodc::stages::{
     self, annotate, coreset, define_set, embed, hunt, import, monitor, pretrain, qc, segment, train,
 };
-use biodc::synth::expert::write_masks_from_folder;
+use biodc::synth::expert::{triage, write_masks_from_folder, Triage};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
@@ -43,6 +47,8 @@ struct Args {
     datasets: Vec<String>,
     seeds: Vec<u64>,
     torch: Option<String>,
+    /// PyTorch trains this many steps instead of for biodc's training wall time.
+    torch_steps: Option<u64>,
     kind: train::ModelKind,
     select: coreset::Method,
     k: usize,
@@ -53,6 +59,9 @@ struct Args {
     study: Option<String>,
     /// `critical` study: only these rules (all when empty).
     rules: Vec<String>,
+    /// hunt's score and which 3 of its top 30 the expert corrects.
+    hunt_score: hunt::Score,
+    triage: Triage,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +70,7 @@ fn parse_args() -> Args {
         datasets: vec!["chase".into()],
         seeds: vec![0, 1, 2],
         torch: None,
+        torch_steps: None,
         kind: train::ModelKind::Unet,
         select: coreset::Method::Kcover,
         k: 7,
@@ -69,6 +79,8 @@ fn parse_args() -> Args {
         keep: false,
         study: None,
         rules: Vec::new(),
+        hunt_score: hunt::HuntParams::default().score,
+        triage: Triage::MostWrong,
     };
     let argv: Vec<String> = std::env::args()
         .skip(1)
@@ -82,6 +94,7 @@ fn parse_args() -> Args {
             "--datasets" => a.datasets = v.split(',').map(String::from).collect(),
             "--seeds" => a.seeds = v.split(',').map(|s| s.parse().expect("seed")).collect(),
             "--torch" => a.torch = Some(v),
+            "--torch-steps" => a.torch_steps = Some(v.parse().expect("--torch-steps")),
             "--kind" => a.kind = clap::ValueEnum::from_str(&v, true).expect("--kind"),
             "--select" => a.select = clap::ValueEnum::from_str(&v, true).expect("--select"),
             "-k" => a.k = v.parse().expect("-k"),
@@ -89,6 +102,14 @@ fn parse_args() -> Args {
             "--out" => a.out = Some(v.into()),
             "--study" => a.study = Some(v),
             "--rules" => a.rules = v.split(',').map(String::from).collect(),
+            "--hunt-score" => a.hunt_score = clap::ValueEnum::from_str(&v, true).expect("--hunt-score"),
+            "--triage" => {
+                a.triage = match v.as_str() {
+                    "most-wrong" => Triage::MostWrong,
+                    "lowest-dice" => Triage::LowestDice,
+                    _ => panic!("--triage most-wrong|lowest-dice"),
+                }
+            }
             "--keep" => {
                 a.keep = true;
                 i += 1;
@@ -354,35 +375,6 @@ fn loop_to_m0(
     (repo, m0, seconds)
 }
 
-/// What the simulated expert sees of one hunted candidate: the model's mean-prediction mask
-/// against the manual mask.
-struct Candidate {
-    id: String,
-    dice: f64,
-    wrong: usize,
-    foreground: f64,
-}
-
-/// The candidates of hunt's set `set`, their manual masks copied from `truth_dir` into `out`.
-fn candidates_of(repo: &Repo, set: &str, truth_dir: &Path, out: &Path) -> Vec<Candidate> {
-    let (_, v) = repo.version(None).unwrap();
-    let s = &v.sets[set];
-    write_masks_from_folder(truth_dir, &v, &s.patches, out).unwrap();
-    s.patches
-        .iter()
-        .map(|id| {
-            let t = read_binary_mask(&out.join(format!("{id}.tif"))).unwrap().1;
-            let pred = repo.store.get(&s.objects["prediction"][id]).unwrap();
-            Candidate {
-                id: id.clone(),
-                dice: dice(&pred, &t),
-                wrong: pred.iter().zip(&t).filter(|(p, t)| (**p != 0) != (**t != 0)).count(),
-                foreground: t.iter().filter(|&&x| x != 0).count() as f64 / t.len() as f64,
-            }
-        })
-        .collect()
-}
-
 /// Commits set `name` of `ids` and annotates them from the manual masks in `truth_dir`.
 fn annotate_set(repo: &Repo, name: &str, ids: &[String], truth_dir: &Path, dir: &Path) {
     let sp = define_set::SetParams {
@@ -461,25 +453,23 @@ fn critical_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde_
                 ..hunt::HuntParams::default()
             };
             run(&repo, |r, h, v| hunt::hunt(r, h, v, &hp));
-            let mut c = candidates_of(&repo, &name, &truth_dir, &dir.join(&name));
-            for x in &c {
+            let (_, v) = repo.version(None).unwrap();
+            let shown = dir.join(&name);
+            write_masks_from_folder(&truth_dir, &v, &v.sets[&name].patches, &shown).unwrap();
+            for x in triage(&repo.store, &v.sets[&name], &shown, Triage::MostWrong).unwrap() {
                 println!(
                     "{}",
                     json!({"study": "critical-candidates", "dataset": ds, "seed": seed,
-                        "score": label, "patch": x.id, "dice": x.dice, "wrong": x.wrong,
-                        "foreground": x.foreground})
+                        "score": label, "patch": x.patch, "dice": x.dice, "wrong": x.wrong})
                 );
             }
-            c.sort_by(|x, y| x.dice.total_cmp(&y.dice));
-            rules.push((
-                format!("{label}+lowest-dice"),
-                c.iter().take(3).map(|x| x.id.clone()).collect(),
-            ));
-            c.sort_by(|x, y| y.wrong.cmp(&x.wrong));
-            rules.push((
-                format!("{label}+most-wrong"),
-                c.iter().take(3).map(|x| x.id.clone()).collect(),
-            ));
+            for (rule, t) in [("lowest-dice", Triage::LowestDice), ("most-wrong", Triage::MostWrong)] {
+                let worst = triage(&repo.store, &v.sets[&name], &shown, t).unwrap();
+                rules.push((
+                    format!("{label}+{rule}"),
+                    worst.iter().take(3).map(|x| x.patch.clone()).collect(),
+                ));
+            }
         }
         rules.push(("random".into(), random_extras(&repo, &hunt_exclude(), &[], seed)));
         for (i, (rule, ids)) in rules.iter().enumerate() {
@@ -730,66 +720,28 @@ fn main() {
             let tp = |name: &str, from: &str, sets: Vec<String>| {
                 train_params(a.kind, seed, name, from, sets)
             };
-            // The critical set: the 3 worst of hunt's top 30, or 3 random unannotated patches.
+            // The critical set: the 3 of hunt's top 30 the expert corrects, or 3 random patches.
             let hp = hunt::HuntParams {
                 model: "M0".into(),
                 top: 30,
                 seed,
+                score: a.hunt_score,
                 exclude: hunt_exclude(),
                 ..hunt::HuntParams::default()
             };
             let h = run(&repo, |r, hd, v| hunt::hunt(r, hd, v, &hp));
             tick("hunt", &mut lap);
             let (_, v) = repo.version(None).unwrap();
-            let candidates: Vec<String> = if a.critical == "random" {
-                let annotated = v
-                    .annotations
-                    .iter()
-                    .map(|x| x.patch.clone())
-                    .collect::<std::collections::BTreeSet<_>>();
-                let mut pool: Vec<String> = v
-                    .all_patches()
-                    .map(|(_, p)| p.id.clone())
-                    .filter(|id| !annotated.contains(id))
-                    .collect();
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                pool.shuffle(&mut rng);
-                pool.truncate(3);
-                pool
+            let critical_ids: Vec<String> = if a.critical == "random" {
+                random_extras(&repo, &hp.exclude, &[], seed)
             } else {
-                v.sets[&h.set].patches.clone()
+                let shown = dir.join("truth-candidates");
+                write_masks_from_folder(&truth_dir, &v, &v.sets[&h.set].patches, &shown).unwrap();
+                let worst = triage(&repo.store, &v.sets[&h.set], &shown, a.triage).unwrap();
+                worst.iter().take(3).map(|x| x.patch.clone()).collect()
             };
-            let all_truth = dir.join("truth-candidates");
-            write_masks_from_folder(&truth_dir, &v, &candidates, &all_truth).unwrap();
-            let mut worst: Vec<(f64, String)> = candidates
-                .iter()
-                .map(|id| {
-                    let truth = read_binary_mask(&all_truth.join(format!("{id}.tif")))
-                        .unwrap()
-                        .1;
-                    let d = match v.sets[&h.set]
-                        .objects
-                        .get("prediction")
-                        .and_then(|p| p.get(id))
-                    {
-                        Some(obj) => dice(&repo.store.get(obj).unwrap(), &truth),
-                        None => 0.0,
-                    };
-                    (d, id.clone())
-                })
-                .collect();
-            worst.sort_by(|x, y| x.0.total_cmp(&y.0));
             let fixed = dir.join("masks-critical");
-            std::fs::create_dir_all(&fixed).unwrap();
-            for (_, id) in worst.iter().take(3) {
-                std::fs::copy(
-                    all_truth.join(format!("{id}.tif")),
-                    fixed.join(format!("{id}.tif")),
-                )
-                .unwrap();
-            }
-            let critical_ids: Vec<String> =
-                worst.iter().take(3).map(|(_, id)| id.clone()).collect();
+            write_masks_from_folder(&truth_dir, &v, &critical_ids, &fixed).unwrap();
             let ap = annotate::AnnotateParams {
                 dir: fixed,
                 round: "critical-1".into(),
@@ -892,7 +844,10 @@ fn main() {
                     .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_unet.py"))
                     .args(["--patches", pdir.to_str().unwrap()])
                     .args(["--test", root.join("test").to_str().unwrap()])
-                    .args(["--seconds", &format!("{train_seconds:.0}")])
+                    .args(match a.torch_steps {
+                        Some(n) => ["--steps".to_string(), n.to_string()],
+                        None => ["--seconds".to_string(), format!("{train_seconds:.0}")],
+                    })
                     .args(["--seed", &seed.to_string(), "--threads", "2"])
                     .output()
                     .unwrap();

@@ -1,7 +1,7 @@
 //! `biodc demo`: the whole loop on a synthetic cohort, stage by stage, with one line per
 //! outcome: synth → init → import → pretrain → embed → qc → coreset → annotate (a simulated
 //! expert returns ground-truth masks) → train M0 → hunt → annotate critical-1 (the expert fixes
-//! the 3 worst of the top 30) → train M1 → monitor stacks held back from the import → report.
+//! the 3 of the top 30 with the most wrong pixels) → train M1 → monitor stacks held back from the import → report.
 //! Ends with M0's and M1's Dice on the held-back stacks and how well RCA tracked it.
 
 use crate::io::tiff::read_binary_mask;
@@ -10,6 +10,7 @@ use crate::repo::{Config, Repo};
 use crate::stages::{
     self, annotate, coreset, embed, export, hunt, import, monitor, pretrain, qc, train,
 };
+use crate::synth::expert::{triage, Triage};
 use crate::synth::{write_cohort, SynthParams};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -269,25 +270,19 @@ pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcom
         ),
     );
 
-    // The expert looks at the 30 candidates' predictions and fixes the 3 worst.
+    // The expert looks at the 30 candidates' predictions and fixes the 3 with the most wrong
+    // pixels.
     let (_, version) = repo.version(None)?;
     let set = &version.sets[&h.set];
     let all_truth = dir.join("truth-candidates");
     crate::synth::expert::write_masks(&cohort, &version, &set.patches, &all_truth)?;
-    let mut worst: Vec<(f64, &String)> = Vec::new();
-    for id in &set.patches {
-        let pred = repo.store.get(&set.objects["prediction"][id])?;
-        let truth = read_binary_mask(&all_truth.join(format!("{id}.tif")))?.1;
-        worst.push((dice(&pred, &truth), id));
-    }
-    worst.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut worst = triage(&repo.store, set, &all_truth, Triage::MostWrong)?;
+    worst.truncate(3);
     let fixed_dir = dir.join("masks-critical-1");
     std::fs::create_dir_all(&fixed_dir)?;
-    for (_, id) in worst.iter().take(3) {
-        std::fs::copy(
-            all_truth.join(format!("{id}.tif")),
-            fixed_dir.join(format!("{id}.tif")),
-        )?;
+    for w in &worst {
+        let file = format!("{}.tif", w.patch);
+        std::fs::copy(all_truth.join(&file), fixed_dir.join(&file))?;
     }
     std::fs::remove_dir_all(&all_truth)?;
     let ap = annotate::AnnotateParams {
@@ -303,13 +298,12 @@ pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcom
     })?;
     let fixed: Vec<String> = worst
         .iter()
-        .take(3)
-        .map(|(d, id)| format!("{id} (M0 Dice {d:.2})"))
+        .map(|w| format!("{} ({} wrong pixels, M0 Dice {:.2})", w.patch, w.wrong, w.dice))
         .collect();
     say(
         "annotate",
         format!(
-            "critical-1: the expert corrected the 3 worst candidates: {}",
+            "critical-1: the expert corrected the 3 candidates with the most wrong pixels: {}",
             fixed.join(", ")
         ),
     );
