@@ -102,7 +102,9 @@ fn parse_args() -> Args {
             "--out" => a.out = Some(v.into()),
             "--study" => a.study = Some(v),
             "--rules" => a.rules = v.split(',').map(String::from).collect(),
-            "--hunt-score" => a.hunt_score = clap::ValueEnum::from_str(&v, true).expect("--hunt-score"),
+            "--hunt-score" => {
+                a.hunt_score = clap::ValueEnum::from_str(&v, true).expect("--hunt-score")
+            }
             "--triage" => {
                 a.triage = match v.as_str() {
                     "most-wrong" => Triage::MostWrong,
@@ -368,7 +370,12 @@ fn loop_to_m0(
         "none"
     };
     let m0 = run(&repo, |r, h, v| {
-        train::train(r, h, v, &train_params(kind, seed, "M0", from, vec!["coreset".into()]))
+        train::train(
+            r,
+            h,
+            v,
+            &train_params(kind, seed, "M0", from, vec!["coreset".into()]),
+        )
     });
     let seconds = t0.elapsed().as_secs_f64();
     tick("train M0", lap);
@@ -398,7 +405,12 @@ fn annotate_set(repo: &Repo, name: &str, ids: &[String], truth_dir: &Path, dir: 
 }
 
 /// 3 random unannotated training patches that qc did not flag with `exclude`.
-fn random_extras(repo: &Repo, exclude: &[String], test_stacks: &[String], seed: u64) -> Vec<String> {
+fn random_extras(
+    repo: &Repo,
+    exclude: &[String],
+    test_stacks: &[String],
+    seed: u64,
+) -> Vec<String> {
     let (_, v) = repo.version(None).unwrap();
     let annotated: std::collections::BTreeSet<String> =
         v.annotations.iter().map(|x| x.patch.clone()).collect();
@@ -434,8 +446,16 @@ fn critical_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde_
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let (mut timings, mut lap) = (BTreeMap::new(), Instant::now());
-        let (repo, _, _) =
-            loop_to_m0(a.kind, a.select, a.k, seed, &train_items, dir, &mut timings, &mut lap);
+        let (repo, _, _) = loop_to_m0(
+            a.kind,
+            a.select,
+            a.k,
+            seed,
+            &train_items,
+            dir,
+            &mut timings,
+            &mut lap,
+        );
         let (_, v) = repo.version(None).unwrap();
         let m0 = SegmentationModel::load(&repo.store, &v.models["M0"]).unwrap();
         let m0_dice = mean_sd(&model_dice(&m0, test_truth)).0;
@@ -463,7 +483,10 @@ fn critical_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde_
                         "score": label, "patch": x.patch, "dice": x.dice, "wrong": x.wrong})
                 );
             }
-            for (rule, t) in [("lowest-dice", Triage::LowestDice), ("most-wrong", Triage::MostWrong)] {
+            for (rule, t) in [
+                ("lowest-dice", Triage::LowestDice),
+                ("most-wrong", Triage::MostWrong),
+            ] {
                 let worst = triage(&repo.store, &v.sets[&name], &shown, t).unwrap();
                 rules.push((
                     format!("{label}+{rule}"),
@@ -471,7 +494,10 @@ fn critical_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde_
                 ));
             }
         }
-        rules.push(("random".into(), random_extras(&repo, &hunt_exclude(), &[], seed)));
+        rules.push((
+            "random".into(),
+            random_extras(&repo, &hunt_exclude(), &[], seed),
+        ));
         for (i, (rule, ids)) in rules.iter().enumerate() {
             if !a.rules.is_empty() && !a.rules.contains(rule) {
                 continue;
@@ -624,7 +650,12 @@ fn main() {
         println!("|---|---|---|---|");
         let mut keys: Vec<(String, String)> = rows
             .iter()
-            .map(|r| (r["dataset"].as_str().unwrap().to_string(), r["rule"].as_str().unwrap().to_string()))
+            .map(|r| {
+                (
+                    r["dataset"].as_str().unwrap().to_string(),
+                    r["rule"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         keys.sort();
         keys.dedup();
@@ -711,8 +742,16 @@ fn main() {
             let started = Instant::now();
             let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
             let mut lap = Instant::now();
-            let (repo, m0, mut train_seconds) =
-                loop_to_m0(a.kind, a.select, a.k, seed, &train_items, &dir, &mut timings, &mut lap);
+            let (repo, m0, mut train_seconds) = loop_to_m0(
+                a.kind,
+                a.select,
+                a.k,
+                seed,
+                &train_items,
+                &dir,
+                &mut timings,
+                &mut lap,
+            );
             let mut tick = |name: &'static str, lap: &mut Instant| {
                 timings.insert(name, lap.elapsed().as_secs_f64());
                 *lap = Instant::now();

@@ -298,7 +298,12 @@ pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcom
     })?;
     let fixed: Vec<String> = worst
         .iter()
-        .map(|w| format!("{} ({} wrong pixels, M0 Dice {:.2})", w.patch, w.wrong, w.dice))
+        .map(|w| {
+            format!(
+                "{} ({} wrong pixels, M0 Dice {:.2})",
+                w.patch, w.wrong, w.dice
+            )
+        })
         .collect();
     say(
         "annotate",

@@ -151,3 +151,72 @@ pub fn triage(store: &Store, set: &PatchSet, truth: &Path, rule: Triage) -> Resu
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Filter, Kind};
+
+    fn mask_file(dir: &Path, id: &str, m: &[u8]) {
+        let stack = Stack {
+            info: StackInfo {
+                shape: [1, 4, 4],
+                dtype: crate::io::Dtype::U8,
+                voxel_size: None,
+            },
+            planes: vec![Plane::U8(m.iter().map(|&v| v * 255).collect())],
+        };
+        write_stack(&dir.join(format!("{id}.tif")), &stack).unwrap();
+    }
+
+    #[test]
+    fn triage_ranks_by_wrong_pixels_or_by_dice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("objects")).unwrap();
+        let truth = tmp.path().join("truth");
+        std::fs::create_dir_all(&truth).unwrap();
+        // "rim": 1 foreground pixel, missed (1 wrong, Dice 0); "dense": 8 foreground pixels,
+        // 4 found (4 wrong, Dice 0.67); "good": exact (0 wrong, Dice 1).
+        let mut rim_t = [0u8; 16];
+        rim_t[0] = 1;
+        let dense_t = [1u8, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        let dense_p = [1u8, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let cases: [(&str, [u8; 16], [u8; 16]); 3] = [
+            ("rim", rim_t, [0; 16]),
+            ("dense", dense_t, dense_p),
+            ("good", dense_t, dense_t),
+        ];
+        let mut set = PatchSet {
+            name: "candidates-1".into(),
+            method: "mc-dropout-disagreement".into(),
+            params: serde_json::Value::Null,
+            patches: Vec::new(),
+            scores: Vec::new(),
+            extra: BTreeMap::new(),
+            objects: BTreeMap::new(),
+        };
+        let mut predictions = BTreeMap::new();
+        for (id, t, p) in &cases {
+            mask_file(&truth, id, t);
+            let (obj, _) = store.put(Kind::Mask, Filter::None, p).unwrap();
+            predictions.insert(id.to_string(), obj);
+            set.patches.push(id.to_string());
+        }
+        set.objects.insert("prediction".into(), predictions);
+
+        let by_wrong = triage(&store, &set, &truth, Triage::MostWrong).unwrap();
+        let order: Vec<(&str, usize)> = by_wrong
+            .iter()
+            .map(|t| (t.patch.as_str(), t.wrong))
+            .collect();
+        assert_eq!(order, [("dense", 4), ("rim", 1), ("good", 0)]);
+        let by_dice = triage(&store, &set, &truth, Triage::LowestDice).unwrap();
+        let order: Vec<&str> = by_dice.iter().map(|t| t.patch.as_str()).collect();
+        assert_eq!(order, ["rim", "dense", "good"]);
+        assert!((by_dice[1].dice - 2.0 * 4.0 / 12.0).abs() < 1e-12);
+
+        set.objects.clear();
+        let err = triage(&store, &set, &truth, Triage::MostWrong).unwrap_err();
+        assert!(err.to_string().contains("no predictions"), "{err}");
+    }
+}
