@@ -3,8 +3,8 @@
 //! were never imported:
 //!   (a) M0 from the MAE encoder vs from random weights (both on the K-cover core set),
 //!   (b) core set by max K-cover vs random selection vs k-center (all from the MAE encoder),
-//!   (c) M1 = M0 fine-tuned on core + 3 critical patches (the worst of hunt's top 30, corrected
-//!       by the simulated expert) vs M1' = M0 fine-tuned on core + 3 random unannotated patches,
+//!   (c) M1 = M0 fine-tuned on core + 3 critical patches (the 3 of hunt's top 30 with the most
+//!       wrong pixels, corrected by the simulated expert) vs M1' = M0 fine-tuned on core + 3 random unannotated patches,
 //!   (d) Frangi vesselness + Otsu threshold, no training.
 //! Then the speed of `hunt` (patches/s, 10 passes) and `segment` (one 7×1024×1024 stack).
 //!
@@ -15,7 +15,8 @@ use biodc::pixel::frangi;
 use biodc::repo::{Config, Repo};
 use biodc::segmentation::SegmentationModel;
 use biodc::stages::{self, annotate, coreset, embed, hunt, import, pretrain, segment, train};
-use biodc::synth::{expert::write_masks, generate_stack, write_cohort, SynthParams};
+use biodc::synth::expert::{triage, write_masks, Triage};
+use biodc::synth::{generate_stack, write_cohort, SynthParams};
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -213,19 +214,8 @@ fn one_seed(seed: u64, rows: &mut BTreeMap<&'static str, Vec<f64>>, speed: bool)
     let set = &v.sets["candidates-1"];
     let scratch = tmp.path().join("truth-candidates");
     write_masks(&cohort, &v, &set.patches, &scratch).unwrap();
-    let mut worst: Vec<(f64, String)> = set
-        .patches
-        .iter()
-        .map(|id| {
-            let pred = run.repo.store.get(&set.objects["prediction"][id]).unwrap();
-            (
-                biodc::pixel::dice(&pred, &truth(&scratch.join(format!("{id}.tif")))),
-                id.clone(),
-            )
-        })
-        .collect();
-    worst.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let critical: Vec<String> = worst.iter().take(3).map(|w| w.1.clone()).collect();
+    let worst = triage(&run.repo.store, set, &scratch, Triage::MostWrong).unwrap();
+    let critical: Vec<String> = worst.iter().take(3).map(|w| w.patch.clone()).collect();
     let unannotated: Vec<String> = {
         let current = v.current_masks();
         v.patches
