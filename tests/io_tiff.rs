@@ -109,6 +109,44 @@ fn the_compressed_fixtures_are_compressed_as_named() {
     }
 }
 
+#[test]
+fn tiffs_the_tiff_crate_compresses_read_back_exactly() {
+    use tiff::encoder::{colortype::Gray16, compression::DeflateLevel, Compression, TiffEncoder};
+    use tiff::tags::Predictor;
+    let dir = tempfile::tempdir().unwrap();
+    // A gradient, and a blank plane that compresses as far as each method goes.
+    let planes: [Vec<u16>; 2] = [
+        (0..64 * 64).map(|i| (i * 13) as u16).collect(),
+        vec![0; 64 * 64],
+    ];
+    for (name, compression) in [
+        ("none", Compression::Uncompressed),
+        ("lzw", Compression::Lzw),
+        ("deflate", Compression::Deflate(DeflateLevel::Best)),
+        ("packbits", Compression::Packbits),
+    ] {
+        for predictor in [Predictor::None, Predictor::Horizontal] {
+            let path = dir.path().join(format!("{name}_{predictor:?}.tif"));
+            let file = std::fs::File::create(&path).unwrap();
+            let mut enc = TiffEncoder::new(file)
+                .unwrap()
+                .with_compression(compression)
+                .with_predictor(predictor);
+            for p in &planes {
+                enc.write_image::<Gray16>(64, 64, p).unwrap();
+            }
+            drop(enc);
+            let stack = read_stack(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(stack.info.shape, [2, 64, 64], "{name} {predictor:?}");
+            assert_eq!(
+                stack.planes,
+                planes.iter().cloned().map(Plane::U16).collect::<Vec<_>>(),
+                "{name} {predictor:?}"
+            );
+        }
+    }
+}
+
 /// A namespaced OME-XML description of a `SizeZ`×16×16 uint16 stack; `physical` goes into its
 /// `Pixels` element.
 fn ome_xml(planes: usize, physical: &str) -> String {
