@@ -3,6 +3,7 @@
 
 pub mod files;
 pub mod labels;
+pub mod ome_xml;
 pub mod png;
 pub mod tiff;
 

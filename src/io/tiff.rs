@@ -1,7 +1,9 @@
 //! TIFF z-stacks in and out: single- and multi-page files, 8/16-bit unsigned and 32-bit float
 //! grayscale, ImageJ hyperstacks (time points are flattened into Z in file order) and
-//! single-channel OME-TIFF. Every error names the file and says what is wrong with it.
+//! single-channel OME-TIFF (its XML read by `ome_xml.rs`). Every error names the file and says
+//! what is wrong with it.
 
+use super::ome_xml::{self, OmePixels};
 use super::{Dtype, Plane, Stack, StackInfo};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
@@ -125,8 +127,15 @@ pub(super) fn decode_page(
 
 impl TiffStackReader {
     /// Opens `path` and checks every page's header (shape, sample format, that its pixel data
-    /// lies inside the file) without decoding pixels.
+    /// lies inside the file, that it agrees with the OME-XML) without decoding pixels.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_voxel_size(path, None)
+    }
+
+    /// As [`TiffStackReader::open`], but with `Some` voxel size the caller's is used and the
+    /// file's is not read: a unit biodc does not know does not stop an import given
+    /// `--voxel-size`.
+    pub fn open_with_voxel_size(path: &Path, voxel_size: Option<[f64; 3]>) -> Result<Self> {
         let (mut decoder, file_len) = open_decoder(path)?;
         let here = |msg: String| anyhow!("{}: {msg}", path.display());
         let description = decoder
@@ -136,9 +145,17 @@ impl TiffStackReader {
         let (pages, h, w, dtype) = check_pages(&mut decoder, file_len, &here, |d| {
             page_dtype(d).map(|t| (t, t.size()))
         })?;
-        let x_res = resolution_um(&mut decoder, Tag::XResolution);
-        let y_res = resolution_um(&mut decoder, Tag::YResolution);
-        let voxel_size = meta.voxel_size(x_res, y_res);
+        if let Some(ome) = &meta.ome {
+            ome.check_pages(h, w, dtype).map_err(here)?;
+        }
+        let voxel_size = match voxel_size {
+            Some(given) => Some(given),
+            None => {
+                let x_res = resolution_um(&mut decoder, Tag::XResolution);
+                let y_res = resolution_um(&mut decoder, Tag::YResolution);
+                meta.voxel_size(x_res, y_res).map_err(here)?
+            }
+        };
         Ok(TiffStackReader {
             path: path.to_path_buf(),
             info: StackInfo {
@@ -320,8 +337,7 @@ fn resolution_um(decoder: &mut Decoder<BufReader<File>>, tag: Tag) -> Option<f64
 struct Metadata {
     /// Z spacing (ImageJ `spacing=`).
     spacing: Option<f64>,
-    /// OME physical sizes (Z, Y, X).
-    physical: [Option<f64>; 3],
+    ome: Option<OmePixels>,
     imagej: bool,
 }
 
@@ -345,42 +361,31 @@ impl Metadata {
                     _ => {}
                 }
             }
-        } else if description.contains("<OME") {
-            if let Some(c) = xml_attr(description, "SizeC").and_then(|c| c.parse::<usize>().ok()) {
-                if c > 1 {
-                    return Err(format!(
-                        "multi-channel OME-TIFF is not supported ({c} channels)"
-                    ));
-                }
-            }
-            for (i, key) in ["PhysicalSizeZ", "PhysicalSizeY", "PhysicalSizeX"]
-                .iter()
-                .enumerate()
-            {
-                m.physical[i] = xml_attr(description, key).and_then(|v| v.parse().ok());
-            }
+        } else {
+            m.ome = ome_xml::parse(description)?;
         }
         Ok(m)
     }
 
-    /// Voxel size (Z, Y, X) in µm, when the metadata gives the lateral size.
-    fn voxel_size(&self, x_res: Option<f64>, y_res: Option<f64>) -> Option<[f64; 3]> {
-        if let [z, Some(y), Some(x)] = self.physical {
-            return Some([z.unwrap_or(1.0), y, x]);
+    /// Voxel size (Z, Y, X) in µm, when the metadata gives the lateral size (Z is 1 µm when
+    /// only the lateral size is given).
+    fn voxel_size(
+        &self,
+        x_res: Option<f64>,
+        y_res: Option<f64>,
+    ) -> std::result::Result<Option<[f64; 3]>, String> {
+        if let Some(ome) = &self.ome {
+            if let [z, Some(y), Some(x)] = ome.physical_size_um()? {
+                return Ok(Some([z.unwrap_or(1.0), y, x]));
+            }
         }
         if self.imagej {
-            let (x, y) = (x_res?, y_res.or(x_res)?);
-            return Some([self.spacing.unwrap_or(1.0), y, x]);
+            if let (Some(x), Some(y)) = (x_res, y_res.or(x_res)) {
+                return Ok(Some([self.spacing.unwrap_or(1.0), y, x]));
+            }
         }
-        None
+        Ok(None)
     }
-}
-
-/// The value of the first `key="value"` attribute in an XML text.
-fn xml_attr<'a>(xml: &'a str, key: &str) -> Option<&'a str> {
-    let start = xml.find(&format!("{key}=\""))? + key.len() + 2;
-    let end = xml[start..].find('"')? + start;
-    Some(&xml[start..end])
 }
 
 /// Reads a mask stack as 0/1 voxels (any non-zero value is foreground), slices concatenated.
@@ -504,16 +509,15 @@ mod tests {
     fn imagej_and_ome_metadata() {
         let m =
             Metadata::parse("ImageJ=1.53\nimages=6\nslices=3\nframes=2\nspacing=2.5\n").unwrap();
-        assert_eq!(m.voxel_size(Some(0.5), None), Some([2.5, 0.5, 0.5]));
+        assert_eq!(m.voxel_size(Some(0.5), None), Ok(Some([2.5, 0.5, 0.5])));
         assert!(Metadata::parse("ImageJ=1.53\nchannels=2\n")
             .unwrap_err()
             .contains("2 channels"));
         let ome = r#"<OME><Image><Pixels SizeC="1" SizeZ="4" PhysicalSizeX="0.3" PhysicalSizeY="0.3" PhysicalSizeZ="1.5"/></Image></OME>"#;
         assert_eq!(
             Metadata::parse(ome).unwrap().voxel_size(None, None),
-            Some([1.5, 0.3, 0.3])
+            Ok(Some([1.5, 0.3, 0.3]))
         );
-        assert!(Metadata::parse(&ome.replace("SizeC=\"1\"", "SizeC=\"3\"")).is_err());
     }
 
     #[test]

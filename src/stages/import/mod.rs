@@ -128,7 +128,7 @@ pub fn import(
             source,
             shape: input.info.shape,
             dtype: input.info.dtype,
-            voxel_size: params.voxel_size.or(input.info.voxel_size),
+            voxel_size: input.info.voxel_size,
             conditions: input.conditions.clone(),
             tile,
         };
@@ -262,7 +262,7 @@ fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
             ));
             continue;
         }
-        match TiffStackReader::open(&path) {
+        match TiffStackReader::open_with_voxel_size(&path, params.voxel_size) {
             Err(e) => problems.push(format!("{e:#}")),
             Ok(reader) => {
                 let info = reader.info().clone();
@@ -316,7 +316,7 @@ fn tile_stack(
     report: &mut ImportReport,
 ) -> Result<Vec<PatchRecord>> {
     let [depth, h, w] = input.info.shape;
-    let mut reader = TiffStackReader::open(&input.path)?;
+    let mut reader = TiffStackReader::open_with_voxel_size(&input.path, input.info.voxel_size)?;
     let ys = tile_starts(h, tile);
     let xs = tile_starts(w, tile);
     let grid: Vec<(usize, usize)> = ys
