@@ -631,21 +631,30 @@ fn selection_study(a: &Args, ds: &str, test_truth: &[Truth], out: &mut Vec<serde
     }
 }
 
+/// Runs `study` on each dataset against its test images; its rows also go to `--out`.
+fn study_rows(
+    a: &Args,
+    study: fn(&Args, &str, &[Truth], &mut Vec<serde_json::Value>),
+) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    for ds in &a.datasets {
+        let test: Vec<Truth> = items(&a.data.join(ds).join("test"))
+            .iter()
+            .map(load_truth)
+            .collect();
+        study(a, ds, &test, &mut rows);
+    }
+    if let Some(out) = &a.out {
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(out, text).unwrap();
+    }
+    rows
+}
+
 fn main() {
     let a = parse_args();
     if a.study.as_deref() == Some("critical") {
-        let mut rows = Vec::new();
-        for ds in &a.datasets {
-            let test: Vec<Truth> = items(&a.data.join(ds).join("test"))
-                .iter()
-                .map(load_truth)
-                .collect();
-            critical_study(&a, ds, &test, &mut rows);
-        }
-        if let Some(out) = &a.out {
-            let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-            std::fs::write(out, text).unwrap();
-        }
+        let rows = study_rows(&a, critical_study);
         println!("\n| dataset | rule | M0 | M0 + 3 extras |");
         println!("|---|---|---|---|");
         let mut keys: Vec<(String, String)> = rows
@@ -675,18 +684,7 @@ fn main() {
         return;
     }
     if a.study.as_deref() == Some("selection") {
-        let mut rows = Vec::new();
-        for ds in &a.datasets {
-            let test: Vec<Truth> = items(&a.data.join(ds).join("test"))
-                .iter()
-                .map(load_truth)
-                .collect();
-            selection_study(&a, ds, &test, &mut rows);
-        }
-        if let Some(out) = &a.out {
-            let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-            std::fs::write(out, text).unwrap();
-        }
+        let rows = study_rows(&a, selection_study);
         println!("\n| dataset | K | random | K-cover (MAE) | k-center (MAE) | K-cover (random init) | k-center (random init) |");
         println!("|---|---|---|---|---|---|---|");
         for ds in &a.datasets {

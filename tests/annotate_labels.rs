@@ -25,6 +25,14 @@ fn project(shape: &str) -> (tempfile::TempDir, PathBuf, DatasetVersion) {
     (tmp, project, v)
 }
 
+/// `biodc annotate DIR --round core EXTRA… --json`, succeeding.
+fn annotate_core(project: &Path, dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["annotate", dir.to_str().unwrap(), "--round", "core"];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    json(project, &args)
+}
+
 /// Writes a one-page or multi-page TIFF of `planes` (Y×X each).
 fn tiff(path: &Path, h: usize, w: usize, planes: Vec<Plane>) {
     let stack = Stack {
@@ -93,16 +101,7 @@ fn cellpose_labels_annotate_the_patch_they_name_as_binary_masks() {
     let bands: Vec<u8> = (0..64 * 64).map(|i| ((i % 64) / 16) as u8).collect();
     png::write_gray8(&dir.join(format!("{}_masks.png", ids[6])), 64, 64, &bands).unwrap();
 
-    let r = json(
-        &project,
-        &[
-            "annotate",
-            dir.to_str().unwrap(),
-            "--round",
-            "core",
-            "--json",
-        ],
-    );
+    let r = annotate_core(&project, &dir, &[]);
     assert_eq!(r["masks"], 2);
     assert_eq!(r["files"]["Cellpose labels"], 2);
     let masks = stored_masks(&project);
@@ -148,17 +147,7 @@ fn label_images_need_labels_and_then_any_non_zero_label_is_foreground() {
         ],
     );
 
-    let r = json(
-        &project,
-        &[
-            "annotate",
-            dir.to_str().unwrap(),
-            "--round",
-            "core",
-            "--labels",
-            "--json",
-        ],
-    );
+    let r = annotate_core(&project, &dir, &["--labels"]);
     assert_eq!(r["files"]["labels"], 1);
     let expected: Vec<u8> = labels.iter().map(|&l| (l != 0) as u8).collect();
     assert_eq!(stored_masks(&project)[&id], expected);
@@ -240,12 +229,7 @@ fn cvat_export_annotates_the_patches_with_the_class_colour() {
         )],
     );
 
-    let r = json(
-        &project,
-        &[
-            "annotate", dir, "--round", "core", "--class", "vessel", "--json",
-        ],
-    );
+    let r = annotate_core(&project, &cvat, &["--class", "vessel"]);
     assert_eq!(r["masks"], 5);
     assert_eq!(r["files"]["CVAT class vessel"], 1);
     assert_eq!(r["files"]["CVAT class vessel, whole stack"], 1);
@@ -323,16 +307,7 @@ fn whole_stack_masks_are_cut_into_every_patch_of_the_stack() {
         labels,
     );
 
-    let r = json(
-        &project,
-        &[
-            "annotate",
-            dir.to_str().unwrap(),
-            "--round",
-            "core",
-            "--json",
-        ],
-    );
+    let r = annotate_core(&project, &dir, &[]);
     assert_eq!(r["masks"], 16);
     assert_eq!(r["files"]["binary, whole stack"], 1);
     assert_eq!(r["files"]["Cellpose labels, whole stack"], 1);
