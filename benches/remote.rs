@@ -199,6 +199,7 @@ fn main() {
                     remote: name.clone(),
                     branch: None,
                     jobs,
+                    pack_bytes: biodc::remote::pack::DEFAULT_PACK_BYTES,
                 },
             )
             .unwrap()
@@ -294,6 +295,7 @@ fn main() {
             remote: "origin".into(),
             branch: None,
             jobs,
+            pack_bytes: biodc::remote::pack::DEFAULT_PACK_BYTES,
         },
     )
     .unwrap();

@@ -44,7 +44,12 @@ fn a_push_clones_elsewhere_identically_and_a_second_push_sends_nothing() {
     let first = json(&project, &["push", "--json"]);
     let local = object_names(&project.join(".biodc/objects"));
     assert_eq!(first["objects_sent"], local.len());
-    assert_eq!(object_names(&remote.join("objects")), local);
+    assert_eq!(first["packs_sent"], 1, "a small push is one pack");
+    assert_eq!(
+        remote_object_names(remote.to_str().unwrap(), tmp.path()),
+        local
+    );
+    assert!(!remote.join("objects").exists(), "objects travel in packs");
 
     ok(tmp.path(), &["clone", remote.to_str().unwrap(), "copy"]);
     let copy = tmp.path().join("copy");
@@ -69,8 +74,10 @@ fn a_push_clones_elsewhere_identically_and_a_second_push_sends_nothing() {
 fn a_push_killed_anywhere_leaves_the_branch_old_or_new_and_resumes() {
     let (tmp, project, _) = annotated_project();
     let total = object_names(&project.join(".biodc/objects")).len();
+    // Packs of 4 kB: several packs, so a push can die between them.
     for (i, point) in [
-        "push:object:3",
+        "push:pack:2",
+        "push:before-index:2",
         "push:after-objects",
         "push:after-trees",
         "push:before-ref",
@@ -85,7 +92,7 @@ fn a_push_killed_anywhere_leaves_the_branch_old_or_new_and_resumes() {
             &["remote", "add", &name, remote.to_str().unwrap()],
         );
         let out = biodc(&project)
-            .args(["push", &name, "-j", "2"])
+            .args(["push", &name, "-j", "2", "--pack-size", "4k"])
             .env("BIODC_FAILPOINT", point)
             .output()
             .unwrap();
@@ -99,7 +106,11 @@ fn a_push_killed_anywhere_leaves_the_branch_old_or_new_and_resumes() {
             !remote.join("refs").exists() || object_names(&remote.join("refs")).is_empty(),
             "{point}"
         );
-        let there = object_names(&remote.join("objects")).len();
+        // Only packs whose index arrived count; a pack without one is sent again.
+        let there = remote_object_names(remote.to_str().unwrap(), tmp.path()).len();
+        if point.contains("pack") || point.contains("index") {
+            assert!(there < total, "{point}: {there} of {total} arrived");
+        }
         let rerun = json(&project, &["push", &name, "--json"]);
         assert_eq!(
             rerun["objects_sent"].as_u64().unwrap() as usize,
@@ -217,19 +228,21 @@ fn a_corrupt_or_incomplete_remote_fails_the_clone_and_leaves_nothing() {
         &["remote", "add", "origin", remote.to_str().unwrap()],
     );
     ok(&project, &["push"]);
-    // One object's bytes replaced by another's.
-    let objs: Vec<PathBuf> = walkdir::WalkDir::new(remote.join("objects"))
+    // A byte of the pack changed: its first object no longer matches its name.
+    let pack: PathBuf = walkdir::WalkDir::new(remote.join("packs"))
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
         .map(|e| e.into_path())
-        .collect();
-    let saved = std::fs::read(&objs[0]).unwrap();
-    std::fs::copy(&objs[1], &objs[0]).unwrap();
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let saved = std::fs::read(&pack).unwrap();
+    let mut bad = saved.clone();
+    bad[40] ^= 0xff;
+    std::fs::write(&pack, &bad).unwrap();
     let e = fails(tmp.path(), &["clone", remote.to_str().unwrap(), "bad"]);
     assert!(e.contains("rejected") || e.contains("corrupt"), "{e}");
     assert!(!tmp.path().join("bad").exists());
-    std::fs::write(&objs[0], saved).unwrap();
+    std::fs::write(&pack, saved).unwrap();
     // A git object gone: the clone fails before anything is checked out.
     let git: Vec<PathBuf> = walkdir::WalkDir::new(remote.join("git"))
         .into_iter()
@@ -246,4 +259,51 @@ fn a_corrupt_or_incomplete_remote_fails_the_clone_and_leaves_nothing() {
         &["clone", tmp.path().join("nowhere").to_str().unwrap(), "x"],
     );
     assert!(e.contains("no folder"), "{e}");
+}
+
+#[test]
+fn a_remote_of_one_key_per_object_still_clones_and_a_newer_format_is_refused() {
+    let (tmp, project, _) = annotated_project();
+    let remote = tmp.path().join("remote");
+    ok(
+        &project,
+        &["remote", "add", "origin", remote.to_str().unwrap()],
+    );
+    ok(&project, &["push"]);
+    // Rewrite the remote as format 1 had it: objects/<2 hex>/<62 hex>, no packs.
+    let backend = biodc::remote::open(remote.to_str().unwrap(), tmp.path(), false).unwrap();
+    let inventory = biodc::remote::pack::Inventory::read(&backend, None, 2).unwrap();
+    for id in inventory.ids() {
+        let (name, entry) = inventory.find(id).unwrap();
+        let pack = std::fs::read(remote.join(format!("packs/{name}.pack"))).unwrap();
+        let hex = id.to_hex();
+        let path = remote.join("objects").join(&hex[..2]).join(&hex[2..]);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            path,
+            &pack[entry.range().start as usize..entry.range().end as usize],
+        )
+        .unwrap();
+    }
+    std::fs::remove_dir_all(remote.join("packs")).unwrap();
+    std::fs::write(remote.join("biodc-remote.json"), r#"{"format": 1}"#).unwrap();
+    ok(tmp.path(), &["clone", remote.to_str().unwrap(), "old"]);
+    let old = tmp.path().join("old");
+    assert_eq!(
+        object_names(&old.join(".biodc/objects")),
+        object_names(&project.join(".biodc/objects"))
+    );
+    fsck_clean(&old);
+    ok(
+        tmp.path(),
+        &["clone", "--no-data", remote.to_str().unwrap(), "light"],
+    );
+    ok(
+        &tmp.path().join("light"),
+        &["export", "--set", "coreset", "--to", "out"],
+    );
+
+    std::fs::write(remote.join("biodc-remote.json"), r#"{"format": 9}"#).unwrap();
+    let e = fails(tmp.path(), &["clone", remote.to_str().unwrap(), "new"]);
+    assert!(e.contains("format 9") && e.contains("upgrade"), "{e}");
 }

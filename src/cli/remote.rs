@@ -87,9 +87,38 @@ pub struct PushArgs {
     /// Concurrent uploads.
     #[arg(short = 'j', long, default_value_t = 8)]
     pub jobs: usize,
+    /// Objects go to the remote in packs of about this size (bytes, or with k, M, G): one
+    /// request per pack; a push interrupted resumes at the first pack that had not arrived.
+    #[arg(long, default_value = "32M", value_parser = parse_size)]
+    pub pack_size: u64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `123`, `64k`, `32M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "k" | "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: a size is a number of bytes, or with k, M or G"
+            ))
+        }
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n << shift),
+        _ => Err(format!(
+            "{s:?}: a size is a positive number of bytes, or with k, M or G"
+        )),
+    }
 }
 
 pub fn push(dir: &Path, a: PushArgs) -> Result<i32> {
@@ -100,6 +129,7 @@ pub fn push(dir: &Path, a: PushArgs) -> Result<i32> {
             remote: a.remote,
             branch: a.branch,
             jobs: a.jobs,
+            pack_bytes: a.pack_size,
         },
     )?;
     if a.json {
@@ -114,7 +144,7 @@ pub fn push(dir: &Path, a: PushArgs) -> Result<i32> {
         );
     } else {
         println!(
-            "{} → {} {}: {} versions, {} objects, {} git objects, {:.1} MB in {:.1} s",
+            "{} → {} {}: {} versions, {} objects in {} packs, {} git objects, {:.1} MB in {:.1} s",
             r.branch,
             r.remote,
             match &r.previous {
@@ -123,6 +153,7 @@ pub fn push(dir: &Path, a: PushArgs) -> Result<i32> {
             },
             r.versions_sent,
             r.objects_sent,
+            r.packs_sent,
             r.git_objects_sent,
             r.bytes_sent as f64 / 1e6,
             r.seconds

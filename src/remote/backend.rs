@@ -159,6 +159,33 @@ impl Backend {
         })
     }
 
+    /// Byte ranges of keys: for each request (a key and its ranges, each within the object),
+    /// `each(i, bytes of every range)`; `jobs` keys at a time, near ranges fetched together.
+    pub fn get_ranges_many(
+        &self,
+        requests: &[(String, Vec<std::ops::Range<u64>>)],
+        jobs: usize,
+        each: &(dyn Fn(usize, Vec<Vec<u8>>) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let store = self.store.clone();
+        self.runtime.block_on(async {
+            let mut s = futures::stream::iter(requests.iter().enumerate())
+                .map(|(i, (key, ranges))| {
+                    let store = store.clone();
+                    async move {
+                        let r = store.get_ranges(&Key::from(key.as_str()), ranges).await;
+                        (i, r)
+                    }
+                })
+                .buffer_unordered(jobs.max(1));
+            while let Some((i, r)) = s.next().await {
+                let parts = r.map_err(|e| self.fail(&requests[i].0, e))?;
+                each(i, parts.into_iter().map(|b| b.to_vec()).collect())?;
+            }
+            Ok(())
+        })
+    }
+
     /// Writes `bytes` at `key` (replacing what was there).
     pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         let store = self.store.clone();
@@ -180,25 +207,44 @@ impl Backend {
         load: &(dyn Fn(usize) -> Result<Vec<u8>> + Sync),
         done: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<()> {
+        self.put_groups(
+            keys.len(),
+            jobs,
+            &|i| Ok(vec![(keys[i].clone(), load(i)?)]),
+            &|i, _, n| done(i, n),
+        )
+    }
+
+    /// Writes `n` groups of keys, `jobs` groups at a time, the keys of a group one after the
+    /// other in their order (group i is loaded by `load(i)` when its upload starts);
+    /// `done(i, k, bytes)` is called after key k of group i has been written.
+    pub fn put_groups(
+        &self,
+        n: usize,
+        jobs: usize,
+        load: &(dyn Fn(usize) -> Result<Vec<(String, Vec<u8>)>> + Sync),
+        done: &(dyn Fn(usize, usize, usize) + Sync),
+    ) -> Result<()> {
         let store = self.store.clone();
         self.runtime.block_on(async {
-            let mut s = futures::stream::iter(0..keys.len())
+            let mut s = futures::stream::iter(0..n)
                 .map(|i| {
                     let store = store.clone();
                     async move {
-                        let bytes = load(i)?;
-                        let n = bytes.len();
-                        store
-                            .put(&Key::from(keys[i].as_str()), PutPayload::from(bytes))
-                            .await
-                            .map_err(|e| self.fail(&keys[i], e))?;
-                        Ok::<_, anyhow::Error>((i, n))
+                        for (k, (key, bytes)) in load(i)?.into_iter().enumerate() {
+                            let len = bytes.len();
+                            store
+                                .put(&Key::from(key.as_str()), PutPayload::from(bytes))
+                                .await
+                                .map_err(|e| self.fail(&key, e))?;
+                            done(i, k, len);
+                        }
+                        Ok::<_, anyhow::Error>(())
                     }
                 })
                 .buffer_unordered(jobs.max(1));
             while let Some(r) = s.next().await {
-                let (i, n) = r?;
-                done(i, n);
+                r?;
             }
             Ok(())
         })

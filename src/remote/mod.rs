@@ -3,12 +3,15 @@
 //! name and a URL each; credentials only ever come from the environment).
 //!
 //! Layout of a remote (docs/FORMAT.md):
-//! `biodc-remote.json`, `config.toml`, `objects/<2 hex>/<62 hex>` (the store's files, as
-//! stored), `git/<2 hex>/<38 hex>` (git objects, zstd of `<kind> <len>\0<data>`) and
-//! `refs/heads/<branch>/<n>`: the branch's n-th position (20 digits), written only if absent,
-//! so the highest n is the branch and two pushes cannot both take the same n.
+//! `biodc-remote.json`, `config.toml`, `packs/<name>.pack` and `.idx` (the store's files, as
+//! stored, many to a pack: see [`pack`]), `objects/<2 hex>/<62 hex>` (one store file a key, as
+//! format 1 remotes hold them; still read), `git/<2 hex>/<38 hex>` (git objects, zstd of
+//! `<kind> <len>\0<data>`) and `refs/heads/<branch>/<n>`: the branch's n-th position (20
+//! digits), written only if absent, so the highest n is the branch and two pushes cannot both
+//! take the same n.
 
 mod backend;
+pub mod pack;
 
 pub use backend::{Backend, Created, Location};
 
@@ -17,12 +20,30 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Marker object at a remote's root.
 pub const MARKER: &str = "biodc-remote.json";
 /// The pushing repository's `config.toml`, for clones.
 pub const CONFIG: &str = "config.toml";
+/// The layout version a push writes into the marker (1: one key per object; 2: packs).
+pub const FORMAT: u64 = 2;
+
+/// Fails unless `marker` (the bytes of [`MARKER`]) names a layout this biodc reads.
+pub fn check_format(marker: &[u8], url: &str) -> Result<()> {
+    let v: serde_json::Value =
+        serde_json::from_slice(marker).with_context(|| format!("{url}: {MARKER} is not JSON"))?;
+    match v["format"].as_u64() {
+        Some(n) if n <= FORMAT => Ok(()),
+        Some(n) => bail!("{url} is a biodc remote of format {n}; this biodc reads formats up to {FORMAT}: upgrade biodc"),
+        None => bail!("{url}: {MARKER} names no format"),
+    }
+}
+
+/// Folder of a repository's `.biodc` where remote pack indexes are kept once read.
+pub fn index_cache(dot: &Path) -> PathBuf {
+    dot.join("pack-indexes")
+}
 
 /// Key of a store object on a remote.
 pub fn object_key(id: &ObjectId) -> String {
@@ -108,33 +129,51 @@ pub fn open(url: &str, base: &Path, create: bool) -> Result<Backend> {
     Backend::open(&Location::parse(url, base)?, url, create)
 }
 
-/// Reads objects from a remote on first need (the connection is made on the first miss).
+/// Reads objects from a remote on first need (the connection is made, and the remote's pack
+/// indexes read, on the first miss).
 pub struct LazySource {
     url: String,
     base: PathBuf,
-    backend: OnceLock<Backend>,
+    cache: PathBuf,
+    remote: OnceLock<(Backend, pack::Inventory)>,
 }
 
 impl LazySource {
-    pub fn new(url: &str, base: &Path) -> LazySource {
+    pub fn new(url: &str, base: &Path, cache: &Path) -> LazySource {
         LazySource {
             url: url.into(),
             base: base.into(),
-            backend: OnceLock::new(),
+            cache: cache.into(),
+            remote: OnceLock::new(),
         }
     }
 }
 
 impl ObjectSource for LazySource {
     fn fetch(&self, id: &ObjectId) -> Result<Option<Vec<u8>>> {
-        let backend = match self.backend.get() {
-            Some(b) => b,
+        let (backend, inventory) = match self.remote.get() {
+            Some(r) => r,
             None => {
                 let b = open(&self.url, &self.base, false)?;
-                self.backend.get_or_init(|| b)
+                let inv = pack::Inventory::read(&b, Some(&self.cache), 8)?;
+                self.remote.get_or_init(|| (b, inv))
             }
         };
-        backend.get(&object_key(id))
+        match inventory.find(id) {
+            Some((name, entry)) => {
+                let got = Mutex::new(None);
+                backend.get_ranges_many(
+                    &[(pack::pack_key(name), vec![entry.range()])],
+                    1,
+                    &|_, mut parts| {
+                        *got.lock().unwrap() = parts.pop();
+                        Ok(())
+                    },
+                )?;
+                Ok(got.into_inner().unwrap())
+            }
+            None => backend.get(&object_key(id)),
+        }
     }
 }
 
@@ -144,7 +183,7 @@ pub fn attach_partial_source(dot: &Path, store: &crate::store::Store) -> Result<
     if let Some(name) = &remotes.partial {
         let url = remotes.url(name)?;
         let base = dot.parent().unwrap_or(dot);
-        store.set_source(Box::new(LazySource::new(url, base)));
+        store.set_source(Box::new(LazySource::new(url, base, &index_cache(dot))));
     }
     Ok(())
 }

@@ -27,8 +27,9 @@ pub fn clone(url: &str, dir: &Path, data: &CloneData, jobs: usize) -> Result<Clo
     }
     let cwd = std::env::current_dir()?;
     let backend = remote::open(url, &cwd, false)?;
-    if backend.get(remote::MARKER)?.is_none() {
-        bail!("{url} is not a biodc remote (no {} there)", remote::MARKER);
+    match backend.get(remote::MARKER)? {
+        Some(marker) => remote::check_format(&marker, url)?,
+        None => bail!("{url} is not a biodc remote (no {} there)", remote::MARKER),
     }
     let config: Config = match backend.get(remote::CONFIG)? {
         Some(b) => toml::from_str(&String::from_utf8_lossy(&b))

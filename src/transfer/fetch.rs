@@ -4,11 +4,13 @@
 
 use super::{current_branch, remote_branches, tracking_ref};
 use crate::history::{parse_loose, CommitId, GitKind};
+use crate::remote::pack::{self, Inventory};
 use crate::remote::{self, git_key, object_key, Backend, Remotes};
 use crate::repo::Repo;
 use crate::store::ObjectId;
 use crate::version::DatasetVersion;
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -183,7 +185,8 @@ fn fetch_history(
     Ok((order, contents.len() + commits.len(), bytes))
 }
 
-/// Downloads the data objects `ids` that are not here, `jobs` at a time; returns bytes.
+/// Downloads the data objects `ids` that are not here, `jobs` packs at a time (only the byte
+/// ranges of the objects wanted; near ones in one request); returns objects and bytes.
 fn fetch_objects(
     repo: &Repo,
     backend: &Backend,
@@ -195,21 +198,51 @@ fn fetch_objects(
         .copied()
         .filter(|id| !repo.store.contains(id))
         .collect();
-    let keys: Vec<String> = missing.iter().map(object_key).collect();
+    if missing.is_empty() {
+        return Ok((0, 0));
+    }
+    let inventory = Inventory::read(backend, Some(&remote::index_cache(repo.dot())), jobs)?;
+    let (packs, loose) = inventory.group(&missing);
     let pb = crate::progress::bar(missing.len() as u64, "fetch objects", false);
     let bytes = Mutex::new(0u64);
     let store = &repo.store;
+    let requests: Vec<(String, Vec<std::ops::Range<u64>>)> = packs
+        .iter()
+        .map(|(name, entries)| {
+            (
+                pack::pack_key(name),
+                entries.iter().map(|e| e.range()).collect(),
+            )
+        })
+        .collect();
+    backend.get_ranges_many(&requests, jobs, &|i, parts| {
+        let entries = &packs[i].1;
+        parts
+            .par_iter()
+            .zip(entries)
+            .try_for_each(|(b, e)| -> Result<()> {
+                store
+                    .put_stored(&e.id, b)
+                    .with_context(|| format!("rejected object {} from the remote", e.id))?;
+                Ok(())
+            })?;
+        *bytes.lock().unwrap() += parts.iter().map(|b| b.len() as u64).sum::<u64>();
+        pb.inc(entries.len() as u64);
+        Ok(())
+    })?;
+    // Objects no pack holds: one key each, as format 1 remotes keep them.
+    let keys: Vec<String> = loose.iter().map(object_key).collect();
     backend.get_many(&keys, jobs, &|i, b| {
         let b = b.with_context(|| {
             format!(
                 "object {} is named by a remote version but the remote does not hold it",
-                missing[i]
+                loose[i]
             )
         })?;
         *bytes.lock().unwrap() += b.len() as u64;
         store
-            .put_stored(&missing[i], &b)
-            .with_context(|| format!("rejected object {} from the remote", missing[i]))?;
+            .put_stored(&loose[i], &b)
+            .with_context(|| format!("rejected object {} from the remote", loose[i]))?;
         pb.inc(1);
         Ok(())
     })?;
@@ -242,11 +275,12 @@ pub fn fetch(repo: &Repo, remote_name: &str, data: &CloneData, jobs: usize) -> R
     let url = remotes.url(remote_name)?.to_string();
     let base = repo.dot().parent().unwrap_or(repo.dot());
     let backend = remote::open(&url, base, false)?;
-    if backend.get(remote::MARKER)?.is_none() {
-        bail!(
+    match backend.get(remote::MARKER)? {
+        Some(marker) => remote::check_format(&marker, &url)?,
+        None => bail!(
             "{url} is not a biodc remote (no {}): push to it first",
             remote::MARKER
-        );
+        ),
     }
     let _lock = repo.lock()?;
     let branches = remote_branches(&backend)?;

@@ -3,13 +3,14 @@
 
 use super::{current_branch, listed_ids, next_entry, remote_tip, tracking_ref};
 use crate::history::{loose, CommitId};
-use crate::remote::{self, git_key, object_key, Created, Remotes};
+use crate::remote::pack::{self, Inventory};
+use crate::remote::{self, git_key, Created, Remotes};
 use crate::repo::Repo;
 use crate::store::ObjectId;
 use crate::version::DatasetVersion;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct PushParams {
     pub branch: Option<String>,
     /// Concurrent uploads.
     pub jobs: usize,
+    /// Objects are sent in packs of about this many bytes.
+    pub pack_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +35,8 @@ pub struct PushReport {
     pub up_to_date: bool,
     pub versions_sent: usize,
     pub objects_sent: usize,
+    /// Packs the objects went in.
+    pub packs_sent: usize,
     pub git_objects_sent: usize,
     pub bytes_sent: u64,
     pub seconds: f64,
@@ -59,6 +64,7 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
         up_to_date: false,
         versions_sent: 0,
         objects_sent: 0,
+        packs_sent: 0,
         git_objects_sent: 0,
         bytes_sent: 0,
         seconds: 0.0,
@@ -81,7 +87,13 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
             );
         }
     }
-    backend.put(remote::MARKER, br#"{"format": 1}"#.to_vec())?;
+    if let Some(marker) = backend.get(remote::MARKER)? {
+        remote::check_format(&marker, &url)?;
+    }
+    backend.put(
+        remote::MARKER,
+        format!("{{\"format\": {}}}", remote::FORMAT).into_bytes(),
+    )?;
     backend.put(
         remote::CONFIG,
         std::fs::read(repo.dot().join("config.toml")).unwrap_or_default(),
@@ -95,47 +107,70 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
     let commits = repo.history.commits_to_send(&[tip], &known)?;
     report.versions_sent = commits.len();
 
-    // Data objects the new versions name that the remote lacks.
-    let remote_objects: HashSet<ObjectId> = listed_ids(&backend, "objects")?
+    // Data objects the new versions name that the remote lacks (packed, or loose as format 1
+    // remotes hold them), in the order the versions name them: a stack's tiles stay together.
+    let packed = Inventory::read(&backend, Some(&remote::index_cache(repo.dot())), p.jobs)?;
+    let unpacked: HashSet<ObjectId> = listed_ids(&backend, "objects")?
         .iter()
         .filter_map(|h| ObjectId::from_hex(h).ok())
         .collect();
-    let mut wanted = BTreeSet::new();
+    let mut seen = HashSet::new();
+    let mut wanted = Vec::new();
     for &c in &commits {
         let v = DatasetVersion::load(&repo.history, c)?;
-        wanted.extend(
-            v.object_refs()
-                .into_iter()
-                .map(|(_, id)| id)
-                .filter(|id| !remote_objects.contains(id)),
-        );
+        for (_, id) in v.object_refs() {
+            if !packed.contains(&id) && !unpacked.contains(&id) && seen.insert(id) {
+                wanted.push(id);
+            }
+        }
     }
-    let wanted: Vec<ObjectId> = wanted.into_iter().collect();
-    if let Some(id) = wanted.iter().find(|id| !repo.store.contains(id)) {
-        bail!(
-            "object {id} is named by a version being pushed but is neither here nor on {}: nothing was moved (run `biodc fsck`)",
-            p.remote
-        );
+    let store = &repo.store;
+    let mut sizes = Vec::with_capacity(wanted.len());
+    for id in &wanted {
+        match std::fs::metadata(store.path_of(id)) {
+            Ok(m) => sizes.push(m.len()),
+            Err(_) => bail!(
+                "object {id} is named by a version being pushed but is neither here nor on {}: nothing was moved (run `biodc fsck`)",
+                p.remote
+            ),
+        }
     }
+    let groups = pack::plan(&sizes, p.pack_bytes.max(1));
     let sent = AtomicU64::new(0);
     let pb = crate::progress::bar(wanted.len() as u64, "push objects", false);
-    let keys: Vec<String> = wanted.iter().map(object_key).collect();
-    let store = &repo.store;
-    backend.put_many(
-        &keys,
+    backend.put_groups(
+        groups.len(),
         p.jobs,
-        &|i| {
-            let path = store.path_of(&wanted[i]);
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        &|g| {
+            let objects = wanted[groups[g].clone()]
+                .iter()
+                .map(|id| {
+                    let path = store.path_of(id);
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Ok((*id, bytes))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pack = pack::build(objects);
+            // The pack first, its index last: an index names only a pack that has arrived.
+            Ok(vec![
+                (pack::pack_key(&pack.name), pack.bytes),
+                (pack::index_key(&pack.name), pack.index),
+            ])
         },
-        &|_, n| {
+        &|g, k, n| {
             sent.fetch_add(n as u64, Ordering::Relaxed);
-            pb.inc(1);
-            crate::failpoint::hit("push:object");
+            if k == 0 {
+                crate::failpoint::hit("push:before-index");
+            } else {
+                pb.inc(groups[g].len() as u64);
+                crate::failpoint::hit("push:pack");
+            }
         },
     )?;
     pb.finish_and_clear();
     report.objects_sent = wanted.len();
+    report.packs_sent = groups.len();
     crate::failpoint::hit("push:after-objects");
 
     // History: trees and blobs, then commits parents first.

@@ -176,6 +176,17 @@ pub fn object_names(dir: &Path) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// Names of the store objects a remote (a URL; a folder's relative to `base`) holds in packs
+/// whose index has arrived.
+pub fn remote_object_names(url: &str, base: &Path) -> std::collections::BTreeSet<String> {
+    let backend = biodc::remote::open(url, base, false).unwrap();
+    biodc::remote::pack::Inventory::read(&backend, None, 2)
+        .unwrap()
+        .ids()
+        .map(|id| id.to_hex())
+        .collect()
+}
+
 /// Two imported stacks of 1×128×128 in 64² patches from synthetic seed `seed`:
 /// (tmp, project, cohort, the patch ids).
 pub fn small_project(seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf, Vec<String>) {
