@@ -213,6 +213,8 @@ impl Repo {
             timings_ms: Default::default(),
             summary: summary.into(),
             merged: None,
+            shards: Vec::new(),
+            job_script: None,
         }
     }
 

@@ -86,12 +86,18 @@ pub fn pretrain(dir: &Path, a: PretrainArgs) -> Result<i32> {
 
 /// Embed every patch with a pretrained encoder (256-dim, L2-normalised).
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  biodc embed --model mae")]
+#[command(
+    after_help = "Examples:\n  biodc embed --model mae\n  seq 0 3 | xargs -P 4 -I{} biodc embed --model mae --shard {}/4 && biodc gather"
+)]
 pub struct EmbedArgs {
     #[arg(long, default_value = "mae")]
     pub model: String,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Compute only shard I of N (0 to N−1; `auto` from a Slurm job array) and commit
+    /// nothing: `biodc gather` commits once all N shards are done.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -104,6 +110,11 @@ pub fn embed(dir: &Path, a: EmbedArgs) -> Result<i32> {
         batch: a.batch,
         fresh: false,
     };
+    if let Some(spec) = &a.shard {
+        let spec = stages::shard::ShardSpec::parse(spec)?;
+        let r = stages::shard::run_shard::<embed::Embed>(&repo, &params, spec)?;
+        return super::shards::print_shard(&r, a.json);
+    }
     let (commit, r) = stages::run(&repo, |repo, head, v| embed::embed(repo, head, v, &params))?;
     if a.json {
         return print_json(&r);

@@ -94,5 +94,12 @@ pub fn gc(dir: &Path, a: GcArgs) -> Result<i32> {
         r.bytes as f64 / 1e6,
         r.kept
     );
+    if !r.abandoned_shard_runs.is_empty() {
+        println!(
+            "dropped {} sharded runs computed on versions no branch is at any more: {}",
+            r.abandoned_shard_runs.len(),
+            r.abandoned_shard_runs.join(", ")
+        );
+    }
     Ok(0)
 }

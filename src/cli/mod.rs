@@ -8,6 +8,7 @@ mod maintenance;
 mod models;
 mod refs;
 mod remote;
+mod shards;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -66,6 +67,7 @@ pub enum Verb {
     Pull(remote::PullArgs),
     Clone(remote::CloneArgs),
     Merge(refs::MergeArgs),
+    Gather(shards::GatherArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -109,6 +111,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Pull(a) => remote::pull(&dir, a),
         Verb::Clone(a) => remote::clone(&dir, a),
         Verb::Merge(a) => refs::merge(&dir, a),
+        Verb::Gather(a) => shards::gather(&dir, a),
     }
 }
 

@@ -226,6 +226,10 @@ pub struct SegmentArgs {
     /// Revision to read (default HEAD).
     #[arg(long)]
     pub rev: Option<String>,
+    /// Segment only shard I of N of the stacks (0 to N−1; `auto` from a Slurm job array);
+    /// the shards write into the same --out.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -237,7 +241,27 @@ pub fn segment(dir: &Path, a: SegmentArgs) -> Result<i32> {
         anyhow::bail!("name the stacks to segment, or pass --all");
     }
     let (_, version) = repo.version(a.rev.as_deref())?;
-    let done = segment::segment(&repo, &version, &a.model, &a.stacks, &a.out)?;
+    let mut stacks = a.stacks.clone();
+    if let Some(spec) = &a.shard {
+        let spec = stages::shard::ShardSpec::parse(spec)?;
+        let all: Vec<String> = if stacks.is_empty() {
+            version.stacks.keys().cloned().collect()
+        } else {
+            stacks
+        };
+        stacks = all[spec.slice(all.len())].to_vec();
+        if stacks.is_empty() {
+            if a.json {
+                return print_json(&Vec::<segment::SegmentedStack>::new());
+            }
+            println!(
+                "shard {}/{}: no stack falls to this shard",
+                spec.index, spec.count
+            );
+            return Ok(0);
+        }
+    }
+    let done = segment::segment(&repo, &version, &a.model, &stacks, &a.out)?;
     if a.json {
         return print_json(&done);
     }
@@ -297,6 +321,11 @@ pub struct MonitorArgs {
     pub per_class: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Score only shard I of N of the stacks (0 to N−1; `auto` from a Slurm job array) and
+    /// commit nothing: `biodc gather` commits once all N shards are done. Stacks must be
+    /// in the repository already (import them first).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -311,6 +340,12 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
     let (files, mut names): (Vec<String>, Vec<String>) =
         a.stacks.into_iter().partition(|s| Path::new(s).exists());
     let mut import_commit = None;
+    if !files.is_empty() && a.shard.is_some() {
+        anyhow::bail!(
+            "shards do not import (each would make its own version): import {} first with `biodc import`, then score the stacks by name or with --all",
+            files.join(" ")
+        );
+    }
     if !files.is_empty() {
         let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
         for f in crate::io::files::tiff_files(&paths)? {
@@ -355,6 +390,11 @@ pub fn monitor(dir: &Path, a: MonitorArgs) -> Result<i32> {
         },
         keep_predictions: false,
     };
+    if let Some(spec) = &a.shard {
+        let spec = stages::shard::ShardSpec::parse(spec)?;
+        let r = stages::shard::run_shard::<monitor::Monitor>(&repo, &params, spec)?;
+        return super::shards::print_shard(&r, a.json);
+    }
     let (commit, r) = stages::run(&repo, |repo, head, v| {
         monitor::monitor(repo, head, v, &params)
     })?;

@@ -10,7 +10,7 @@ use super::{patches::PatchList, Next};
 use crate::history::CommitId;
 use crate::nn::{checkpoint, data::batch, mae::MaeConfig, mae::EMBED_DIM};
 use crate::repo::Repo;
-use crate::store::{Filter, Kind};
+use crate::store::{Filter, Kind, ObjectId};
 use crate::version::{DatasetVersion, EmbeddingManifest, ModelManifest};
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -65,13 +65,13 @@ impl super::Stage for Embed {
     }
 }
 
-pub fn embed(
+/// The encoder `params.model` names (checked to be one, for these patches) and the patches.
+fn prepare<'v>(
     repo: &Repo,
-    _head: CommitId,
-    mut version: DatasetVersion,
+    version: &'v DatasetVersion,
     params: &EmbedParams,
-) -> Result<(Next, EmbedReport)> {
-    let started = Instant::now();
+    dev: &Device,
+) -> Result<(ModelManifest, crate::nn::mae::Mae, PatchList<'v>)> {
     let model = version
         .models
         .get(&params.model)
@@ -88,9 +88,8 @@ pub fn embed(
         model.name,
         model.kind
     );
-    let dev = Device::Cpu;
-    let mae = load_mae(repo, &model, &dev)?;
-    let list = PatchList::all(&version)?;
+    let mae = load_mae(repo, &model, dev)?;
+    let list = PatchList::all(version)?;
     anyhow::ensure!(
         list.size == mae.cfg.encoder.image_size,
         "patches are {}×{} but model {} was trained on {}×{}",
@@ -100,6 +99,42 @@ pub fn embed(
         mae.cfg.encoder.image_size,
         mae.cfg.encoder.image_size
     );
+    Ok((model, mae, list))
+}
+
+/// Pooled features of the patches `todo` (indices into `list`), `batch` at a time;
+/// `each(i, row)` as each is computed.
+fn pooled(
+    repo: &Repo,
+    mae: &crate::nn::mae::Mae,
+    list: &PatchList,
+    todo: &[usize],
+    batch_size: usize,
+    dev: &Device,
+    mut each: impl FnMut(usize, Vec<f32>),
+) -> Result<()> {
+    let pb = crate::progress::bar(todo.len() as u64, "embed", false);
+    for chunk in todo.chunks(batch_size.max(1)) {
+        let x = batch(&list.load(&repo.store, chunk)?, list.size, dev)?;
+        let out: Vec<Vec<f32>> = mae.pooled(&x)?.to_vec2()?;
+        for (&i, v) in chunk.iter().zip(out) {
+            each(i, v);
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+pub fn embed(
+    repo: &Repo,
+    _head: CommitId,
+    version: DatasetVersion,
+    params: &EmbedParams,
+) -> Result<(Next, EmbedReport)> {
+    let started = Instant::now();
+    let dev = Device::Cpu;
+    let (model, mae, list) = prepare(repo, &version, params, &dev)?;
     let cache = repo.cache()?;
     let tree = format!("pooled-{}", model.checkpoint.to_hex());
     let mut rows: Vec<Option<Vec<f32>>> = list
@@ -112,24 +147,42 @@ pub fn embed(
         })
         .collect();
     let todo: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_none()).collect();
-    let pb = crate::progress::bar(todo.len() as u64, "embed", false);
-    for chunk in todo.chunks(params.batch.max(1)) {
-        let x = batch(&list.load(&repo.store, chunk)?, list.size, &dev)?;
-        let out: Vec<Vec<f32>> = mae.pooled(&x)?.to_vec2()?;
-        for (&i, v) in chunk.iter().zip(out) {
-            if !params.fresh {
-                cache.put(&tree, &list.items[i].1.tile.0, &v);
-            }
-            rows[i] = Some(v);
+    pooled(repo, &mae, &list, &todo, params.batch, &dev, |i, v| {
+        if !params.fresh {
+            cache.put(&tree, &list.items[i].1.tile.0, &v);
         }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
+        rows[i] = Some(v);
+    })?;
     cache.flush();
     let rows: Vec<Vec<f32>> = rows
         .into_iter()
         .map(|r| r.expect("every row embedded"))
         .collect();
+    let patches = list.ids();
+    finish(
+        repo,
+        version,
+        params,
+        &model,
+        patches,
+        rows,
+        todo.len(),
+        started,
+    )
+}
+
+/// The embedding of `rows` (every patch's pooled features, in `list` order) as the next version.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    repo: &Repo,
+    mut version: DatasetVersion,
+    params: &EmbedParams,
+    model: &ModelManifest,
+    patches: Vec<String>,
+    rows: Vec<Vec<f32>>,
+    computed: usize,
+    started: Instant,
+) -> Result<(Next, EmbedReport)> {
     let matrix: Vec<u8> = centred_unit_rows(&rows)
         .iter()
         .flat_map(|v| v.to_le_bytes())
@@ -141,7 +194,7 @@ pub fn embed(
         matrix: id,
         rows: rows.len(),
         dim: EMBED_DIM,
-        patches: list.items.iter().map(|(_, p)| p.id.clone()).collect(),
+        patches,
     };
     version.embeddings.insert(model.name.clone(), manifest);
     let seconds = started.elapsed().as_secs_f64();
@@ -149,8 +202,8 @@ pub fn embed(
         "embed {}: {} patches → {EMBED_DIM}-dim vectors ({} computed, {} cached)",
         model.name,
         rows.len(),
-        todo.len(),
-        rows.len() - todo.len()
+        computed,
+        rows.len() - computed
     );
     let mut record = <Embed as super::Stage>::record(repo, params, &summary)?;
     record
@@ -164,11 +217,78 @@ pub fn embed(
         .insert("embed".into(), (seconds * 1000.0) as u64);
     let report = EmbedReport {
         patches: rows.len(),
-        computed: todo.len(),
+        computed,
         seconds,
-        patches_per_second: todo.len() as f64 / seconds.max(1e-9),
+        patches_per_second: computed as f64 / seconds.max(1e-9),
     };
     Ok((Some((version, record)), report))
+}
+
+/// A shard's part of an embedding: the pooled features of patches `start..start + rows`.
+#[derive(Serialize, serde::Deserialize)]
+struct EmbedShard {
+    start: usize,
+    rows: usize,
+    pooled: ObjectId,
+}
+
+impl super::shard::Sharded for Embed {
+    fn run_shard(
+        repo: &Repo,
+        version: &DatasetVersion,
+        params: &EmbedParams,
+        spec: super::shard::ShardSpec,
+    ) -> Result<(Vec<ObjectId>, serde_json::Value)> {
+        let dev = Device::Cpu;
+        let (_, mae, list) = prepare(repo, version, params, &dev)?;
+        let range = spec.slice(list.items.len());
+        let todo: Vec<usize> = range.clone().collect();
+        let mut bytes = Vec::with_capacity(todo.len() * EMBED_DIM * 4);
+        pooled(repo, &mae, &list, &todo, params.batch, &dev, |_, v| {
+            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()))
+        })?;
+        let (id, _) = repo.store.put(Kind::Matrix, Filter::Shuffle(4), &bytes)?;
+        let part = EmbedShard {
+            start: range.start,
+            rows: todo.len(),
+            pooled: id,
+        };
+        Ok((vec![id], serde_json::to_value(part)?))
+    }
+
+    fn gather(
+        repo: &Repo,
+        _head: CommitId,
+        version: DatasetVersion,
+        params: &EmbedParams,
+        results: &[serde_json::Value],
+    ) -> Result<(Next, EmbedReport)> {
+        let started = Instant::now();
+        let model = version.model(&params.model)?.clone();
+        let list = PatchList::all(&version)?;
+        let mut rows: Vec<Vec<f32>> = Vec::with_capacity(list.items.len());
+        for r in results {
+            let part: EmbedShard = super::shard::result(<Embed as super::Stage>::VERB, r)?;
+            anyhow::ensure!(
+                part.start == rows.len(),
+                "embed shards do not tile the patches: one starts at {}, expected {}",
+                part.start,
+                rows.len()
+            );
+            let m = repo
+                .store
+                .get_f32_matrix(&part.pooled, part.rows, EMBED_DIM)?;
+            rows.extend(m.chunks(EMBED_DIM).map(<[f32]>::to_vec));
+        }
+        anyhow::ensure!(
+            rows.len() == list.items.len(),
+            "the embed shards hold {} rows, the version has {} patches",
+            rows.len(),
+            list.items.len()
+        );
+        let (n, patches) = (rows.len(), list.ids());
+        finish(repo, version, params, &model, patches, rows, n, started)
+    }
 }
 
 /// Leave-one-out k-NN accuracy of condition labels on one embedding, beside two baselines on

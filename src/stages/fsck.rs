@@ -187,6 +187,8 @@ pub struct GcReport {
     pub removed: usize,
     pub bytes: u64,
     pub kept: usize,
+    /// Sharded runs dropped: computed on a version that is no longer a branch's tip or HEAD.
+    pub abandoned_shard_runs: Vec<String>,
 }
 
 /// Removes every object no reachable version names, and stray files. Refuses to run when some
@@ -196,15 +198,20 @@ pub fn gc(repo: &Repo) -> Result<GcReport> {
     let mut report = FsckReport::default();
     let mut keep = referenced(repo, &mut report)?;
     keep.extend(repo.pending_objects()?);
+    // Shards of a run that can still be gathered keep their objects.
+    let (shard_objects, abandoned) = super::shard::live_objects(repo)?;
+    keep.extend(shard_objects);
     anyhow::ensure!(
         report.history.is_empty(),
         "history is damaged; run `biodc fsck`: {}",
         report.history.join("; ")
     );
+    super::shard::remove_runs(repo, &abandoned)?;
     let (removed, bytes) = repo.store.sweep(&keep)?;
     Ok(GcReport {
         removed,
         bytes,
         kept: keep.len(),
+        abandoned_shard_runs: abandoned,
     })
 }

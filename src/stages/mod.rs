@@ -22,6 +22,7 @@ pub mod pretrain;
 pub mod qc;
 pub mod reproduce;
 pub mod segment;
+pub mod shard;
 pub mod train;
 
 use crate::history::CommitId;

@@ -176,36 +176,30 @@ impl super::Stage for Monitor {
     }
 }
 
-pub fn monitor(
+/// RCA lines of stacks `names` (in that order), each with run number `run`.
+fn score_stacks(
     repo: &Repo,
-    _head: CommitId,
-    mut version: DatasetVersion,
+    version: &DatasetVersion,
     params: &MonitorParams,
-) -> Result<(Next, MonitorReport)> {
-    let started = Instant::now();
+    names: &[String],
+    run: u64,
+    predictions: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<Vec<RcaRecord>> {
     let m = version.model(&params.model)?.clone();
     let net = SegmentationModel::load(&repo.store, &m)?;
-    let (ref_ids, references, size) = references(repo, &version, &params.reference)?;
-    let names: Vec<String> = if params.stacks.is_empty() {
-        version.stacks.keys().cloned().collect()
-    } else {
-        params.stacks.clone()
-    };
+    let (ref_ids, references, size) = references(repo, version, &params.reference)?;
     let forest = PixelClassifierParams {
         seed: params.seed,
         ..params.classifier.clone()
     };
-    let earlier = version.rca_lines()?;
-    let run = earlier.iter().map(|l| l.run).max().unwrap_or(0) + 1;
     let pb = crate::progress::bar(names.len() as u64, "monitor", false);
     let mut scores = Vec::new();
-    let mut predictions = BTreeMap::new();
-    for name in &names {
+    for name in names {
         let Some(stack) = version.stacks.get(name) else {
             bail!("no stack named {name:?} in this version");
         };
         let [_, h, w] = stack.shape;
-        let slices = super::segment::stack_slices(&repo.store, &version, stack)?;
+        let slices = super::segment::stack_slices(&repo.store, version, stack)?;
         let pred = super::segment::segment_slices(&net, &slices, h, w)?;
         let r = rca(&slices, &pred, h, w, &references, size, &forest)?;
         let on: usize = pred
@@ -231,6 +225,51 @@ pub fn monitor(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    Ok(scores)
+}
+
+/// The stacks a run scores, and its run number (one more than the version's last).
+fn stacks_and_run(version: &DatasetVersion, params: &MonitorParams) -> Result<(Vec<String>, u64)> {
+    let names: Vec<String> = if params.stacks.is_empty() {
+        version.stacks.keys().cloned().collect()
+    } else {
+        params.stacks.clone()
+    };
+    let run = version
+        .rca_lines()?
+        .iter()
+        .map(|l| l.run)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    Ok((names, run))
+}
+
+pub fn monitor(
+    repo: &Repo,
+    _head: CommitId,
+    version: DatasetVersion,
+    params: &MonitorParams,
+) -> Result<(Next, MonitorReport)> {
+    let started = Instant::now();
+    let (names, run) = stacks_and_run(&version, params)?;
+    let mut predictions = BTreeMap::new();
+    let scores = score_stacks(repo, &version, params, &names, run, &mut predictions)?;
+    finish(repo, version, params, &names, scores, predictions, started)
+}
+
+/// The version with this run's lines `scores` (of stacks `names`) in its RCA file.
+fn finish(
+    repo: &Repo,
+    mut version: DatasetVersion,
+    params: &MonitorParams,
+    names: &[String],
+    mut scores: Vec<RcaRecord>,
+    predictions: BTreeMap<String, Vec<u8>>,
+    started: Instant,
+) -> Result<(Next, MonitorReport)> {
+    let earlier = version.rca_lines()?;
+    let reference_count = references(repo, &version, &params.reference)?.0.len();
     // One line per (stack, model): this run's lines replace earlier ones of the same pair.
     let mut lines: Vec<RcaRecord> = earlier
         .into_iter()
@@ -256,7 +295,7 @@ pub fn monitor(
         scores.len(),
         params.model,
         params.reference,
-        ref_ids.len(),
+        reference_count,
         scores.first().map_or(f64::NAN, |s| s.rca),
         alarms.len(),
         params.alarm
@@ -278,4 +317,52 @@ pub fn monitor(
             predictions,
         },
     ))
+}
+
+impl super::shard::Sharded for Monitor {
+    fn run_shard(
+        repo: &Repo,
+        version: &DatasetVersion,
+        params: &MonitorParams,
+        spec: super::shard::ShardSpec,
+    ) -> Result<(Vec<crate::store::ObjectId>, serde_json::Value)> {
+        let (names, run) = stacks_and_run(version, params)?;
+        let mine = &names[spec.slice(names.len())];
+        let scores = score_stacks(repo, version, params, mine, run, &mut BTreeMap::new())?;
+        Ok((Vec::new(), serde_json::to_value(scores)?))
+    }
+
+    fn gather(
+        repo: &Repo,
+        _head: CommitId,
+        version: DatasetVersion,
+        params: &MonitorParams,
+        results: &[serde_json::Value],
+    ) -> Result<(Next, MonitorReport)> {
+        let started = Instant::now();
+        let (names, _) = stacks_and_run(&version, params)?;
+        let mut scores: Vec<RcaRecord> = Vec::new();
+        for r in results {
+            scores.extend(super::shard::result::<Vec<RcaRecord>>(
+                <Monitor as super::Stage>::VERB,
+                r,
+            )?);
+        }
+        let got: Vec<&String> = scores.iter().map(|s| &s.stack).collect();
+        anyhow::ensure!(
+            got.len() == names.len() && got.iter().zip(&names).all(|(a, b)| *a == b),
+            "the monitor shards scored {} stacks, the run covers {}",
+            got.len(),
+            names.len()
+        );
+        finish(
+            repo,
+            version,
+            params,
+            &names,
+            scores,
+            BTreeMap::new(),
+            started,
+        )
+    }
 }

@@ -36,6 +36,11 @@ impl<'a> PatchList<'a> {
         self.items.len()
     }
 
+    /// The patches' ids, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.items.iter().map(|(_, p)| p.id.clone()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

@@ -230,6 +230,22 @@ pub struct StageRecord {
     /// A merge's second parent (the version merged into `parent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<String>,
+    /// The shards a gathered run was computed in (empty: one process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardInfo>,
+    /// The batch script that submitted the shards (`biodc slurm`), as it was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_script: Option<String>,
+}
+
+/// One shard of a gathered run: where and when it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub host: String,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+    pub seconds: f64,
 }
 
 /// Tile origins along one axis of length `len` for tile edge `tile`: a regular grid, plus one

@@ -1,0 +1,210 @@
+//! Sharded runs (`--shard I/N`, `gather`): three shards run by `xargs -P 2` give the same
+//! version, objects and files as one process; a missing shard, or shards computed on another
+//! version, are refused with the reason; `gc` drops abandoned shard data.
+
+mod common;
+
+use biodc::version::DatasetVersion;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// A project with an encoder and a segmenter trained on an annotated core set, and an
+/// identical copy of it: (tmp, one, other).
+fn twin_projects() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (tmp, project, cohort) = project_with(Cohort {
+        stacks: 6,
+        shape: "1,224,224",
+        seed: 3,
+        patch: 112,
+        defects: false,
+    });
+    import_cohort(&project, &cohort);
+    ok(
+        &project,
+        &[
+            "pretrain",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "4",
+            "--seed",
+            "1",
+        ],
+    );
+    // The core set needs embeddings (the twins then embed again, from one parent).
+    ok(&project, &["embed"]);
+    ok(&project, &["coreset", "-k", "4"]);
+    let masks = tmp.path().join("masks");
+    expert(&project, &cohort, "coreset", None, &masks);
+    ok(
+        &project,
+        &["annotate", masks.to_str().unwrap(), "--round", "core"],
+    );
+    ok(
+        &project,
+        &[
+            "train",
+            "--name",
+            "M0",
+            "--max-steps",
+            "4",
+            "--batch",
+            "4",
+            "--seed",
+            "1",
+        ],
+    );
+    let other = tmp.path().join("other");
+    let status = std::process::Command::new("cp")
+        .args(["-a", project.to_str().unwrap(), other.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The twin embeds from scratch too: no cached rows.
+    std::fs::remove_dir_all(other.join(".biodc/cache.sled")).ok();
+    (tmp, project, other)
+}
+
+/// Runs `biodc ARGS --shard {i}/3` for i in 0..3 through `xargs -P 2`.
+fn three_shards(dir: &Path, args: &str) {
+    let bin = assert_cmd::cargo::cargo_bin("biodc");
+    let script = format!(
+        "seq 0 2 | xargs -P 2 -I{{}} {} -C {} {args} --shard {{}}/3",
+        bin.display(),
+        dir.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn version(dir: &Path) -> DatasetVersion {
+    let repo = biodc::repo::Repo::discover(dir).unwrap();
+    let (_, mut v) = repo.version(None).unwrap();
+    v.stage = None;
+    v
+}
+
+#[test]
+fn three_shards_give_what_one_process_gives() {
+    let (tmp, one, other) = twin_projects();
+
+    ok(&one, &["embed", "--batch", "5"]);
+    three_shards(&other, "embed --batch 5");
+    let pending = walkdir::WalkDir::new(other.join(".biodc/shards"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count();
+    assert_eq!(pending, 3, "one record per shard");
+    let g = json(&other, &["gather", "--json"]);
+    assert_eq!(g["shards"], 3);
+    assert_eq!(version(&one), version(&other), "embed: same version");
+    let embedded = head(&other);
+    let record = json(&other, &["show", "--json"]);
+    assert_eq!(
+        record["stage"]["shards"].as_array().map(Vec::len),
+        Some(3),
+        "{record}"
+    );
+
+    let monitor = "monitor --model M0 --all --trees 8 --per-class 2000";
+    ok(&one, &monitor.split(' ').collect::<Vec<_>>());
+    three_shards(&other, monitor);
+    ok(&other, &["gather"]);
+    assert_eq!(version(&one), version(&other), "monitor: same version");
+
+    // The shards' own objects are unreachable once gathered; then the stores are the same.
+    ok(&one, &["gc"]);
+    ok(&other, &["gc"]);
+    assert_eq!(
+        object_names(&one.join(".biodc/objects")),
+        object_names(&other.join(".biodc/objects"))
+    );
+    let r = json(&other, &["reproduce", "HEAD", "--json"]);
+    assert_eq!(r["identical"], true, "{r}");
+    let r = json(&other, &["reproduce", &embedded, "--json"]);
+    assert_eq!(r["identical"], true, "{r}");
+
+    let a = tmp.path().join("masks-one");
+    let b = tmp.path().join("masks-sharded");
+    ok(
+        &one,
+        &[
+            "segment",
+            "--model",
+            "M0",
+            "--all",
+            "--out",
+            a.to_str().unwrap(),
+        ],
+    );
+    three_shards(
+        &other,
+        &format!("segment --model M0 --all --out {}", b.display()),
+    );
+    let files = |d: &Path| {
+        let mut f: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        f.sort();
+        f
+    };
+    assert_eq!(files(&a).len(), 6);
+    assert!(files(&a) == files(&b), "segment: same files");
+}
+
+#[test]
+fn a_missing_shard_or_another_parent_is_refused_and_gc_drops_abandoned_runs() {
+    let (_tmp, project, _) = twin_projects();
+    let before = head(&project);
+    ok(&project, &["embed", "--shard", "0/3"]);
+    ok(&project, &["embed", "--shard", "2/3"]);
+    let e = biodc(&project).args(["gather"]).output().unwrap();
+    assert!(!e.status.success());
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(msg.contains("missing shards 1/3"), "{msg}");
+    assert_eq!(head(&project), before, "nothing committed");
+
+    // HEAD moves on: the shards describe the version before.
+    ok(&project, &["embed", "--shard", "1/3"]);
+    ok(&project, &["set", "extra", "c0_s000-z0-y0000-x0000"]);
+    let e = biodc(&project).args(["gather"]).output().unwrap();
+    assert!(!e.status.success());
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(msg.contains("another version"), "{msg}");
+
+    // The run's parent is no branch's tip any more: gc drops it and its objects.
+    let gc = json(&project, &["gc", "--json"]);
+    assert_eq!(
+        gc["abandoned_shard_runs"].as_array().map(Vec::len),
+        Some(1),
+        "{gc}"
+    );
+    assert!(!project
+        .join(".biodc/shards")
+        .read_dir()
+        .unwrap()
+        .any(|_| true));
+    let f = json(&project, &["fsck", "--json"]);
+    assert_eq!(f["missing"], serde_json::json!([]));
+
+    let e = biodc(&project)
+        .args(["embed", "--shard", "3/3"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&e.stderr).contains("0 to N−1"));
+}
