@@ -161,6 +161,7 @@ impl Backend {
 
     /// Byte ranges of keys: for each request (a key and its ranges, each within the object),
     /// `each(i, bytes of every range)`; `jobs` keys at a time, near ranges fetched together.
+    /// `each` runs on a thread of its own, so downloads go on while it checks what arrived.
     pub fn get_ranges_many(
         &self,
         requests: &[(String, Vec<std::ops::Range<u64>>)],
@@ -168,21 +169,37 @@ impl Backend {
         each: &(dyn Fn(usize, Vec<Vec<u8>>) -> Result<()> + Sync),
     ) -> Result<()> {
         let store = self.store.clone();
-        self.runtime.block_on(async {
-            let mut s = futures::stream::iter(requests.iter().enumerate())
-                .map(|(i, (key, ranges))| {
-                    let store = store.clone();
-                    async move {
-                        let r = store.get_ranges(&Key::from(key.as_str()), ranges).await;
-                        (i, r)
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Vec<u8>>)>(1);
+            let consumer = scope.spawn(move || -> Result<()> {
+                for (i, parts) in rx {
+                    each(i, parts)?;
+                }
+                Ok(())
+            });
+            let downloaded = self.runtime.block_on(async {
+                let mut s = futures::stream::iter(requests.iter().enumerate())
+                    .map(|(i, (key, ranges))| {
+                        let store = store.clone();
+                        async move {
+                            let r = store.get_ranges(&Key::from(key.as_str()), ranges).await;
+                            (i, r)
+                        }
+                    })
+                    .buffer_unordered(jobs.max(1));
+                while let Some((i, r)) = s.next().await {
+                    let parts = r.map_err(|e| self.fail(&requests[i].0, e))?;
+                    let parts = parts.into_iter().map(|b| b.to_vec()).collect();
+                    if tx.send((i, parts)).is_err() {
+                        // The consumer stopped on an error, which it returns below.
+                        break;
                     }
-                })
-                .buffer_unordered(jobs.max(1));
-            while let Some((i, r)) = s.next().await {
-                let parts = r.map_err(|e| self.fail(&requests[i].0, e))?;
-                each(i, parts.into_iter().map(|b| b.to_vec()).collect())?;
-            }
-            Ok(())
+                }
+                Ok::<_, anyhow::Error>(())
+            });
+            drop(tx);
+            let checked = consumer.join().expect("the consumer thread does not panic");
+            checked.and(downloaded)
         })
     }
 

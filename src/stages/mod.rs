@@ -105,13 +105,42 @@ pub trait Stage {
 pub struct Registered {
     pub verb: &'static str,
     rerun: fn(&Repo, CommitId, DatasetVersion, &serde_json::Value) -> Result<Next>,
+    /// How shard results are assembled, for stages that shard.
+    gather: Option<GatherFn>,
 }
+
+type GatherFn =
+    fn(&Repo, CommitId, DatasetVersion, &serde_json::Value, &[serde_json::Value]) -> Result<Next>;
 
 impl Registered {
     const fn of<S: Stage>() -> Registered {
         Registered {
             verb: S::VERB,
             rerun: rerun::<S>,
+            gather: None,
+        }
+    }
+
+    const fn sharded<S: shard::Sharded>() -> Registered {
+        Registered {
+            verb: S::VERB,
+            rerun: rerun::<S>,
+            gather: Some(gather::<S>),
+        }
+    }
+
+    /// The next version from a sharded run's recorded parameters and shard results.
+    pub fn gather(
+        &self,
+        repo: &Repo,
+        head: CommitId,
+        version: DatasetVersion,
+        params: &serde_json::Value,
+        results: &[serde_json::Value],
+    ) -> Result<Next> {
+        match self.gather {
+            Some(f) => f(repo, head, version, params, results),
+            None => anyhow::bail!("{} does not run in shards", self.verb),
         }
     }
 
@@ -142,18 +171,30 @@ fn rerun<S: Stage>(
     Ok(S::run(repo, parent, version, &S::for_rerun(p))?.0)
 }
 
+fn gather<S: shard::Sharded>(
+    repo: &Repo,
+    head: CommitId,
+    version: DatasetVersion,
+    params: &serde_json::Value,
+    results: &[serde_json::Value],
+) -> Result<Next> {
+    let p: S::Params = serde_json::from_value(params.clone())
+        .with_context(|| format!("the {} shards' parameters do not parse", S::VERB))?;
+    Ok(S::gather(repo, head, version, &p, results)?.0)
+}
+
 /// Every committing verb.
 pub const REGISTRY: &[Registered] = &[
     Registered::of::<import::Import>(),
     Registered::of::<pretrain::Pretrain>(),
-    Registered::of::<embed::Embed>(),
+    Registered::sharded::<embed::Embed>(),
     Registered::of::<qc::Qc>(),
     Registered::of::<coreset::Coreset>(),
     Registered::of::<define_set::DefineSet>(),
     Registered::of::<annotate::Annotate>(),
     Registered::of::<train::Train>(),
     Registered::of::<hunt::Hunt>(),
-    Registered::of::<monitor::Monitor>(),
+    Registered::sharded::<monitor::Monitor>(),
     Registered::of::<merge::Merge>(),
 ];
 

@@ -8,7 +8,7 @@
 //! stage assemble the next version from them exactly as an unsharded run would (same order,
 //! same bytes), and commits it once, with the shards listed in the stage record.
 
-use super::{embed::Embed, monitor::Monitor, Next, Stage};
+use super::{Next, Stage};
 use crate::history::CommitId;
 use crate::repo::Repo;
 use crate::store::ObjectId;
@@ -338,23 +338,6 @@ fn complete_run(
     Ok((name, records))
 }
 
-fn gather_as<S: Sharded>(
-    repo: &Repo,
-    head: CommitId,
-    version: DatasetVersion,
-    records: &[ShardRecord],
-) -> Result<(Next, String)> {
-    let params: S::Params = serde_json::from_value(records[0].params.clone())
-        .with_context(|| format!("the {} shards' parameters do not parse", S::VERB))?;
-    let results: Vec<serde_json::Value> = records.iter().map(|r| r.result.clone()).collect();
-    let (next, _) = S::gather(repo, head, version, &params, &results)?;
-    let summary = next
-        .as_ref()
-        .map(|(_, r)| r.summary.clone())
-        .unwrap_or_default();
-    Ok((next, summary))
-}
-
 /// Commits the complete pending run `run` (default: the one computed on HEAD).
 pub fn gather(repo: &Repo, run: Option<&str>) -> Result<GatherReport> {
     let mut name = String::new();
@@ -363,11 +346,15 @@ pub fn gather(repo: &Repo, run: Option<&str>) -> Result<GatherReport> {
     let mut summary = String::new();
     let (commit, ()) = super::run(repo, |repo, head, version| {
         let (n, records) = complete_run(repo, head, run)?;
-        let (next, s) = match records[0].verb.as_str() {
-            v if v == Embed::VERB => gather_as::<Embed>(repo, head, version, &records)?,
-            v if v == Monitor::VERB => gather_as::<Monitor>(repo, head, version, &records)?,
-            other => bail!("{other} runs cannot be gathered by this biodc"),
-        };
+        let this_verb = &records[0].verb;
+        let stage = super::registered(this_verb)
+            .with_context(|| format!("{this_verb} runs cannot be gathered by this biodc"))?;
+        let results: Vec<serde_json::Value> = records.iter().map(|r| r.result.clone()).collect();
+        let next = stage.gather(repo, head, version, &records[0].params, &results)?;
+        let s = next
+            .as_ref()
+            .map(|(_, r)| r.summary.clone())
+            .unwrap_or_default();
         let next = next.map(|(v, mut record)| {
             record.shards = records
                 .iter()
