@@ -21,6 +21,7 @@ pub mod repo;
 pub mod report;
 pub mod segmentation;
 pub mod select;
+pub mod slurm;
 pub mod stages;
 pub mod stats;
 pub mod store;

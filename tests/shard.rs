@@ -208,3 +208,101 @@ fn a_missing_shard_or_another_parent_is_refused_and_gc_drops_abandoned_runs() {
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("0 to N−1"));
 }
+
+/// Whether a Slurm cluster answers here (`sinfo` runs and lists a partition).
+fn slurm_cluster() -> Result<(), String> {
+    match std::process::Command::new("sinfo").arg("-h").output() {
+        Ok(o) if o.status.success() && !o.stdout.is_empty() => Ok(()),
+        Ok(o) => Err(format!(
+            "sinfo failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("no sinfo ({e})")),
+    }
+}
+
+#[test]
+fn a_slurm_job_array_runs_its_shards_and_the_gather_job_commits_them() {
+    let (_tmp, project, _) = twin_projects();
+    let before = head(&project);
+    let submitted = json(
+        &project,
+        &[
+            "slurm",
+            "--shards",
+            "3",
+            "--dry-run",
+            "--json",
+            "--",
+            "embed",
+            "--batch",
+            "5",
+        ],
+    );
+    let array = PathBuf::from(submitted["array_script"].as_str().unwrap());
+    let gather = PathBuf::from(submitted["gather_script"].as_str().unwrap());
+    let text = std::fs::read_to_string(&array).unwrap();
+    assert!(text.contains("#SBATCH --array=0-2"), "{text}");
+    assert!(text.contains("embed --batch 5 --shard auto"), "{text}");
+    assert!(submitted["commands"][1]
+        .as_str()
+        .unwrap()
+        .contains("--dependency=afterok:"));
+    match slurm_cluster() {
+        Ok(()) => {
+            let r = json(
+                &project,
+                &[
+                    "slurm", "--shards", "3", "--json", "--", "embed", "--batch", "5",
+                ],
+            );
+            assert!(r["gather_job"].as_str().is_some(), "{r}");
+            // Wait for the gather job to move HEAD.
+            let start = std::time::Instant::now();
+            while head(&project) == before {
+                assert!(
+                    start.elapsed().as_secs() < 300,
+                    "the Slurm jobs did not finish in 5 minutes"
+                );
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+        }
+        Err(why) => {
+            eprintln!(
+                "note: no Slurm cluster here ({why}); running the array script as Slurm runs it, one task per index, then the gather script"
+            );
+            for i in 0..3 {
+                let out = std::process::Command::new("bash")
+                    .arg(&array)
+                    .env("SLURM_ARRAY_TASK_ID", i.to_string())
+                    .env("SLURM_ARRAY_TASK_COUNT", "3")
+                    .env("SLURM_ARRAY_TASK_MIN", "0")
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let out = std::process::Command::new("bash")
+                .arg(&gather)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let shown = json(&project, &["show", "--json"]);
+    assert_eq!(shown["stage"]["verb"], "embed");
+    assert_eq!(shown["stage"]["shards"].as_array().map(Vec::len), Some(3));
+    assert!(
+        shown["stage"]["job_script"]
+            .as_str()
+            .is_some_and(|s| s.contains("--shard auto")),
+        "{shown}"
+    );
+}

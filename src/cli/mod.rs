@@ -68,6 +68,7 @@ pub enum Verb {
     Clone(remote::CloneArgs),
     Merge(refs::MergeArgs),
     Gather(shards::GatherArgs),
+    Slurm(shards::SlurmArgs),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -112,6 +113,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Verb::Clone(a) => remote::clone(&dir, a),
         Verb::Merge(a) => refs::merge(&dir, a),
         Verb::Gather(a) => shards::gather(&dir, a),
+        Verb::Slurm(a) => shards::slurm(&dir, a),
     }
 }
 

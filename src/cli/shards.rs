@@ -58,3 +58,65 @@ pub fn gather(dir: &Path, a: GatherArgs) -> Result<i32> {
     );
     Ok(0)
 }
+
+/// Run a verb as a Slurm job array of N shards, and `biodc gather` after them.
+///
+/// Writes two batch scripts under .biodc/slurm/ — the array (each task runs the verb with
+/// `--shard auto`) and the gather job — and submits them with `sbatch`, the gather job with
+/// `--dependency=afterok` on the array. The scripts run biodc from the repository folder, which
+/// every node must see (a shared filesystem). The array's script is kept in the gathered
+/// commit's stage record.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  biodc slurm --shards 32 -- embed --model mae\n  biodc slurm --shards 8 --sbatch=--partition=gpu --sbatch=--time=1:00:00 -- monitor --model M1 --all\n  biodc slurm --shards 4 --dry-run -- segment --model M1 --all --out masks/"
+)]
+pub struct SlurmArgs {
+    /// Array tasks (shards).
+    #[arg(long)]
+    pub shards: usize,
+    /// An option for sbatch, for both jobs (repeat for more).
+    #[arg(long, allow_hyphen_values = true)]
+    pub sbatch: Vec<String>,
+    /// Write the scripts and print the sbatch commands; submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The verb and its arguments (embed, monitor or segment), after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn slurm(dir: &Path, a: SlurmArgs) -> Result<i32> {
+    let repo = Repo::discover(dir)?;
+    let r = crate::slurm::submit(
+        &repo,
+        &crate::slurm::SlurmParams {
+            command: a.command,
+            shards: a.shards,
+            sbatch: a.sbatch,
+            dry_run: a.dry_run,
+        },
+    )?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!("array script: {}", r.array_script);
+    if let Some(g) = &r.gather_script {
+        println!("gather script: {g}");
+    }
+    match (&r.array_job, &r.gather_job) {
+        (Some(a), Some(g)) => {
+            println!("submitted array job {a} and gather job {g} (after {a} succeeds)")
+        }
+        (Some(a), None) => println!("submitted array job {a}"),
+        _ => {
+            println!("not submitted (--dry-run); to submit:");
+            for c in &r.commands {
+                println!("  {c}");
+            }
+        }
+    }
+    Ok(0)
+}

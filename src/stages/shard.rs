@@ -96,6 +96,9 @@ pub struct ShardRecord {
     pub objects: Vec<ObjectId>,
     /// The stage's part of the result.
     pub result: serde_json::Value,
+    /// The batch script that ran this shard (`biodc slurm`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_script: Option<String>,
 }
 
 /// A stage whose work can be split into shards.
@@ -169,6 +172,7 @@ pub fn run_shard<S: Sharded>(
         seconds: started.elapsed().as_secs_f64(),
         objects,
         result,
+        job_script: crate::slurm::job_script(),
     };
     let dir = shards_dir(repo).join(&run);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -365,12 +369,7 @@ pub fn gather(repo: &Repo, run: Option<&str>) -> Result<GatherReport> {
                     seconds: r.seconds,
                 })
                 .collect();
-            record.job_script = std::fs::read_to_string(
-                shards_dir(repo)
-                    .join(&n)
-                    .join(crate::stages::shard::JOB_SCRIPT),
-            )
-            .ok();
+            record.job_script = records.iter().find_map(|r| r.job_script.clone());
             (v, record)
         });
         name = n;
@@ -388,9 +387,6 @@ pub fn gather(repo: &Repo, run: Option<&str>) -> Result<GatherReport> {
         summary,
     })
 }
-
-/// The batch script `biodc slurm` leaves beside a run's shards (kept in the gathered record).
-pub const JOB_SCRIPT: &str = "job.sh";
 
 /// Parses a shard's result.
 pub fn result<T: DeserializeOwned>(verb: &str, v: &serde_json::Value) -> Result<T> {
