@@ -167,24 +167,27 @@ fn three_shards_give_what_one_process_gives() {
     assert!(files(&a) == files(&b), "segment: same files");
 }
 
+/// `gather` fails: its error message.
+fn gather_fails(project: &Path) -> String {
+    let e = biodc(project).args(["gather"]).output().unwrap();
+    assert!(!e.status.success());
+    String::from_utf8_lossy(&e.stderr).into_owned()
+}
+
 #[test]
 fn a_missing_shard_or_another_parent_is_refused_and_gc_drops_abandoned_runs() {
     let (_tmp, project, _) = twin_projects();
     let before = head(&project);
     ok(&project, &["embed", "--shard", "0/3"]);
     ok(&project, &["embed", "--shard", "2/3"]);
-    let e = biodc(&project).args(["gather"]).output().unwrap();
-    assert!(!e.status.success());
-    let msg = String::from_utf8_lossy(&e.stderr);
+    let msg = gather_fails(&project);
     assert!(msg.contains("missing shards 1/3"), "{msg}");
     assert_eq!(head(&project), before, "nothing committed");
 
     // HEAD moves on: the shards describe the version before.
     ok(&project, &["embed", "--shard", "1/3"]);
     ok(&project, &["set", "extra", "c0_s000-z0-y0000-x0000"]);
-    let e = biodc(&project).args(["gather"]).output().unwrap();
-    assert!(!e.status.success());
-    let msg = String::from_utf8_lossy(&e.stderr);
+    let msg = gather_fails(&project);
     assert!(msg.contains("another version"), "{msg}");
 
     // The run's parent is no branch's tip any more: gc drops it and its objects.
