@@ -183,6 +183,18 @@ fn a_missing_shard_or_another_parent_is_refused_and_gc_drops_abandoned_runs() {
     let msg = gather_fails(&project);
     assert!(msg.contains("missing shards 1/3"), "{msg}");
     assert_eq!(head(&project), before, "nothing committed");
+    // A stray copy of a record: the same shard twice.
+    let first = walkdir::WalkDir::new(project.join(".biodc/shards"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name() == "0.json")
+        .unwrap()
+        .into_path();
+    let stray = first.with_file_name("copy.json");
+    std::fs::copy(&first, &stray).unwrap();
+    let msg = gather_fails(&project);
+    assert!(msg.contains("shard 0/3 twice"), "{msg}");
+    std::fs::remove_file(&stray).unwrap();
 
     // HEAD moves on: the shards describe the version before.
     ok(&project, &["embed", "--shard", "1/3"]);

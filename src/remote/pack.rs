@@ -162,7 +162,11 @@ impl Inventory {
         let mut indexes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut to_get = Vec::new();
         for name in &indexed {
-            match cached(name).and_then(|p| std::fs::read(p).ok()) {
+            // A cached index that does not decode (a damaged cache) is read again.
+            match cached(name)
+                .and_then(|p| std::fs::read(p).ok())
+                .filter(|b| decode_index(b, name).is_ok())
+            {
                 Some(b) => {
                     indexes.insert(name.clone(), b);
                 }

@@ -329,6 +329,12 @@ fn complete_run(
         );
     }
     let have: Vec<usize> = records.iter().map(|r| r.index).collect();
+    if let Some(twice) = have.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "run {name} ({verb}) holds shard {}/{count} twice (two records in .biodc/shards/{name} say so): remove the stray file, then gather",
+            twice[0]
+        );
+    }
     let missing: Vec<String> = (0..count)
         .filter(|i| !have.contains(i))
         .map(|i| format!("{i}/{count}"))
