@@ -271,15 +271,31 @@ fn a_slurm_job_array_runs_its_shards_and_the_gather_job_commits_them() {
                     "slurm", "--shards", "3", "--json", "--", "embed", "--batch", "5",
                 ],
             );
-            assert!(r["gather_job"].as_str().is_some(), "{r}");
-            // Wait for the gather job to move HEAD.
+            let jobs = format!(
+                "{},{}",
+                r["array_job"].as_str().unwrap(),
+                r["gather_job"].as_str().unwrap()
+            );
+            // Wait for the gather job to move HEAD, or for Slurm to have no job left.
             let start = std::time::Instant::now();
             while head(&project) == before {
-                assert!(
-                    start.elapsed().as_secs() < 300,
-                    "the Slurm jobs did not finish in 5 minutes"
-                );
-                std::thread::sleep(std::time::Duration::from_secs(2));
+                let queued = std::process::Command::new("squeue")
+                    .args(["-h", "-j", &jobs])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                if (queued.is_empty() && start.elapsed().as_secs() > 10)
+                    || start.elapsed().as_secs() > 300
+                {
+                    let logs: String = walkdir::WalkDir::new(project.join(".biodc/slurm"))
+                        .into_iter()
+                        .filter_map(Result::ok)
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "out"))
+                        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                        .collect();
+                    panic!("the Slurm jobs {jobs} ended without a gathered commit: {logs}");
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
         Err(why) => {
