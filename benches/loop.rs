@@ -202,6 +202,7 @@ fn one_seed(seed: u64, rows: &mut BTreeMap<&'static str, Vec<f64>>, speed: bool)
         seed,
         batch: 8,
         exclude: Vec::new(),
+        batch_streams: false,
     };
     let (_, h) = stages::run(&run.repo, |r, hd, v| hunt::hunt(r, hd, v, &hp)).unwrap();
     if speed {

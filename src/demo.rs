@@ -257,6 +257,7 @@ pub fn run(dir: &Path, scale: Scale, seed: u64, json: bool) -> Result<DemoOutcom
         exclude: ["blank", "duplicate", "saturated", "odd_texture"]
             .map(String::from)
             .to_vec(),
+        batch_streams: false,
     };
     let (_, h) = stages::run(&repo, |repo, head, v| hunt::hunt(repo, head, v, &hp))?;
     say(

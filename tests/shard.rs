@@ -1,6 +1,7 @@
-//! Sharded runs (`--shard I/N`, `gather`): three shards run by `xargs -P 2` give the same
-//! version, objects and files as one process; a missing shard, or shards computed on another
-//! version, are refused with the reason; `gc` drops abandoned shard data.
+//! Sharded runs (`--shard I/N`, `gather`): three shards of embed, monitor, hunt and segment
+//! run by `xargs -P 2` give the same version, objects and files as one process; a missing
+//! shard, or shards computed on another version, are refused with the reason; `gc` drops
+//! abandoned shard data.
 
 mod common;
 
@@ -120,6 +121,13 @@ fn three_shards_give_what_one_process_gives() {
     ok(&other, &["gather"]);
     assert_eq!(version(&one), version(&other), "monitor: same version");
 
+    let hunt = "hunt --model M0 --top 5 --passes 3 --batch 4 --batch-streams";
+    ok(&one, &hunt.split(' ').collect::<Vec<_>>());
+    three_shards(&other, hunt);
+    ok(&other, &["gather"]);
+    assert_eq!(version(&one), version(&other), "hunt: same version");
+    let hunted = head(&other);
+
     // The shards' own objects are unreachable once gathered; then the stores are the same.
     ok(&one, &["gc"]);
     ok(&other, &["gc"]);
@@ -129,8 +137,10 @@ fn three_shards_give_what_one_process_gives() {
     );
     let r = json(&other, &["reproduce", "HEAD", "--json"]);
     assert_eq!(r["identical"], true, "{r}");
-    let r = json(&other, &["reproduce", &embedded, "--json"]);
-    assert_eq!(r["identical"], true, "{r}");
+    for commit in [&embedded, &hunted] {
+        let r = json(&other, &["reproduce", commit, "--json"]);
+        assert_eq!(r["identical"], true, "{r}");
+    }
 
     let a = tmp.path().join("masks-one");
     let b = tmp.path().join("masks-sharded");
@@ -217,6 +227,11 @@ fn a_missing_shard_or_another_parent_is_refused_and_gc_drops_abandoned_runs() {
     let f = json(&project, &["fsck", "--json"]);
     assert_eq!(f["missing"], serde_json::json!([]));
 
+    let e = biodc(&project)
+        .args(["hunt", "--model", "M0", "--shard", "0/2"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--batch-streams"));
     let e = biodc(&project)
         .args(["embed", "--shard", "3/3"])
         .output()

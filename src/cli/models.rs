@@ -136,7 +136,7 @@ pub fn train(dir: &Path, a: TrainArgs) -> Result<i32> {
 /// and import them with `biodc annotate DIR --round critical-1`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  biodc hunt --model M0 --top 30\n  biodc hunt --model M0 --sample 2000 --passes 10"
+    after_help = "Examples:\n  biodc hunt --model M0 --top 30\n  biodc hunt --model M0 --sample 2000 --passes 10\n  seq 0 3 | xargs -P 4 -I{} biodc hunt --model M0 --batch-streams --shard {}/4 && biodc gather"
 )]
 pub struct HuntArgs {
     #[arg(long, default_value = "M0")]
@@ -162,6 +162,15 @@ pub struct HuntArgs {
     /// Skip patches with these QC flags (e.g. --exclude blank,duplicate).
     #[arg(long, value_delimiter = ',')]
     pub exclude: Vec<String>,
+    /// Give each batch its own random stream for the dropout masks (recorded), so the run can
+    /// be cut into shards; a run with it gives other masks than one without, for the same seed.
+    #[arg(long)]
+    pub batch_streams: bool,
+    /// Score only shard I of N of the candidates, in whole batches (0 to N−1; `auto` from a
+    /// Slurm job array), and commit nothing: `biodc gather` commits once all N are done.
+    /// Needs --batch-streams.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -179,7 +188,13 @@ pub fn hunt(dir: &Path, a: HuntArgs) -> Result<i32> {
         seed: a.seed,
         batch: a.batch,
         exclude: a.exclude,
+        batch_streams: a.batch_streams,
     };
+    if let Some(spec) = &a.shard {
+        let spec = stages::shard::ShardSpec::parse(spec)?;
+        let r = stages::shard::run_shard::<hunt::Hunt>(&repo, &params, spec)?;
+        return super::shards::print_shard(&r, a.json);
+    }
     let (commit, r) = stages::run(&repo, |repo, head, v| hunt::hunt(repo, head, v, &params))?;
     if a.json {
         return print_json(&r);

@@ -48,6 +48,12 @@ pub struct HuntParams {
     pub batch: usize,
     /// QC flags whose patches are skipped.
     pub exclude: Vec<String>,
+    /// Draw each batch's dropout masks from a random stream of its own (numbered by the
+    /// batch's place in the run) instead of one stream across all patches, so that the run
+    /// can be cut into shards of whole batches. Off by default: hunts recorded before it read
+    /// as off and re-run as they ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_streams: bool,
 }
 
 impl Default for HuntParams {
@@ -62,12 +68,13 @@ impl Default for HuntParams {
             seed: 0,
             batch: 8,
             exclude: Vec::new(),
+            batch_streams: false,
         }
     }
 }
 
 /// Uncertainty of one patch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatchUncertainty {
     pub patch: String,
     pub disagreement: f64,
@@ -171,20 +178,17 @@ impl super::Stage for Hunt {
     }
 }
 
-pub fn hunt(
-    repo: &Repo,
-    _head: CommitId,
-    mut version: DatasetVersion,
+/// The unannotated, unflagged patches of the model's window size that a run scores, in order
+/// (a seeded sample of them with `sample`), and the random stream after sampling.
+fn candidates(
+    version: &DatasetVersion,
     params: &HuntParams,
-) -> Result<(Next, HuntReport)> {
-    let started = Instant::now();
+    size: usize,
+) -> Result<(Vec<String>, ChaCha8Rng)> {
     anyhow::ensure!(params.passes >= 2, "--passes must be at least 2");
     anyhow::ensure!(params.top > 0, "--top must be positive");
-    let m = version.model(&params.model)?;
-    let net = SegmentationModel::load(&repo.store, m)?;
     let annotated = version.current_masks();
     let flagged = version.flagged_patches(&params.exclude)?;
-    let size = net.window();
     let mut ids: Vec<String> = version
         .all_patches()
         .filter(|(s, p)| {
@@ -203,54 +207,143 @@ pub fn hunt(
             ids.sort();
         }
     }
+    Ok((ids, rng))
+}
+
+/// The score that ranks candidates.
+fn key(params: &HuntParams, u: &PatchUncertainty) -> f64 {
+    match params.score {
+        Score::Disagreement => u.disagreement,
+        Score::Entropy => u.entropy,
+    }
+}
+
+/// Highest score first, then patch id: the order of the candidate set.
+fn rank(params: &HuntParams, a: &PatchUncertainty, b: &PatchUncertainty) -> std::cmp::Ordering {
+    key(params, b)
+        .total_cmp(&key(params, a))
+        .then(a.patch.cmp(&b.patch))
+}
+
+/// The `params.top` most uncertain of `ids`, which start at batch `first_batch` of the run;
+/// `rng` is the run's one stream (without `batch_streams`).
+fn score(
+    repo: &Repo,
+    version: &DatasetVersion,
+    net: &SegmentationModel,
+    params: &HuntParams,
+    ids: &[String],
+    first_batch: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<McResult>> {
     let pb = crate::progress::bar(ids.len() as u64, "hunt", false);
-    let mut results = Vec::with_capacity(ids.len());
-    // In chunks, so memory holds one chunk of images and maps at a time.
-    for chunk in ids.chunks(256) {
-        let images = load_images(&repo.store, &version, chunk)?;
-        let mut r = mc_dropout(
-            &net,
-            chunk,
-            &images,
-            params.passes,
-            params.batch,
-            &mut rng,
-            |n| pb.inc(n as u64),
-        )?;
-        let key = |x: &McResult| match params.score {
-            Score::Disagreement => x.scores.disagreement,
-            Score::Entropy => x.scores.entropy,
+    let batch = params.batch.max(1);
+    // In chunks, so memory holds one chunk of images and maps at a time; with a stream per
+    // batch the chunks hold whole batches, so each batch is the same wherever the run starts.
+    let chunk = if params.batch_streams {
+        batch * (256 / batch).max(1)
+    } else {
+        256
+    };
+    let mut results: Vec<McResult> = Vec::with_capacity(params.top + chunk);
+    for (c, part) in ids.chunks(chunk).enumerate() {
+        let images = load_images(&repo.store, version, part)?;
+        let mut r = if params.batch_streams {
+            let mut out = Vec::with_capacity(part.len());
+            for (k, (b_ids, b_images)) in part.chunks(batch).zip(images.chunks(batch)).enumerate() {
+                let mut stream = ChaCha8Rng::seed_from_u64(params.seed);
+                stream.set_stream((first_batch + c * chunk / batch + k) as u64 + 1);
+                out.extend(mc_dropout(
+                    net,
+                    b_ids,
+                    b_images,
+                    params.passes,
+                    batch,
+                    &mut stream,
+                    |n| pb.inc(n as u64),
+                )?);
+            }
+            out
+        } else {
+            mc_dropout(net, part, &images, params.passes, batch, rng, |n| {
+                pb.inc(n as u64)
+            })?
         };
         // Keep only what can still make the top list.
         results.append(&mut r);
-        results.sort_by(|a, b| {
-            key(b)
-                .total_cmp(&key(a))
-                .then(a.scores.patch.cmp(&b.scores.patch))
-        });
+        results.sort_by(|a, b| rank(params, &a.scores, &b.scores));
         results.truncate(params.top);
     }
     pb.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
+    Ok(results)
+}
 
+/// One pick with its stored uncertainty map and mean-prediction mask.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pick {
+    scores: PatchUncertainty,
+    uncertainty: ObjectId,
+    prediction: ObjectId,
+}
+
+/// Stores each result's entropy map and mean mask.
+fn store_picks(repo: &Repo, results: Vec<McResult>) -> Result<Vec<Pick>> {
+    results
+        .into_iter()
+        .map(|r| {
+            let bytes: Vec<u8> = r.entropy_map.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let (u, _) = repo.store.put(Kind::Matrix, Filter::Shuffle(4), &bytes)?;
+            let (p, _) = repo.store.put(Kind::Mask, Filter::None, &r.mean_mask)?;
+            Ok(Pick {
+                scores: r.scores,
+                uncertainty: u,
+                prediction: p,
+            })
+        })
+        .collect()
+}
+
+pub fn hunt(
+    repo: &Repo,
+    _head: CommitId,
+    version: DatasetVersion,
+    params: &HuntParams,
+) -> Result<(Next, HuntReport)> {
+    let started = Instant::now();
+    let m = version.model(&params.model)?.clone();
+    let net = SegmentationModel::load(&repo.store, &m)?;
+    let (ids, mut rng) = candidates(&version, params, net.window())?;
+    let results = score(repo, &version, &net, params, &ids, 0, &mut rng)?;
+    let picks = store_picks(repo, results)?;
+    finish(repo, version, params, &m, picks, ids.len(), started)
+}
+
+/// The candidate set of `picks` (the run's top, in rank order) as the next version.
+fn finish(
+    repo: &Repo,
+    mut version: DatasetVersion,
+    params: &HuntParams,
+    m: &crate::version::ModelManifest,
+    picks: Vec<Pick>,
+    scored: usize,
+    started: Instant,
+) -> Result<(Next, HuntReport)> {
+    let seconds = started.elapsed().as_secs_f64();
     let name = params.name.clone().unwrap_or_else(|| next_name(&version));
     let mut uncertainty: BTreeMap<String, ObjectId> = BTreeMap::new();
     let mut prediction: BTreeMap<String, ObjectId> = BTreeMap::new();
-    for r in &results {
-        let bytes: Vec<u8> = r.entropy_map.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let (u, _) = repo.store.put(Kind::Matrix, Filter::Shuffle(4), &bytes)?;
-        let (p, _) = repo.store.put(Kind::Mask, Filter::None, &r.mean_mask)?;
-        uncertainty.insert(r.scores.patch.clone(), u);
-        prediction.insert(r.scores.patch.clone(), p);
+    for p in &picks {
+        uncertainty.insert(p.scores.patch.clone(), p.uncertainty);
+        prediction.insert(p.scores.patch.clone(), p.prediction);
     }
-    let top: Vec<PatchUncertainty> = results.iter().map(|r| r.scores.clone()).collect();
+    let top: Vec<PatchUncertainty> = picks.into_iter().map(|p| p.scores).collect();
     let mut extra = BTreeMap::new();
     extra.insert("model".into(), serde_json::json!(params.model));
     extra.insert(
         "checkpoint".into(),
         serde_json::json!(m.checkpoint.to_hex()),
     );
-    extra.insert("scored".into(), serde_json::json!(ids.len()));
+    extra.insert("scored".into(), serde_json::json!(scored));
     extra.insert("uncertainty".into(), serde_json::to_value(&top)?);
     let set = PatchSet {
         name: name.clone(),
@@ -260,13 +353,7 @@ pub fn hunt(
         ),
         params: serde_json::to_value(params)?,
         patches: top.iter().map(|t| t.patch.clone()).collect(),
-        scores: top
-            .iter()
-            .map(|t| match params.score {
-                Score::Disagreement => t.disagreement,
-                Score::Entropy => t.entropy,
-            })
-            .collect(),
+        scores: top.iter().map(|t| key(params, t)).collect(),
         extra,
         objects: BTreeMap::from([
             ("uncertainty".to_string(), uncertainty),
@@ -278,7 +365,7 @@ pub fn hunt(
         "hunt {name}: {} MC-dropout passes of {} over {} unannotated patches, top {} by {:?} (max {:.3})",
         params.passes,
         params.model,
-        ids.len(),
+        scored,
         top.len(),
         params.score,
         version.sets[&name].scores.first().copied().unwrap_or(0.0)
@@ -292,9 +379,69 @@ pub fn hunt(
         .insert("hunt".into(), (seconds * 1000.0) as u64);
     let report = HuntReport {
         set: name,
-        scored: ids.len(),
+        scored,
         top,
-        patches_per_second: ids.len() as f64 / seconds.max(1e-9),
+        patches_per_second: scored as f64 / seconds.max(1e-9),
     };
     Ok((Some((version, record)), report))
+}
+
+/// A shard's part of a hunt: its top picks (objects stored) and how many patches it scored.
+#[derive(Serialize, Deserialize)]
+struct HuntShard {
+    scored: usize,
+    picks: Vec<Pick>,
+}
+
+impl super::shard::Sharded for Hunt {
+    fn run_shard(
+        repo: &Repo,
+        version: &DatasetVersion,
+        params: &HuntParams,
+        spec: super::shard::ShardSpec,
+    ) -> Result<(Vec<ObjectId>, serde_json::Value)> {
+        anyhow::ensure!(
+            params.batch_streams,
+            "hunt shards need --batch-streams: without it every batch's dropout masks come from one random stream across all patches, which a shard cannot join midway"
+        );
+        let m = version.model(&params.model)?.clone();
+        let net = SegmentationModel::load(&repo.store, &m)?;
+        let (ids, mut rng) = candidates(version, params, net.window())?;
+        // Shards take whole batches, so every batch has the stream it has in one process.
+        let batch = params.batch.max(1);
+        let batches = spec.slice(ids.len().div_ceil(batch));
+        let mine =
+            &ids[(batches.start * batch).min(ids.len())..(batches.end * batch).min(ids.len())];
+        let results = score(repo, version, &net, params, mine, batches.start, &mut rng)?;
+        let picks = store_picks(repo, results)?;
+        let objects = picks
+            .iter()
+            .flat_map(|p| [p.uncertainty, p.prediction])
+            .collect();
+        let part = HuntShard {
+            scored: mine.len(),
+            picks,
+        };
+        Ok((objects, serde_json::to_value(part)?))
+    }
+
+    fn gather(
+        repo: &Repo,
+        _head: CommitId,
+        version: DatasetVersion,
+        params: &HuntParams,
+        results: &[serde_json::Value],
+    ) -> Result<(Next, HuntReport)> {
+        let started = Instant::now();
+        let m = version.model(&params.model)?.clone();
+        let (mut scored, mut picks) = (0, Vec::new());
+        for r in results {
+            let part: HuntShard = super::shard::result(<Hunt as super::Stage>::VERB, r)?;
+            scored += part.scored;
+            picks.extend(part.picks);
+        }
+        picks.sort_by(|a, b| rank(params, &a.scores, &b.scores));
+        picks.truncate(params.top);
+        finish(repo, version, params, &m, picks, scored, started)
+    }
 }

@@ -193,7 +193,7 @@ pub const REGISTRY: &[Registered] = &[
     Registered::of::<define_set::DefineSet>(),
     Registered::of::<annotate::Annotate>(),
     Registered::of::<train::Train>(),
-    Registered::of::<hunt::Hunt>(),
+    Registered::sharded::<hunt::Hunt>(),
     Registered::sharded::<monitor::Monitor>(),
     Registered::of::<merge::Merge>(),
 ];
