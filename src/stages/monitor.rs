@@ -176,7 +176,8 @@ impl super::Stage for Monitor {
     }
 }
 
-/// RCA lines of stacks `names` (in that order), each with run number `run`.
+/// RCA lines of stacks `names` (in that order), each with run number `run`, and how many
+/// reference patches scored them.
 fn score_stacks(
     repo: &Repo,
     version: &DatasetVersion,
@@ -184,7 +185,7 @@ fn score_stacks(
     names: &[String],
     run: u64,
     predictions: &mut BTreeMap<String, Vec<u8>>,
-) -> Result<Vec<RcaRecord>> {
+) -> Result<(Vec<RcaRecord>, usize)> {
     let m = version.model(&params.model)?.clone();
     let net = SegmentationModel::load(&repo.store, &m)?;
     let (ref_ids, references, size) = references(repo, version, &params.reference)?;
@@ -225,7 +226,7 @@ fn score_stacks(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok(scores)
+    Ok((scores, ref_ids.len()))
 }
 
 /// The stacks a run scores, and its run number (one more than the version's last).
@@ -254,22 +255,33 @@ pub fn monitor(
     let started = Instant::now();
     let (names, run) = stacks_and_run(&version, params)?;
     let mut predictions = BTreeMap::new();
-    let scores = score_stacks(repo, &version, params, &names, run, &mut predictions)?;
-    finish(repo, version, params, &names, scores, predictions, started)
+    let (scores, reference_count) =
+        score_stacks(repo, &version, params, &names, run, &mut predictions)?;
+    finish(
+        repo,
+        version,
+        params,
+        &names,
+        scores,
+        reference_count,
+        predictions,
+        started,
+    )
 }
 
 /// The version with this run's lines `scores` (of stacks `names`) in its RCA file.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     repo: &Repo,
     mut version: DatasetVersion,
     params: &MonitorParams,
     names: &[String],
     mut scores: Vec<RcaRecord>,
+    reference_count: usize,
     predictions: BTreeMap<String, Vec<u8>>,
     started: Instant,
 ) -> Result<(Next, MonitorReport)> {
     let earlier = version.rca_lines()?;
-    let reference_count = references(repo, &version, &params.reference)?.0.len();
     // One line per (stack, model): this run's lines replace earlier ones of the same pair.
     let mut lines: Vec<RcaRecord> = earlier
         .into_iter()
@@ -328,7 +340,7 @@ impl super::shard::Sharded for Monitor {
     ) -> Result<(Vec<crate::store::ObjectId>, serde_json::Value)> {
         let (names, run) = stacks_and_run(version, params)?;
         let mine = &names[spec.slice(names.len())];
-        let scores = score_stacks(repo, version, params, mine, run, &mut BTreeMap::new())?;
+        let (scores, _) = score_stacks(repo, version, params, mine, run, &mut BTreeMap::new())?;
         Ok((Vec::new(), serde_json::to_value(scores)?))
     }
 
@@ -355,12 +367,15 @@ impl super::shard::Sharded for Monitor {
             got.len(),
             names.len()
         );
+        // The shards do not report it; the references are a few annotated patches.
+        let reference_count = references(repo, &version, &params.reference)?.0.len();
         finish(
             repo,
             version,
             params,
             &names,
             scores,
+            reference_count,
             BTreeMap::new(),
             started,
         )
