@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Verbs that run in shards, and whether their shards are gathered into a commit.
-pub const SHARDED_VERBS: &[(&str, bool)] =
-    &[("embed", true), ("monitor", true), ("segment", false)];
+pub const SHARDED_VERBS: &[(&str, bool)] = &[
+    ("import", true),
+    ("embed", true),
+    ("hunt", true),
+    ("monitor", true),
+    ("segment", false),
+];
 
 /// Environment variable through which an array task tells its shard record which script ran it.
 pub const JOB_SCRIPT_ENV: &str = "BIODC_JOB_SCRIPT";
@@ -183,4 +188,23 @@ fn run_sbatch(cmd: &[String]) -> Result<String> {
 /// The text of the script that started this process as an array task, if one did.
 pub fn job_script() -> Option<String> {
     std::fs::read_to_string(std::env::var(JOB_SCRIPT_ENV).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gathered_verbs_are_the_stages_that_shard() {
+        let gathered: Vec<&str> = super::SHARDED_VERBS
+            .iter()
+            .filter(|(_, g)| *g)
+            .map(|(v, _)| *v)
+            .collect();
+        let mut registered: Vec<&str> = crate::stages::REGISTRY
+            .iter()
+            .filter(|r| r.gathers())
+            .map(|r| r.verb)
+            .collect();
+        registered.sort_by_key(|v| gathered.iter().position(|g| g == v));
+        assert_eq!(gathered, registered);
+    }
 }

@@ -177,6 +177,53 @@ fn three_shards_give_what_one_process_gives() {
     assert!(files(&a) == files(&b), "segment: same files");
 }
 
+#[test]
+fn three_import_shards_give_what_one_import_gives() {
+    let (tmp, one, cohort) = project_with(Cohort {
+        stacks: 5,
+        shape: "2,224,224",
+        seed: 4,
+        patch: 112,
+        defects: true,
+    });
+    let other = tmp.path().join("other");
+    let status = std::process::Command::new("cp")
+        .args(["-a", one.to_str().unwrap(), other.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // One stack is there already: its shard finds it unchanged.
+    let images = cohort.join("images");
+    let first = walkdir::WalkDir::new(&images)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_type().is_file())
+        .unwrap()
+        .into_path();
+    for p in [&one, &other] {
+        ok(p, &["import", first.to_str().unwrap(), "--condition", "x"]);
+    }
+    let args = format!("import {} --condition x", images.display());
+    ok(&one, &args.split(' ').collect::<Vec<_>>());
+    let before = head(&other);
+    three_shards(&other, &args);
+    assert_eq!(head(&other), before, "shards commit nothing");
+    let g = json(&other, &["gather", "--json"]);
+    assert_eq!(g["shards"], 3);
+    assert!(
+        g["summary"].as_str().unwrap().contains("4 new, 0 changed, 1 unchanged"),
+        "{g}"
+    );
+    assert_eq!(version(&one), version(&other), "import: same version");
+    assert_eq!(
+        object_names(&one.join(".biodc/objects")),
+        object_names(&other.join(".biodc/objects"))
+    );
+    let r = json(&other, &["reproduce", "HEAD", "--json"]);
+    assert_eq!(r["identical"], true, "{r}");
+}
+
 /// `gather` fails: its error message.
 fn gather_fails(project: &Path) -> String {
     let e = biodc(project).args(["gather"]).output().unwrap();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// followed (git-annex, DataLad).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  biodc import raw/ --condition-from-dir\n  biodc import ctrl_01.tif ctrl_02.tif --condition control --voxel-size 2,0.5,0.5"
+    after_help = "Examples:\n  biodc import raw/ --condition-from-dir\n  biodc import ctrl_01.tif ctrl_02.tif --condition control --voxel-size 2,0.5,0.5\n  seq 0 7 | xargs -P 8 -I{} biodc import raw/ --shard {}/8 && biodc gather"
 )]
 pub struct ImportArgs {
     /// TIFF files or folders (walked for .tif/.tiff).
@@ -39,6 +39,10 @@ pub struct ImportArgs {
     /// dropped from the new version (the history keeps them) and listed.
     #[arg(long)]
     pub replace: bool,
+    /// Tile only shard I of N of the files (0 to N−1, in the order they are read; `auto` from
+    /// a Slurm job array) and commit nothing: `biodc gather` commits once all N are done.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -54,6 +58,11 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
         patch: a.patch,
         replace: a.replace,
     };
+    if let Some(spec) = &a.shard {
+        let spec = stages::shard::ShardSpec::parse(spec)?;
+        let r = stages::shard::run_shard::<stages::import::Import>(&repo, &params, spec)?;
+        return super::shards::print_shard(&r, a.json);
+    }
     let (commit, report) = stages::run(&repo, |repo, head, v| {
         stages::import::import(repo, head, v, &params)
     })?;

@@ -27,8 +27,8 @@ pub(super) fn print_shard(r: &shard::ShardReport, json: bool) -> Result<i32> {
 
 /// Commit a sharded run once all its shards are done.
 ///
-/// Checks that every shard of the run computed on HEAD (`embed`, `hunt` or `monitor` with
-/// `--shard I/N`) is present and that they agree on verb, parameters and parent; then commits
+/// Checks that every shard of the run computed on HEAD (`import`, `embed`, `hunt` or `monitor`
+/// with `--shard I/N`) is present and that they agree on verb, parameters and parent; then commits
 /// one version, the same as the unsharded run gives, whose stage record lists the shards.
 #[derive(Debug, Args)]
 #[command(
@@ -83,7 +83,7 @@ pub struct SlurmArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The verb and its arguments (embed, hunt, monitor or segment), after `--`.
+    /// The verb and its arguments (import, embed, hunt, monitor or segment), after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }

@@ -129,6 +129,11 @@ impl Registered {
         }
     }
 
+    /// Whether the stage runs in shards that `gather` commits.
+    pub fn gathers(&self) -> bool {
+        self.gather.is_some()
+    }
+
     /// The next version from a sharded run's recorded parameters and shard results.
     pub fn gather(
         &self,
@@ -185,7 +190,7 @@ fn gather<S: shard::Sharded>(
 
 /// Every committing verb.
 pub const REGISTRY: &[Registered] = &[
-    Registered::of::<import::Import>(),
+    Registered::sharded::<import::Import>(),
     Registered::of::<pretrain::Pretrain>(),
     Registered::sharded::<embed::Embed>(),
     Registered::of::<qc::Qc>(),

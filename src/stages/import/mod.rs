@@ -4,6 +4,8 @@
 //! cohort). Tiles of a plane are hashed and compressed in parallel; identical tiles are stored
 //! once, and a file whose bytes did not change since the last import is not read again.
 
+mod plan;
+mod shard;
 mod source;
 
 use super::Next;
@@ -12,14 +14,14 @@ use crate::io::files::{stack_name, tiff_files};
 use crate::io::tiff::TiffStackReader;
 use crate::io::{Dtype, Plane, StackInfo};
 use crate::repo::Repo;
-use crate::store::{Filter, Kind, Store};
-use crate::version::references::{dependents, drop_references, Dropped};
+use crate::store::{Filter, Kind, ObjectId, Store};
+use crate::version::references::{drop_references, Dropped};
 use crate::version::StackManifest;
 use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use serde::Serialize;
-use source::source_file;
+use serde::{Deserialize, Serialize};
+use plan::plan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -108,76 +110,71 @@ pub fn import(
     params: &ImportParams,
 ) -> Result<(Next, ImportReport)> {
     let started = Instant::now();
-    let tile = params.patch.unwrap_or(version.meta.patch_size);
-    anyhow::ensure!(tile >= 8, "--patch {tile} is too small (at least 8 pixels)");
+    let tile = tile_of(&version, params)?;
     let inputs = collect_inputs(params, tile)?;
     let cache = repo.cache()?;
-    let total: u64 = inputs.iter().map(|i| raw_len(&i.info)).sum();
-    let pb = crate::progress::bar(total, "import", true);
+    let plans = plan(&cache, &version, &inputs, tile, params)?;
+    let pb = progress_bar(&inputs);
     let mut report = ImportReport::default();
     let mut record_inputs = BTreeMap::new();
-    // First decide, for every file, whether it is new, unchanged or replaces a stack; refuse
-    // before any pixel is stored.
-    let mut todo = Vec::new();
-    let mut problems = Vec::new();
-    for input in &inputs {
-        let source = source_file(&cache, &input.path)?;
-        record_inputs.insert(input.name.clone(), source.blake3.clone());
-        let manifest = StackManifest {
-            name: input.name.clone(),
-            source,
-            shape: input.info.shape,
-            dtype: input.info.dtype,
-            voxel_size: input.info.voxel_size,
-            conditions: input.conditions.clone(),
-            tile,
-        };
-        let previous = version.stacks.get(&input.name);
-        if previous == Some(&manifest) {
-            report.unchanged_stacks += 1;
-            pb.inc(raw_len(&input.info));
-            continue;
-        }
-        if let Some(before) = previous {
-            let other_pixels = before.source.blake3 != manifest.source.blake3
-                || before.tile != manifest.tile
-                || before.shape != manifest.shape
-                || before.dtype != manifest.dtype;
-            let named_by = dependents(&version, &input.name);
-            if other_pixels && !params.replace && !named_by.is_empty() {
-                problems.push(format!(
-                    "{}: stack {:?} was imported from {} (blake3 {}) and {} name its patches; \
-                     this file holds other pixels (blake3 {}). Rename the file to import it \
-                     as a new stack, or pass --replace to replace the stack (what was made on \
-                     patches whose pixels change or vanish is then dropped from the new \
-                     version and listed)",
-                    input.path.display(),
-                    input.name,
-                    before.source.file,
-                    &before.source.blake3[..12.min(before.source.blake3.len())],
-                    named_by.describe(),
-                    &manifest.source.blake3[..12]
-                ));
+    let mut new_objects = BTreeMap::new();
+    for (input, plan) in inputs.iter().zip(plans) {
+        record_inputs.insert(input.name.clone(), plan.blake3);
+        match plan.manifest {
+            None => {
+                report.unchanged_stacks += 1;
+                pb.inc(raw_len(&input.info));
+            }
+            Some(manifest) => {
+                let imported = tile_stack(repo, input, manifest, &pb)
+                    .with_context(|| format!("{}: import failed", input.path.display()))?;
+                new_objects.extend(imported.new_objects.iter().copied());
+                apply(&mut version, imported, &mut report);
             }
         }
-        todo.push((input, manifest));
     }
-    if !problems.is_empty() {
-        bail!(
-            "cannot import; nothing was written:\n  {}",
-            problems.join("\n  ")
-        );
-    }
-    for (input, manifest) in todo {
-        if version.stacks.contains_key(&input.name) {
-            report.changed_stacks.push(input.name.clone());
-        } else {
-            report.new_stacks.push(input.name.clone());
-        }
-        let patches = tile_stack(repo, input, tile, &pb, &mut report)
-            .with_context(|| format!("{}: import failed", input.path.display()))?;
-        if let Some(before) = version.stacks.get(&input.name) {
-            let old: BTreeMap<&str, _> = version.patches[&input.name]
+    pb.finish_and_clear();
+    cache.flush();
+    commit(repo, version, params, report, record_inputs, new_objects, started)
+}
+
+/// The tile edge of an import.
+fn tile_of(version: &DatasetVersion, params: &ImportParams) -> Result<usize> {
+    let tile = params.patch.unwrap_or(version.meta.patch_size);
+    anyhow::ensure!(tile >= 8, "--patch {tile} is too small (at least 8 pixels)");
+    Ok(tile)
+}
+
+fn progress_bar(inputs: &[Input]) -> indicatif::ProgressBar {
+    let total: u64 = inputs.iter().map(|i| raw_len(&i.info)).sum();
+    crate::progress::bar(total, "import", true)
+}
+
+/// A stack whose tiles are stored, not yet in a version.
+#[derive(Serialize, Deserialize)]
+struct Imported {
+    manifest: StackManifest,
+    patches: Vec<PatchRecord>,
+    /// Objects this import wrote that were not in the store, with their stored sizes.
+    new_objects: Vec<(ObjectId, u64)>,
+    raw_bytes: u64,
+}
+
+/// Puts an imported stack into `version`, dropping what named pixels that changed or vanished.
+fn apply(version: &mut DatasetVersion, imported: Imported, report: &mut ImportReport) {
+    let Imported {
+        manifest,
+        patches,
+        raw_bytes,
+        ..
+    } = imported;
+    let name = manifest.name.clone();
+    report.raw_bytes += raw_bytes;
+    match version.stacks.get(&name) {
+        None => report.new_stacks.push(name.clone()),
+        Some(before) => {
+            report.changed_stacks.push(name.clone());
+            let old: BTreeMap<&str, _> = version.patches[&name]
                 .iter()
                 .map(|p| (p.id.as_str(), p.tile))
                 .collect();
@@ -194,9 +191,9 @@ pub fn import(
                 .collect();
             if !vanished.is_empty() || !changed.is_empty() {
                 let previous_file = before.source.file.clone();
-                let dropped = drop_references(&mut version, &input.name, &vanished, &changed);
+                let dropped = drop_references(version, &name, &vanished, &changed);
                 report.replaced.push(ReplacedStack {
-                    stack: input.name.clone(),
+                    stack: name.clone(),
                     previous_file,
                     file: manifest.source.file.clone(),
                     vanished: vanished.into_iter().collect(),
@@ -205,11 +202,23 @@ pub fn import(
                 });
             }
         }
-        version.patches.insert(input.name.clone(), patches);
-        version.stacks.insert(input.name.clone(), manifest);
     }
-    pb.finish_and_clear();
-    cache.flush();
+    version.patches.insert(name.clone(), patches);
+    version.stacks.insert(name, manifest);
+}
+
+/// The next version and its record, once every stack is applied.
+fn commit(
+    repo: &Repo,
+    version: DatasetVersion,
+    params: &ImportParams,
+    mut report: ImportReport,
+    record_inputs: BTreeMap<String, String>,
+    new_objects: BTreeMap<ObjectId, u64>,
+    started: Instant,
+) -> Result<(Next, ImportReport)> {
+    report.new_objects = new_objects.len();
+    report.stored_bytes = new_objects.values().sum();
     report.patches = version.patch_count();
     report.seconds = started.elapsed().as_secs_f64();
     if report.new_stacks.is_empty() && report.changed_stacks.is_empty() {
@@ -307,15 +316,15 @@ fn raw_len(info: &StackInfo) -> u64 {
     (info.shape.iter().product::<usize>() * info.dtype.size()) as u64
 }
 
-/// Reads the stack plane by plane and stores its tiles; returns its patch records.
+/// Reads the stack plane by plane and stores its tiles.
 fn tile_stack(
     repo: &Repo,
     input: &Input,
-    tile: usize,
+    manifest: StackManifest,
     pb: &indicatif::ProgressBar,
-    report: &mut ImportReport,
-) -> Result<Vec<PatchRecord>> {
+) -> Result<Imported> {
     let [depth, h, w] = input.info.shape;
+    let tile = manifest.tile;
     let mut reader = TiffStackReader::open_with_voxel_size(&input.path, input.info.voxel_size)?;
     let ys = tile_starts(h, tile);
     let xs = tile_starts(w, tile);
@@ -323,7 +332,12 @@ fn tile_stack(
         .iter()
         .flat_map(|&y| xs.iter().map(move |&x| (y, x)))
         .collect();
-    let mut patches = Vec::with_capacity(depth * grid.len());
+    let mut imported = Imported {
+        manifest,
+        patches: Vec::with_capacity(depth * grid.len()),
+        new_objects: Vec::new(),
+        raw_bytes: 0,
+    };
     for z in 0..depth {
         let plane = reader.read_plane(z)?;
         anyhow::ensure!(
@@ -338,10 +352,9 @@ fn tile_stack(
             .collect::<Result<_>>()?;
         for ((y, x), (id, new, stored_len)) in grid.iter().zip(stored) {
             if new {
-                report.new_objects += 1;
-                report.stored_bytes += stored_len;
+                imported.new_objects.push((id, stored_len));
             }
-            patches.push(PatchRecord {
+            imported.patches.push(PatchRecord {
                 id: patch_id(&input.name, z, *y, *x),
                 z,
                 y: *y,
@@ -350,12 +363,12 @@ fn tile_stack(
             });
         }
         let plane_bytes = (h * w * input.info.dtype.size()) as u64;
-        report.raw_bytes += plane_bytes;
+        imported.raw_bytes += plane_bytes;
         pb.inc(plane_bytes);
         crate::failpoint::hit("import:after-plane");
         crate::failpoint::error("import:after-plane")?;
     }
-    Ok(patches)
+    Ok(imported)
 }
 
 fn store_tile(
