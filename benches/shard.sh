@@ -19,19 +19,27 @@ bin=$PWD/target/release/biodc
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 time_of() { /usr/bin/time -f "%e s, peak RSS %M kB" "$@" 2>&1 >/dev/null | tail -1; }
-one() { "$bin" -C "$work/one" "$@"; }
-sharded() { "$bin" -C "$work/sharded" "$@"; }
+one=("$bin" -C "$work/one")
+sharded=("$bin" -C "$work/sharded")
 # Runs `biodc ARGS --shard i/N` for every i at once in the sharded project, then gathers.
 in_shards() {
     local start end
     start=$(date +%s.%N)
     for i in $(seq 0 $((shards - 1))); do
-        (echo "  $1 --shard $i/$shards: $(time_of sharded "$@" --shard "$i/$shards")") &
+        (echo "  $1 --shard $i/$shards: $(time_of "${sharded[@]}" "$@" --shard "$i/$shards")") &
     done
     wait
     end=$(date +%s.%N)
     echo "  all $shards shards at once, wall: $(python3 -c "print(f'{$end - $start:.1f} s')")"
-    echo "  gather: $(time_of sharded gather)"
+    echo "  gather: $(time_of "${sharded[@]}" gather)"
+}
+# The same JSON value at HEAD:FILE (KEY, a Python subscript) in both projects? (Records name
+# their commits, which differ between the two histories.)
+same_json() {
+    local a b
+    a=$(git --git-dir "$work/one/.biodc/git" show "HEAD:$1" | python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)$2))")
+    b=$(git --git-dir "$work/sharded/.biodc/git" show "HEAD:$1" | python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)$2))")
+    if [ "$a" = "$b" ]; then echo "  $1 $2, sharded vs one process: identical"; else echo "  $1 $2: DIFFERENT"; exit 1; fi
 }
 # The same tree at HEAD:PATH in both projects?
 same() {
@@ -48,15 +56,15 @@ cp -a "$work/one" "$work/sharded"
 echo "cohort: $stacks stacks of 7x448x448, 112x112 patches; $(nproc) cores"
 
 echo "import"
-echo "  one process: $(time_of one import "$work/cohort/images")"
+echo "  one process: $(time_of "${one[@]}" import "$work/cohort/images")"
 in_shards import "$work/cohort/images"
 same stacks
 same patches
-echo "  patches: $(one status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"]["patches"])')"
+echo "  patches: $("${one[@]}" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"]["patches"])')"
 
 for p in one sharded; do "$bin" -C "$work/$p" pretrain --preset tiny --epochs 1 --max-steps 2 --seed 0 >/dev/null; done
 echo "embed"
-echo "  one process: $(time_of one embed)"
+echo "  one process: $(time_of "${one[@]}" embed)"
 in_shards embed
 same embeddings
 
@@ -66,9 +74,12 @@ for p in one sharded; do
     "$bin" -C "$work/$p" annotate "$work/masks-$p" --round core >/dev/null
     "$bin" -C "$work/$p" train --name M0 --max-steps 4 --batch 4 --seed 0 >/dev/null
 done
-same models
+same_json models/M0.json '["checkpoint"]'
 hunt=(hunt --model M0 --top 30 --passes "$passes" --batch-streams)
 echo "hunt (${hunt[*]})"
-echo "  one process: $(time_of one "${hunt[@]}")"
+echo "  one process: $(time_of "${one[@]}" "${hunt[@]}")"
 in_shards "${hunt[@]}"
-same sets
+set=$(git --git-dir "$work/one/.biodc/git" ls-tree --name-only HEAD sets/ | grep -v coreset | head -1)
+same_json "$set" '["patches"]'
+same_json "$set" '["objects"]'
+echo "  hunt record: $(git --git-dir "$work/sharded/.biodc/git" show HEAD:stage.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"])')"

@@ -131,14 +131,15 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Write the patches of a set as TIFFs named by patch id, or a model as safetensors.
+/// Write the patches of a set as TIFFs named by patch id, whole stacks as OME-Zarr, or a model
+/// as safetensors.
 ///
 /// Never overwrites a file unless --force is given: if any file to write exists, nothing is
 /// written. What was written is listed in DIR/.biodc-export.json, so `biodc annotate DIR` later
 /// reads only the masks (not the exported images, contact sheet or triptychs).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2\n  biodc export --model mae --to encoder/   # mae.safetensors + config.json"
+    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2\n  biodc export --model mae --to encoder/   # mae.safetensors + config.json\n  biodc export --ome-zarr --to zarr/ --with-prediction M1   # <stack>.ome.zarr, labels/annotations and labels/M1"
 )]
 pub struct ExportArgs {
     /// Export this model (safetensors + config.json) instead of patches.
@@ -154,9 +155,19 @@ pub struct ExportArgs {
     #[arg(long)]
     pub rev: Option<String>,
     /// Also write this segmenter's predicted masks (predictions/) and image | prediction |
-    /// uncertainty triptychs (triptychs/) for correction.
+    /// uncertainty triptychs (triptychs/) for correction; with --ome-zarr, as a label image.
     #[arg(long, value_name = "MODEL")]
     pub with_prediction: Option<String>,
+    /// Write whole stacks as OME-Zarr images (DIR/<stack>.ome.zarr), their annotations (and
+    /// --with-prediction's masks) as label images in labels/, instead of a set's patches.
+    #[arg(long, conflicts_with_all = ["model", "set"])]
+    pub ome_zarr: bool,
+    /// With --ome-zarr: the stacks to write, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', requires = "ome_zarr")]
+    pub stacks: Vec<String>,
+    /// With --ome-zarr: the OME-Zarr version, 0.5 (Zarr v3) or 0.4 (Zarr v2, for older readers).
+    #[arg(long, default_value = "0.5", requires = "ome_zarr")]
+    pub ngff: crate::io::ome_zarr::Ngff,
     /// Overwrite files that already exist in the output folder.
     #[arg(long)]
     pub force: bool,
@@ -178,6 +189,34 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
             w.display(),
             c.display()
         );
+        return Ok(0);
+    }
+    if a.ome_zarr {
+        let done = crate::stages::export::ome_zarr::export_ome_zarr(
+            &repo,
+            &version,
+            &a.stacks,
+            a.with_prediction.as_deref(),
+            &a.to,
+            a.ngff,
+            a.force,
+        )?;
+        if a.json {
+            return print_json(&done);
+        }
+        for d in &done {
+            println!(
+                "{}: {}{}",
+                d.stack,
+                d.path.display(),
+                if d.labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (labels: {})", d.labels.join(", "))
+                }
+            );
+        }
+        println!("exported {} stacks as OME-Zarr to {}", done.len(), a.to.display());
         return Ok(0);
     }
     if let Some(model) = &a.with_prediction {

@@ -1,10 +1,12 @@
 //! Image input/output: TIFF z-stacks in and out (8/16-bit unsigned, 32-bit float; multi-page,
-//! ImageJ hyperstacks, OME-TIFF), PNG previews, masks and label images as annotators save them.
+//! ImageJ hyperstacks, OME-TIFF), OME-Zarr images in and out, PNG previews, masks and label images as annotators save them.
 
 pub mod files;
 pub mod labels;
 pub mod ome_xml;
+pub mod ome_zarr;
 pub mod png;
+pub mod stack;
 pub mod tiff;
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +100,23 @@ impl Plane {
             Plane::U8(v) => Plane::U8(crop(v, width, y, x, h, w)),
             Plane::U16(v) => Plane::U16(crop(v, width, y, x, h, w)),
             Plane::F32(v) => Plane::F32(crop(v, width, y, x, h, w)),
+        }
+    }
+
+    /// Writes the `t`×`t` `tile` (of the same pixel type) at (`y`, `x`) into this plane of
+    /// width `width`: the inverse of [`Plane::crop`].
+    pub fn paste(&mut self, width: usize, y: usize, x: usize, t: usize, tile: &Plane) {
+        fn rows<T: Copy>(dst: &mut [T], src: &[T], width: usize, y: usize, x: usize, t: usize) {
+            for r in 0..t {
+                dst[(y + r) * width + x..(y + r) * width + x + t]
+                    .copy_from_slice(&src[r * t..(r + 1) * t]);
+            }
+        }
+        match (self, tile) {
+            (Plane::U8(d), Plane::U8(s)) => rows(d, s, width, y, x, t),
+            (Plane::U16(d), Plane::U16(s)) => rows(d, s, width, y, x, t),
+            (Plane::F32(d), Plane::F32(s)) => rows(d, s, width, y, x, t),
+            (d, s) => panic!("pasting a {:?} tile into a {:?} plane", s.dtype(), d.dtype()),
         }
     }
 

@@ -11,7 +11,6 @@ use crate::segmentation::SegmentationModel;
 use crate::store::Store;
 use crate::version::{DatasetVersion, StackManifest};
 use anyhow::{bail, Context, Result};
-use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,28 +21,11 @@ pub fn stack_slices(
     version: &DatasetVersion,
     stack: &StackManifest,
 ) -> Result<Vec<Vec<f32>>> {
-    let [z, h, w] = stack.shape;
-    let t = stack.tile;
-    let patches = version
-        .patches
-        .get(&stack.name)
-        .with_context(|| format!("stack {} has no patch list", stack.name))?;
-    let tiles: Vec<(usize, usize, usize, Vec<f32>)> = patches
-        .par_iter()
-        .map(|p| {
-            let plane = Plane::from_le_bytes(stack.dtype, &store.get(&p.tile)?)?;
-            Ok((p.z, p.y, p.x, plane.to_f32()))
-        })
-        .collect::<Result<_>>()?;
-    let mut slices = vec![vec![0f32; h * w]; z];
-    for (pz, py, px, pixels) in tiles {
-        let slice = &mut slices[pz];
-        for r in 0..t {
-            slice[(py + r) * w + px..(py + r) * w + px + t]
-                .copy_from_slice(&pixels[r * t..(r + 1) * t]);
-        }
-    }
-    Ok(slices)
+    Ok(version
+        .stack_planes(store, &stack.name)?
+        .iter()
+        .map(Plane::to_f32)
+        .collect())
 }
 
 /// Window origins along an axis of `len`: step `size − size/4`, the last flush with the edge.

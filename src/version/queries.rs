@@ -57,6 +57,34 @@ impl DatasetVersion {
         Ok((info, plane))
     }
 
+    /// Every plane of stack `name` in its own pixel type, rebuilt from its tiles (which cover
+    /// it; where edge tiles overlap, they hold the same pixels).
+    pub fn stack_planes(&self, store: &Store, name: &str) -> Result<Vec<Plane>> {
+        use rayon::prelude::*;
+        let stack = self
+            .stacks
+            .get(name)
+            .with_context(|| format!("no stack named {name:?} in this version"))?;
+        let [depth, h, w] = stack.shape;
+        let patches = self
+            .patches
+            .get(name)
+            .with_context(|| format!("stack {name} has no patch list"))?;
+        let tiles: Vec<(usize, usize, usize, Plane)> = patches
+            .par_iter()
+            .map(|p| {
+                let plane = Plane::from_le_bytes(stack.dtype, &store.get(&p.tile)?)?;
+                Ok((p.z, p.y, p.x, plane))
+            })
+            .collect::<Result<_>>()?;
+        let empty = Plane::from_le_bytes(stack.dtype, &vec![0; h * w * stack.dtype.size()])?;
+        let mut planes = vec![empty; depth];
+        for (z, y, x, tile) in tiles {
+            planes[z].paste(w, y, x, stack.tile, &tile);
+        }
+        Ok(planes)
+    }
+
     /// The condition label of a patch's stack ("none" when untagged).
     pub fn condition_of(&self, patch: &str) -> String {
         super::stack_of_patch_id(patch)

@@ -1,4 +1,4 @@
-//! `import`: TIFF z-stacks → tiles in the store + `stacks/` and `patches/` manifests.
+//! `import`: TIFF and OME-Zarr z-stacks → tiles in the store + `stacks/` and `patches/` manifests.
 //!
 //! Streams: one plane of one file is in memory at a time (peak memory does not grow with the
 //! cohort). Tiles of a plane are hashed and compressed in parallel; identical tiles are stored
@@ -10,8 +10,8 @@ mod source;
 
 use super::Next;
 use crate::history::CommitId;
-use crate::io::files::{stack_name, tiff_files};
-use crate::io::tiff::TiffStackReader;
+use crate::io::files::{stack_files, stack_name};
+use crate::io::stack::StackReader;
 use crate::io::{Dtype, Plane, StackInfo};
 use crate::repo::Repo;
 use crate::store::{Filter, Kind, ObjectId, Store};
@@ -248,9 +248,9 @@ fn commit(
 /// Finds the files, names the stacks and checks every header before anything is written.
 fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
     if params.paths.is_empty() {
-        bail!("nothing to import: give one or more TIFF files or folders");
+        bail!("nothing to import: give one or more TIFF files, OME-Zarr images or folders");
     }
-    let files = tiff_files(&params.paths)?;
+    let files = stack_files(&params.paths)?;
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut inputs = Vec::new();
     let mut problems = Vec::new();
@@ -271,7 +271,7 @@ fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
             ));
             continue;
         }
-        match TiffStackReader::open_with_voxel_size(&path, params.voxel_size) {
+        match StackReader::open_with_voxel_size(&path, params.voxel_size) {
             Err(e) => problems.push(format!("{e:#}")),
             Ok(reader) => {
                 let info = reader.info().clone();
@@ -325,7 +325,7 @@ fn tile_stack(
 ) -> Result<Imported> {
     let [depth, h, w] = input.info.shape;
     let tile = manifest.tile;
-    let mut reader = TiffStackReader::open_with_voxel_size(&input.path, input.info.voxel_size)?;
+    let mut reader = StackReader::open_with_voxel_size(&input.path, input.info.voxel_size)?;
     let ys = tile_starts(h, tile);
     let xs = tile_starts(w, tile);
     let grid: Vec<(usize, usize)> = ys

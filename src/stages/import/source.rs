@@ -49,7 +49,12 @@ fn now_ns() -> i128 {
 }
 
 /// The source file's size and blake3, from the stat cache when nothing about the file changed.
+/// A folder (an OME-Zarr image) is hashed whole every time: the blake3 of its files' relative
+/// paths, sizes and bytes in name order, and its size their sum.
 pub(super) fn source_file(cache: &Cache, path: &Path) -> Result<SourceFile> {
+    if path.is_dir() {
+        return source_folder(path);
+    }
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     let stat = file_stat(&meta);
     let key = path.canonicalize()?.to_string_lossy().into_owned();
@@ -78,5 +83,30 @@ pub(super) fn source_file(cache: &Cache, path: &Path) -> Result<SourceFile> {
         file: path.to_string_lossy().into_owned(),
         blake3,
         bytes: meta.len(),
+    })
+}
+
+fn source_folder(dir: &Path) -> Result<SourceFile> {
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = 0;
+    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("walking {}", dir.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir)?.to_string_lossy().replace('\\', "/");
+        let len = entry.metadata()?.len();
+        hasher.update(rel.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&len.to_le_bytes());
+        hasher
+            .update_reader(std::fs::File::open(entry.path())?)
+            .with_context(|| format!("{}: reading", entry.path().display()))?;
+        bytes += len;
+    }
+    Ok(SourceFile {
+        file: dir.to_string_lossy().into_owned(),
+        blake3: hasher.finalize().to_hex().to_string(),
+        bytes,
     })
 }

@@ -7,6 +7,8 @@
 //! reads only masks: not the exported images (unless an expert saved a mask over one), the
 //! contact sheet or the triptychs.
 
+pub mod ome_zarr;
+
 use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
 use crate::output::OutDir;
 use crate::repo::Repo;
