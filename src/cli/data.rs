@@ -139,12 +139,16 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
 /// reads only the masks (not the exported images, contact sheet or triptychs).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2\n  biodc export --model mae --to encoder/   # mae.safetensors + config.json\n  biodc export --ome-zarr --to zarr/ --with-prediction M1   # <stack>.ome.zarr, labels/annotations and labels/M1"
+    after_help = "Examples:\n  biodc export --set coreset --to to_annotate/\n  biodc export --set all --to all_patches/ --rev HEAD~2\n  biodc export --model mae --to encoder/   # mae.safetensors + config.json\n  biodc export --model M1 --bioimageio --to M1.bioimageio/   # then: bioimageio test M1.bioimageio/rdf.yaml\n  biodc export --ome-zarr --to zarr/ --with-prediction M1   # <stack>.ome.zarr, labels/annotations and labels/M1"
 )]
 pub struct ExportArgs {
     /// Export this model (safetensors + config.json) instead of patches.
     #[arg(long)]
     pub model: Option<String>,
+    /// With --model: write a BioImage Model Zoo package (rdf.yaml, ONNX weights, test tensors,
+    /// README with the training history) into --to instead.
+    #[arg(long, requires = "model")]
+    pub bioimageio: bool,
     /// `all`, or the name of a set (e.g. coreset, candidates-1).
     #[arg(long, default_value = "all")]
     pub set: String,
@@ -178,6 +182,26 @@ pub struct ExportArgs {
 
 pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
     let repo = Repo::discover(dir)?;
+    if let (true, Some(model)) = (a.bioimageio, &a.model) {
+        let p = crate::stages::export::bioimageio::export_bioimageio(
+            &repo,
+            a.rev.as_deref(),
+            model,
+            &a.to,
+            a.force,
+        )?;
+        if a.json {
+            return print_json(&p);
+        }
+        println!(
+            "wrote the BioImage.IO package of {model} to {} (ONNX opset {}; test tensors from patch {}); check it with: bioimageio test {}",
+            p.dir.display(),
+            p.opset,
+            p.test_patch,
+            p.rdf.display()
+        );
+        return Ok(0);
+    }
     let (_, version) = repo.version(a.rev.as_deref())?;
     if let Some(model) = &a.model {
         let (w, c) = crate::stages::export::export_model(&repo, &version, model, &a.to, a.force)?;

@@ -19,6 +19,7 @@ pub mod group_norm;
 pub mod layers;
 pub mod loss;
 pub mod mae;
+pub mod onnx;
 pub mod ops;
 pub mod segmenter;
 #[cfg(test)]

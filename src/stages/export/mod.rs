@@ -7,6 +7,7 @@
 //! reads only masks: not the exported images (unless an expert saved a mask over one), the
 //! contact sheet or the triptychs.
 
+pub mod bioimageio;
 pub mod ome_zarr;
 
 use crate::io::{tiff::write_stack, Plane, Stack, StackInfo};
