@@ -1,5 +1,6 @@
-//! Real consumers of what biodc exports: the `ome-zarr` package's reader (what napari-ome-zarr
-//! wraps) opens `export --ome-zarr` (NGFF 0.5 and 0.4) with its label images, and
+//! Real consumers of what biodc exports: napari-ome-zarr's reader plugin (headless) and the
+//! `ome-zarr` package's reader open `export --ome-zarr` (NGFF 0.5 and 0.4) with its label
+//! images, and
 //! bioimageio.core's model test passes on `export --bioimageio` (onnxruntime reproducing
 //! biodc's test output). They run in the Python that `BIODC_CONSUMER_PYTHON` names, which
 //! `.ci/run` installs from PyPI; without it the test says so and checks nothing else.
@@ -37,7 +38,7 @@ fn napari_s_reader_and_bioimageio_core_accept_biodc_s_exports() {
     let Some(python) = consumer_python() else {
         eprintln!(
             "skipped: BIODC_CONSUMER_PYTHON is not set (.ci/run sets it to a Python with \
-             ome-zarr, bioimageio.core and onnxruntime from PyPI)"
+             ome-zarr, napari-ome-zarr, bioimageio.core and onnxruntime from PyPI)"
         );
         return;
     };
