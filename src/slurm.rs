@@ -190,21 +190,3 @@ pub fn job_script() -> Option<String> {
     std::fs::read_to_string(std::env::var(JOB_SCRIPT_ENV).ok()?).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_gathered_verbs_are_the_stages_that_shard() {
-        let gathered: Vec<&str> = super::SHARDED_VERBS
-            .iter()
-            .filter(|(_, g)| *g)
-            .map(|(v, _)| *v)
-            .collect();
-        let mut registered: Vec<&str> = crate::stages::REGISTRY
-            .iter()
-            .filter(|r| r.gathers())
-            .map(|r| r.verb)
-            .collect();
-        registered.sort_by_key(|v| gathered.iter().position(|g| g == v));
-        assert_eq!(gathered, registered);
-    }
-}

@@ -399,3 +399,19 @@ fn a_slurm_job_array_runs_its_shards_and_the_gather_job_commits_them() {
         "{shown}"
     );
 }
+
+#[test]
+fn biodc_slurm_gathers_the_verbs_whose_stages_shard() {
+    let gathered: Vec<&str> = biodc::slurm::SHARDED_VERBS
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(v, _)| *v)
+        .collect();
+    let mut registered: Vec<&str> = biodc::stages::REGISTRY
+        .iter()
+        .filter(|r| r.gathers())
+        .map(|r| r.verb)
+        .collect();
+    registered.sort_by_key(|v| gathered.iter().position(|g| g == v));
+    assert_eq!(gathered, registered);
+}
