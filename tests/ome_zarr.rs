@@ -116,7 +116,11 @@ fn assert_fixture_pixels(project: &Path, scratch: &Path) {
 
 #[test]
 fn ome_zarr_written_by_python_imports_with_its_pixels_and_voxel_size() {
-    for (name, voxel) in [("py04", [2.0, 0.25, 0.25]), ("py05", [1.5, 0.1, 0.1])] {
+    for (name, voxel) in [
+        ("py04", [2.0, 0.25, 0.25]),
+        ("py05", [1.5, 0.1, 0.1]),
+        ("py05_gzip_sharded", [1.5, 0.1, 0.1]),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let project = tmp.path().join("p");
         std::fs::create_dir_all(&project).unwrap();
