@@ -215,6 +215,7 @@ impl Repo {
             merged: None,
             shards: Vec::new(),
             job_script: None,
+            device: crate::nn::device::recorded(verb),
         }
     }
 

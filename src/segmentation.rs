@@ -16,7 +16,6 @@ use crate::pixel::forest::Forest;
 use crate::store::Store;
 use crate::version::{DatasetVersion, Inference, ModelManifest};
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -102,7 +101,7 @@ impl SegmentationModel {
         let bytes = store.get(&m.checkpoint)?;
         let predictor = match m.kind.as_str() {
             "segmenter" => Predictor::Network(
-                Segmenter::load(&m.architecture, &bytes, &Device::Cpu)
+                Segmenter::load(&m.architecture, &bytes, &crate::nn::device::current())
                     .with_context(|| format!("loading model {}", m.name))?,
             ),
             "forest" => {
@@ -348,7 +347,7 @@ mod tests {
         };
         SegmentationModel {
             predictor: Predictor::Network(Segmenter::UNet(
-                UNet::new(&cfg, 3, &Device::Cpu).unwrap(),
+                UNet::new(&cfg, 3, &candle_core::Device::Cpu).unwrap(),
             )),
             inference: Inference {
                 flips,

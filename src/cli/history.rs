@@ -400,6 +400,9 @@ pub fn reproduce(dir: &Path, a: ReproduceArgs) -> Result<i32> {
             println!("  {}: {}", d.output, d.detail);
         }
     }
+    if let Some(note) = &r.note {
+        println!("note: {note}");
+    }
     Ok(status)
 }
 

@@ -28,6 +28,11 @@ pub struct Cli {
     /// Run as if started in DIR (relative paths are then relative to DIR, as with git -C).
     #[arg(short = 'C', global = true, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
+    /// Where pretrain, embed, train, hunt, segment, monitor and demo run their networks:
+    /// auto (a GPU when this biodc was built with CUDA and one answers, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
+    pub device: crate::nn::device::DeviceChoice,
     #[command(subcommand)]
     pub verb: Verb,
 }
@@ -77,6 +82,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         std::env::set_current_dir(dir)
             .with_context(|| format!("-C {}: cannot enter folder", dir.display()))?;
     }
+    crate::nn::device::select(cli.device)?;
     let dir = PathBuf::from(".");
     match cli.verb {
         Verb::Init(a) => history::init(&dir, a),

@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod conv;
 pub mod conv3x3;
 pub mod data;
+pub mod device;
 pub mod group_norm;
 pub mod layers;
 pub mod loss;

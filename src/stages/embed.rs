@@ -133,7 +133,7 @@ pub fn embed(
     params: &EmbedParams,
 ) -> Result<(Next, EmbedReport)> {
     let started = Instant::now();
-    let dev = Device::Cpu;
+    let dev = crate::nn::device::current();
     let (model, mae, list) = prepare(repo, &version, params, &dev)?;
     let cache = repo.cache()?;
     let tree = format!("pooled-{}", model.checkpoint.to_hex());
@@ -239,7 +239,7 @@ impl super::shard::Sharded for Embed {
         params: &EmbedParams,
         spec: super::shard::ShardSpec,
     ) -> Result<(Vec<ObjectId>, serde_json::Value)> {
-        let dev = Device::Cpu;
+        let dev = crate::nn::device::current();
         let (_, mae, list) = prepare(repo, version, params, &dev)?;
         let range = spec.slice(list.items.len());
         let todo: Vec<usize> = range.clone().collect();

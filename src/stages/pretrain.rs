@@ -12,7 +12,6 @@ use crate::repo::Repo;
 use crate::store::{Filter, Kind, ObjectId};
 use crate::version::{DatasetVersion, ModelManifest};
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -136,7 +135,7 @@ pub fn pretrain(
     );
     let list = PatchList::all(&version)?;
     let cfg = model_config(params, list.size)?;
-    let dev = Device::Cpu;
+    let dev = crate::nn::device::current();
     // Held-out patches: a seeded sample, never trained on.
     let mut order: Vec<usize> = (0..list.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(params.seed ^ 0x686f_6c64));

@@ -37,6 +37,13 @@ pub struct ReproduceReport {
     pub identical: bool,
     pub differences: Vec<Difference>,
     pub seconds: f64,
+    /// The devices the networks ran on then and now (`cpu`, `cuda:N`).
+    pub recorded_device: String,
+    pub device: String,
+    /// Set when the devices differ: bit-identity is then not expected, and the differences
+    /// say by how much the outputs moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Runs the recorded stage again on `parent`.
@@ -327,7 +334,19 @@ pub fn reproduce(repo: &Repo, rev: &str) -> Result<ReproduceReport> {
     }
     // The re-run's own objects are not part of any version.
     repo.store.roll_back(&lock);
+    let recorded_device = stage.device.clone().unwrap_or_else(|| "cpu".into());
+    let device = crate::nn::device::recorded(&stage.verb).unwrap_or_else(|| "cpu".into());
+    let note = (recorded_device != device).then(|| {
+        format!(
+            "recorded on {recorded_device}, re-run on {device}: the devices compute in a \
+             different order, so outputs agree within floating-point tolerance, not bit for \
+             bit; the differences say by how much"
+        )
+    });
     Ok(ReproduceReport {
+        recorded_device,
+        device,
+        note,
         commit: id.to_string(),
         parent: parent.to_string(),
         verb: stage.verb,

@@ -236,6 +236,9 @@ pub struct StageRecord {
     /// The batch script that submitted the shards (`biodc slurm`), as it was run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_script: Option<String>,
+    /// The device the stage's networks ran on, when it was not the CPU (`cuda:0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// One shard of a gathered run: where and when it ran.

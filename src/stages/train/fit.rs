@@ -13,7 +13,6 @@ use crate::repo::Repo;
 use crate::segmentation::{Example, PixelForest, Predictor, SegmentationModel};
 use crate::version::DatasetVersion;
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,7 +32,7 @@ pub(super) fn start(
     params: &TrainParams,
     size: usize,
 ) -> Result<(Start, Option<String>, BTreeSet<String>)> {
-    let dev = Device::Cpu;
+    let dev = crate::nn::device::current();
     if params.from == "none" {
         let start = match params.kind {
             ModelKind::Forest => Start::Forest,
