@@ -8,7 +8,8 @@
 # Default: 180 stacks of 7x448x448 in 112x112 patches (20,160 patches), 2 shards run at once
 # (as `xargs -P N` would on one machine), hunt with 4 dropout passes. The encoder is an MAE
 # tiny trained for 2 steps and the segmenter is trained for 4 steps on 8 patches: the figures
-# are about throughput, not about what the models capture.
+# are about throughput, not about what the models capture. HUNT_PASSES=0 skips the hunt (for
+# the gather and commit costs of a paper-sized cohort: `bash benches/shard.sh 800 2 0`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stacks=${1:-180}
@@ -68,6 +69,7 @@ echo "  one process: $(time_of "${one[@]}" embed)"
 in_shards embed
 same embeddings
 
+[ "$passes" -gt 0 ] || exit 0
 for p in one sharded; do
     "$bin" -C "$work/$p" coreset -k 8 >/dev/null
     "$bin" -C "$work/$p" expert --cohort "$work/cohort" --set coreset --to "$work/masks-$p" >/dev/null
