@@ -82,13 +82,7 @@ fn import_status_reimport_and_diff_of_a_changed_file() {
     assert_eq!(head(&project), head_before);
 
     // Change one pixel of one file: a new version whose diff names exactly that stack.
-    let file = walkdir::WalkDir::new(&images)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(Result::ok)
-        .find(|e| e.file_type().is_file())
-        .unwrap()
-        .into_path();
+    let file = first_file(&images);
     let mut stack = biodc::io::tiff::read_stack(&file).unwrap();
     if let biodc::io::Plane::U16(p) = &mut stack.planes[1] {
         p[5] = p[5].wrapping_add(1);

@@ -194,13 +194,7 @@ fn three_import_shards_give_what_one_import_gives() {
     assert!(status.success());
     // One stack is there already: its shard finds it unchanged.
     let images = cohort.join("images");
-    let first = walkdir::WalkDir::new(&images)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(Result::ok)
-        .find(|e| e.file_type().is_file())
-        .unwrap()
-        .into_path();
+    let first = first_file(&images);
     for p in [&one, &other] {
         ok(p, &["import", first.to_str().unwrap(), "--condition", "x"]);
     }

@@ -217,3 +217,14 @@ pub fn small_annotated_project(
     );
     (tmp, project, ids)
 }
+
+/// The first file under `dir`, in name order.
+pub fn first_file(dir: &Path) -> PathBuf {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_type().is_file())
+        .unwrap()
+        .into_path()
+}
