@@ -8,6 +8,10 @@
 #
 #   bash scripts/build-cuda.sh            # → target/cuda-build/release/biodc
 #   LD_LIBRARY_PATH=$PWD/target/cuda/lib target/cuda-build/release/biodc --help
+#   bash scripts/build-cuda.sh --check-cpu   # also: its `--device cpu demo` vs the CPU build's
+#
+# --check-cpu runs `biodc demo` with the plain CPU build and with the CUDA build on the CPU (the
+# driver stub standing in for a driver) and compares the two object stores file by file.
 #
 # CUDA_COMPUTE_CAP (default 90) selects the GPU generation the kernels are compiled for.
 # Not part of .ci/run (CI has no GPU); README says how long it takes.
@@ -56,3 +60,20 @@ start=$(date +%s)
 cargo build --release --features cuda --target-dir target/cuda-build
 echo "built target/cuda-build/release/biodc (CUDA $cuda, sm_$CUDA_COMPUTE_CAP) in $(( $(date +%s) - start )) s"
 echo "run it with: LD_LIBRARY_PATH=$root/lib target/cuda-build/release/biodc …"
+
+if [ "${1:-}" = "--check-cpu" ]; then
+    cargo build --release -q
+    ln -sf libcuda.so "$root/lib/stubs/libcuda.so.1"
+    check=$(mktemp -d)
+    target/release/biodc demo --dir "$check/cpu" >/dev/null 2>&1
+    LD_LIBRARY_PATH=$root/lib:$root/lib/stubs target/cuda-build/release/biodc --device cpu \
+        demo --dir "$check/cuda" >/dev/null 2>&1
+    objects() { (cd "$1/project/.biodc/objects" && find . -type f | sort | xargs sha256sum); }
+    if diff <(objects "$check/cpu") <(objects "$check/cuda") >/dev/null; then
+        echo "--device cpu: the CUDA build's demo wrote the same $(objects "$check/cpu" | wc -l) objects, byte for byte, as the CPU build's"
+    else
+        echo "--device cpu: the CUDA build's demo objects DIFFER from the CPU build's"
+        exit 1
+    fi
+    rm -rf "$check"
+fi

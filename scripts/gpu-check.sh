@@ -15,7 +15,8 @@
 # the same steps on the CPU (to check the script itself; the figures then mean nothing).
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS override the peaks (default: H100/H200 SXM, 67 and 989);
 # PRESETS (default "tiny small base"), STACKS (64 stacks of 7×448×448 for the throughput
-# cohort) and STEPS (40 pretraining steps of 32) shrink the run.
+# cohort), STEPS (40 pretraining steps of 32) and TRAIN_STEPS (100 segmenter steps of 8)
+# shrink the run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(realpath "${1:-$here/target/cuda-build/release/biodc}")
@@ -69,7 +70,7 @@ presets=${PRESETS:-tiny small base}
 b coreset -k 16 --model "mae-${presets%% *}" >/dev/null
 b expert --cohort "$work/big" --set coreset --to "$work/bigmasks" >/dev/null
 b annotate "$work/bigmasks" --round core >/dev/null
-trn=$(b --device "$dev" train --name M0 --max-steps 100 --batch 8 --seed 0 --json | field "['images_per_second']")
+trn=$(b --device "$dev" train --name M0 --max-steps "${TRAIN_STEPS:-100}" --batch 8 --seed 0 --json | field "['images_per_second']")
 hnt=$(b --device "$dev" hunt --model M0 --sample 1000 --passes 10 --json | field "['patches_per_second']")
 python3 - "$dev" "$trn" "$hnt" "${rows[@]}" <<'EOF'
 import os, sys

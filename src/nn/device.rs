@@ -61,7 +61,14 @@ fn resolve(choice: DeviceChoice) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(n: usize) -> Result<Device> {
-    Device::new_cuda(n).with_context(|| format!("no CUDA GPU {n} answers (driver, CUDA_VISIBLE_DEVICES?)"))
+    // candle's error carries a backtrace; its first line says what happened.
+    Device::new_cuda(n).map_err(|e| {
+        let why = e.to_string();
+        anyhow::anyhow!(
+            "--device cuda:{n}: no CUDA GPU {n} answers ({}); check the driver and CUDA_VISIBLE_DEVICES",
+            why.lines().next().unwrap_or("")
+        )
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
