@@ -329,7 +329,7 @@ impl Mae {
     /// on token order, so MAE's shuffle trap cannot leak in), times the embedding projection
     /// when D ≠ 256. (B, 256). Deterministic: no dropout.
     pub fn pooled(&self, x: &Tensor) -> Result<Tensor> {
-        let pooled = self.encoder.features(x, None)?.mean(1)?;
+        let pooled = self.encoder.features_inference(x)?.mean(1)?;
         Ok(match &self.projection {
             Some(p) => pooled.matmul(p)?,
             None => pooled,

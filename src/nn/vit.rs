@@ -233,16 +233,41 @@ impl Encoder {
 
     /// Runs CLS + `tokens` (positions already added) through the blocks and the final norm:
     /// (B, 1 + n, D). `rng` switches the dropout sites on.
-    pub fn encode(&self, tokens: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+    pub fn encode(&self, tokens: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+        self.encode_with(tokens, rng, false)
+    }
+
+    /// [`Self::encode`]; with `detach`, each block starts from a detached copy of the last
+    /// block's output (inference only: no gradient flows back through it).
+    fn encode_with(
+        &self,
+        tokens: &Tensor,
+        mut rng: Option<&mut ChaCha8Rng>,
+        detach: bool,
+    ) -> Result<Tensor> {
         let b = tokens.dim(0)?;
         let cls = (self.cls.clone() + self.pos.narrow(1, 0, 1)?)?
             .broadcast_as((b, 1, self.cfg.dim))?
             .contiguous()?;
         let mut x = Tensor::cat(&[&cls, tokens], 1)?;
         for block in &self.blocks {
+            if detach {
+                x = x.detach();
+            }
             x = block.forward(&x, rng.as_deref_mut())?;
         }
         self.norm.forward(&x)
+    }
+
+    /// [`Self::features`] for inference (no dropout, no gradients). The weights are variables,
+    /// so candle records every operation for backpropagation and each output keeps its inputs
+    /// alive: through all blocks, a batch of 32 ViT-S patches held ~6 GB that the kernel had
+    /// to fault in and zero again for every batch. Cut after each block, at most one block's
+    /// activations are alive; the values are the same bit for bit.
+    pub fn features_inference(&self, x: &Tensor) -> Result<Tensor> {
+        let t = self.encode_with(&self.embed_patches(x)?.detach(), None, true)?;
+        let n = t.dim(1)? - 1;
+        Ok(t.narrow(1, 1, n)?)
     }
 
     /// Features of every patch token after the final layer norm, no masking, no shuffling:
