@@ -189,4 +189,3 @@ fn run_sbatch(cmd: &[String]) -> Result<String> {
 pub fn job_script() -> Option<String> {
     std::fs::read_to_string(std::env::var(JOB_SCRIPT_ENV).ok()?).ok()
 }
-

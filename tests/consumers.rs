@@ -16,7 +16,9 @@ fn consumer_python() -> Option<PathBuf> {
 }
 
 fn run_python(python: &Path, script: &str, arg: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/consumers").join(script);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/consumers")
+        .join(script);
     let out = std::process::Command::new(python)
         .arg(&script)
         .arg(arg)
@@ -46,7 +48,15 @@ fn napari_s_reader_and_bioimageio_core_accept_biodc_s_exports() {
     ok(
         &project,
         &[
-            "train", "--name", "M0", "--max-steps", "30", "--batch", "2", "--seed", "1",
+            "train",
+            "--name",
+            "M0",
+            "--max-steps",
+            "30",
+            "--batch",
+            "2",
+            "--seed",
+            "1",
         ],
     );
     for ngff in ["0.5", "0.4"] {

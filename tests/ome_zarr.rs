@@ -147,7 +147,9 @@ fn a_two_channel_ome_zarr_is_refused_saying_why() {
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        e.contains("two-channels.ome.zarr") && e.contains("2 channels") && e.contains("nothing was written"),
+        e.contains("two-channels.ome.zarr")
+            && e.contains("2 channels")
+            && e.contains("nothing was written"),
         "{e}"
     );
 }
@@ -158,7 +160,15 @@ fn annotations_and_predictions_are_label_images() {
     ok(
         &project,
         &[
-            "train", "--name", "M0", "--max-steps", "2", "--batch", "2", "--seed", "1",
+            "train",
+            "--name",
+            "M0",
+            "--max-steps",
+            "2",
+            "--batch",
+            "2",
+            "--seed",
+            "1",
         ],
     );
     let out = tmp.path().join("zarr");
@@ -184,8 +194,7 @@ fn annotations_and_predictions_are_label_images() {
         let image = OmeZarrReader::open_with_voxel_size(path, None).unwrap();
         let shape = v.stacks[stack].shape;
         assert_eq!(image.info().shape, shape);
-        let predicted =
-            OmeZarrReader::open_with_voxel_size(&path.join("labels/M0"), None).unwrap();
+        let predicted = OmeZarrReader::open_with_voxel_size(&path.join("labels/M0"), None).unwrap();
         assert_eq!(predicted.info().shape, shape);
         let annotated: Vec<&String> = ids
             .iter()

@@ -206,7 +206,10 @@ fn three_import_shards_give_what_one_import_gives() {
     let g = json(&other, &["gather", "--json"]);
     assert_eq!(g["shards"], 3);
     assert!(
-        g["summary"].as_str().unwrap().contains("4 new, 0 changed, 1 unchanged"),
+        g["summary"]
+            .as_str()
+            .unwrap()
+            .contains("4 new, 0 changed, 1 unchanged"),
         "{g}"
     );
     assert_eq!(version(&one), version(&other), "import: same version");

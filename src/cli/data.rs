@@ -240,7 +240,11 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<i32> {
                 }
             );
         }
-        println!("exported {} stacks as OME-Zarr to {}", done.len(), a.to.display());
+        println!(
+            "exported {} stacks as OME-Zarr to {}",
+            done.len(),
+            a.to.display()
+        );
         return Ok(0);
     }
     if let Some(model) = &a.with_prediction {

@@ -114,10 +114,17 @@ pub fn stack_name(path: &Path) -> String {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let lower = file.to_ascii_lowercase();
-    let stem_len = [".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr"]
-        .iter()
-        .find(|s| lower.ends_with(*s))
-        .map_or(file.len(), |s| file.len() - s.len());
+    let stem_len = [
+        ".ome.tiff",
+        ".ome.tif",
+        ".tiff",
+        ".tif",
+        ".ome.zarr",
+        ".zarr",
+    ]
+    .iter()
+    .find(|s| lower.ends_with(*s))
+    .map_or(file.len(), |s| file.len() - s.len());
     file[..stem_len]
         .chars()
         .map(|c| {

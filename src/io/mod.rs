@@ -116,7 +116,11 @@ impl Plane {
             (Plane::U8(d), Plane::U8(s)) => rows(d, s, width, y, x, t),
             (Plane::U16(d), Plane::U16(s)) => rows(d, s, width, y, x, t),
             (Plane::F32(d), Plane::F32(s)) => rows(d, s, width, y, x, t),
-            (d, s) => panic!("pasting a {:?} tile into a {:?} plane", s.dtype(), d.dtype()),
+            (d, s) => panic!(
+                "pasting a {:?} tile into a {:?} plane",
+                s.dtype(),
+                d.dtype()
+            ),
         }
     }
 

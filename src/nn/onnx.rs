@@ -15,9 +15,9 @@ use super::unet::{groups, UNet};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use onnx_protobuf::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto,
-    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 /// The ONNX opset the graph uses.
@@ -152,7 +152,10 @@ impl Builder<'_> {
         let y = self.node(
             "Conv",
             &[x, &w],
-            vec![ints_attr("kernel_shape", &[3, 3]), ints_attr("pads", &[1, 1, 1, 1])],
+            vec![
+                ints_attr("kernel_shape", &[3, 3]),
+                ints_attr("pads", &[1, 1, 1, 1]),
+            ],
         );
         let g = groups(out);
         let grouped = self.constant_i64(&format!("{name}.groups_shape"), &[0, g as i64, -1]);

@@ -149,8 +149,11 @@ impl OmeZarrReader {
             .datasets
             .first()
             .ok_or_else(|| here("its multiscale image lists no datasets".into()))?;
-        let array = Array::open(store.clone(), &format!("/{}", level0.path.trim_matches('/')))
-            .map_err(|e| here(format!("dataset {:?}: {e}", level0.path)))?;
+        let array = Array::open(
+            store.clone(),
+            &format!("/{}", level0.path.trim_matches('/')),
+        )
+        .map_err(|e| here(format!("dataset {:?}: {e}", level0.path)))?;
         let shape = array.shape().to_vec();
         let axes = &image.axes;
         if axes.len() != shape.len() {
@@ -210,8 +213,8 @@ impl OmeZarrReader {
             None => {
                 let mut transforms = level0.coordinate_transformations.clone();
                 transforms.extend(image.coordinate_transformations.clone().unwrap_or_default());
-                let scale = scale_of(&transforms, axes.len())
-                    .map_err(|e| here(format!("{e:#}")))?;
+                let scale =
+                    scale_of(&transforms, axes.len()).map_err(|e| here(format!("{e:#}")))?;
                 let um = |i: usize| -> Result<Option<f64>> {
                     match &axes[i].unit {
                         None => Ok(None),
@@ -256,9 +259,7 @@ impl OmeZarrReader {
             ranges[a] = z as u64..z as u64 + 1;
         }
         let subset = ArraySubset::new_with_ranges(&ranges);
-        let here = |e: zarrs::array::ArrayError| {
-            anyhow!("{}: plane {z}: {e}", self.path.display())
-        };
+        let here = |e: zarrs::array::ArrayError| anyhow!("{}: plane {z}: {e}", self.path.display());
         Ok(match self.info.dtype {
             Dtype::U8 => Plane::U8(self.array.retrieve_array_subset(&subset).map_err(here)?),
             Dtype::U16 => Plane::U16(self.array.retrieve_array_subset(&subset).map_err(here)?),

@@ -58,7 +58,8 @@ pub fn write_image(
     for z in 0..depth {
         let p = plane(z)?;
         anyhow::ensure!(p.len() == h * w, "plane {z} is not {h}×{w}");
-        let subset = ArraySubset::new_with_ranges(&[z as u64..z as u64 + 1, 0..h as u64, 0..w as u64]);
+        let subset =
+            ArraySubset::new_with_ranges(&[z as u64..z as u64 + 1, 0..h as u64, 0..w as u64]);
         let stored = match p {
             Plane::U8(v) => array.store_array_subset(&subset, v),
             Plane::U16(v) => array.store_array_subset(&subset, v),
@@ -70,7 +71,12 @@ pub fn write_image(
         return Ok(());
     }
     let names: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
-    write_group(&store, "/labels", ome(ngff, serde_json::json!({ "labels": names })), ngff)?;
+    write_group(
+        &store,
+        "/labels",
+        ome(ngff, serde_json::json!({ "labels": names })),
+        ngff,
+    )?;
     let label_info = StackInfo {
         dtype: Dtype::U8,
         ..info.clone()
@@ -160,8 +166,9 @@ fn write_group(
 ) -> Result<()> {
     // What biodc writes must be OME metadata that the reference parser accepts.
     if attributes.get("multiscales").is_some() || attributes.pointer("/ome/multiscales").is_some() {
-        serde_json::from_value::<AnyOmeFields>(attributes.clone())
-            .map_err(|e| anyhow!("biodc made OME-Zarr metadata that does not parse ({e}): a bug"))?;
+        serde_json::from_value::<AnyOmeFields>(attributes.clone()).map_err(|e| {
+            anyhow!("biodc made OME-Zarr metadata that does not parse ({e}): a bug")
+        })?;
     }
     let metadata = match ngff {
         Ngff::V04 => {

@@ -77,18 +77,26 @@ pub fn export_bioimageio(
             m.kind
         );
     }
-    let seg = Segmenter::load(&m.architecture, &repo.store.get(&m.checkpoint)?, &Device::Cpu)?;
+    let seg = Segmenter::load(
+        &m.architecture,
+        &repo.store.get(&m.checkpoint)?,
+        &Device::Cpu,
+    )?;
     let net = match &seg {
         Segmenter::UNet(u) => u,
-        Segmenter::TransUnet(_) => bail!(
-            "model {name} is a TransUNet: only U-Net segmenters export to BioImage.IO so far"
-        ),
+        Segmenter::TransUnet(_) => {
+            bail!("model {name} is a TransUNet: only U-Net segmenters export to BioImage.IO so far")
+        }
     };
     let side = net.cfg.window;
     // The test input: the first patch it was trained on (else the version's first) of its size.
     let trained: Vec<String> = m.training["patches"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let candidates = trained
         .into_iter()
@@ -297,7 +305,10 @@ fn readme(
         r,
         "- a consumer's own tiling (deepImageJ, ilastik) standardises each tile by itself.\n"
     )?;
-    writeln!(r, "The test tensors are patch `{test_patch}` and biodc's mask for it.\n")?;
+    writeln!(
+        r,
+        "The test tensors are patch `{test_patch}` and biodc's mask for it.\n"
+    )?;
     writeln!(r, "## Training\n")?;
     let trained = m.training["patches"].as_array().map_or(0, Vec::len);
     writeln!(r, "- checkpoint `{}`", m.checkpoint.to_hex())?;
@@ -314,10 +325,19 @@ fn readme(
     }
     for (round, (n, who)) in &rounds {
         let who: Vec<&str> = who.iter().copied().collect();
-        writeln!(r, "- annotation round `{round}`: {n} masks by {}", who.join(", "))?;
+        writeln!(
+            r,
+            "- annotation round `{round}`: {n} masks by {}",
+            who.join(", ")
+        )?;
     }
     for (set, s) in &version.sets {
-        writeln!(r, "- set `{set}`: {} patches ({})", s.patches.len(), s.method)?;
+        writeln!(
+            r,
+            "- set `{set}`: {} patches ({})",
+            s.patches.len(),
+            s.method
+        )?;
     }
     writeln!(r, "\n## Validation\n")?;
     writeln!(

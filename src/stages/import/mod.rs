@@ -19,9 +19,9 @@ use crate::version::references::{drop_references, Dropped};
 use crate::version::StackManifest;
 use crate::version::{patch_id, tile_starts, DatasetVersion, PatchRecord};
 use anyhow::{bail, Context, Result};
+use plan::plan;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use plan::plan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -135,7 +135,15 @@ pub fn import(
     }
     pb.finish_and_clear();
     cache.flush();
-    commit(repo, version, params, report, record_inputs, new_objects, started)
+    commit(
+        repo,
+        version,
+        params,
+        report,
+        record_inputs,
+        new_objects,
+        started,
+    )
 }
 
 /// The tile edge of an import.

@@ -1,8 +1,8 @@
 //! What import decides for each file before any pixel is read: new, unchanged, or replacing
 //! a stack (refused without `--replace` when anything names the old stack's patches).
 
-use super::{ImportParams, Input};
 use super::source::source_file;
+use super::{ImportParams, Input};
 use crate::version::references::dependents;
 use crate::version::{DatasetVersion, StackManifest};
 use anyhow::{bail, Result};
@@ -89,4 +89,3 @@ pub(super) fn replace_problem(
         &manifest.source.blake3[..12]
     ))
 }
-

@@ -89,12 +89,19 @@ pub(super) fn source_file(cache: &Cache, path: &Path) -> Result<SourceFile> {
 fn source_folder(dir: &Path) -> Result<SourceFile> {
     let mut hasher = blake3::Hasher::new();
     let mut bytes = 0;
-    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         let entry = entry.with_context(|| format!("walking {}", dir.display()))?;
         if !entry.file_type().is_file() {
             continue;
         }
-        let rel = entry.path().strip_prefix(dir)?.to_string_lossy().replace('\\', "/");
+        let rel = entry
+            .path()
+            .strip_prefix(dir)?
+            .to_string_lossy()
+            .replace('\\', "/");
         let len = entry.metadata()?.len();
         hasher.update(rel.as_bytes());
         hasher.update(&[0]);
