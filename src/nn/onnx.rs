@@ -228,11 +228,9 @@ pub fn unet_to_onnx(net: &UNet, doc: &str) -> Result<Vec<u8>> {
         y = b.conv_norm(&cat, &format!("dec.{l}.0"), 2 * ch[l], ch[l])?;
         y = b.conv_norm(&y, &format!("dec.{l}.1"), ch[l], ch[l])?;
     }
-    let logits = b.conv(&y, "head", ch[0], 1, 1)?;
-    let out = b.node("Identity", &[&logits], vec![]);
-    let last = b.graph.node.last_mut().expect("the graph has nodes");
-    last.output = vec!["logits".into()];
-    let _ = out;
+    b.conv(&y, "head", ch[0], 1, 1)?;
+    // The head's output under the name the graph's output declares.
+    b.graph.node.last_mut().expect("the head is a node").output = vec!["logits".into()];
     b.graph.output.push(image_value("logits", cfg.window));
     let mut model = ModelProto::new();
     model.ir_version = 8;

@@ -8,6 +8,7 @@ mod plan;
 mod shard;
 mod source;
 
+use super::shard::ShardSpec;
 use super::Next;
 use crate::history::CommitId;
 use crate::io::files::{stack_files, stack_name};
@@ -111,7 +112,7 @@ pub fn import(
 ) -> Result<(Next, ImportReport)> {
     let started = Instant::now();
     let tile = tile_of(&version, params)?;
-    let inputs = collect_inputs(params, tile)?;
+    let (inputs, _) = collect_inputs(params, tile, None)?;
     let cache = repo.cache()?;
     let plans = plan(&cache, &version, &inputs, tile, params)?;
     let pb = progress_bar(&inputs);
@@ -254,15 +255,22 @@ fn commit(
 }
 
 /// Finds the files, names the stacks and checks every header before anything is written.
-fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
+/// With `part`, every file's name is still checked but only that shard's slice of the files
+/// is opened and returned; its first index among all files comes back too.
+fn collect_inputs(
+    params: &ImportParams,
+    tile: usize,
+    part: Option<ShardSpec>,
+) -> Result<(Vec<Input>, usize)> {
     if params.paths.is_empty() {
         bail!("nothing to import: give one or more TIFF files, OME-Zarr images or folders");
     }
     let files = stack_files(&params.paths)?;
+    let mine = part.map_or(0..files.len(), |p| p.slice(files.len()));
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut inputs = Vec::new();
     let mut problems = Vec::new();
-    for path in files {
+    for (i, path) in files.into_iter().enumerate() {
         let name = stack_name(&path);
         if let Err(e) = crate::name::check_stored(crate::name::NameKind::Stack, &name) {
             problems.push(format!(
@@ -277,6 +285,9 @@ fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
                 other.display(),
                 path.display()
             ));
+            continue;
+        }
+        if !mine.contains(&i) {
             continue;
         }
         match StackReader::open_with_voxel_size(&path, params.voxel_size) {
@@ -307,7 +318,7 @@ fn collect_inputs(params: &ImportParams, tile: usize) -> Result<Vec<Input>> {
             problems.join("\n  ")
         );
     }
-    Ok(inputs)
+    Ok((inputs, mine.start))
 }
 
 fn conditions_of(params: &ImportParams, path: &Path) -> Vec<String> {

@@ -41,12 +41,11 @@ impl Sharded for Import {
         spec: ShardSpec,
     ) -> Result<(Vec<ObjectId>, serde_json::Value)> {
         let tile = tile_of(version, params)?;
-        let inputs = collect_inputs(params, tile)?;
-        let range = spec.slice(inputs.len());
-        let mine = &inputs[range.clone()];
+        // Every shard checks every file's name; each opens only its own files.
+        let (mine, first) = collect_inputs(params, tile, Some(spec))?;
         let cache = repo.cache()?;
-        let plans = plan(&cache, version, mine, tile, params)?;
-        let pb = progress_bar(mine);
+        let plans = plan(&cache, version, &mine, tile, params)?;
+        let pb = progress_bar(&mine);
         let (mut files, mut objects) = (Vec::new(), BTreeSet::new());
         for (input, plan) in mine.iter().zip(plans) {
             let imported = match plan.manifest {
@@ -69,10 +68,7 @@ impl Sharded for Import {
         }
         pb.finish_and_clear();
         cache.flush();
-        let part = ImportShard {
-            first: range.start,
-            files,
-        };
+        let part = ImportShard { first, files };
         Ok((objects.into_iter().collect(), serde_json::to_value(part)?))
     }
 
