@@ -136,16 +136,7 @@ impl Linear {
     /// Applies to the last dimension of `x` (any leading dimensions): one matrix product over
     /// all rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inp = *dims.last().unwrap();
-        let rows = x.elem_count() / inp;
-        let mut y = x.reshape((rows, inp))?.matmul(&self.w.t()?)?;
-        if let Some(b) = &self.b {
-            y = y.broadcast_add(b)?;
-        }
-        let mut out = dims;
-        *out.last_mut().unwrap() = self.w.dim(0)?;
-        Ok(y.reshape(out)?)
+        Ok(super::linear_op::linear(x, &self.w, self.b.as_ref())?)
     }
 }
 
@@ -192,7 +183,7 @@ pub fn dropout(x: &Tensor, p: f32, rng: Option<&mut ChaCha8Rng>) -> Result<Tenso
             }
         })
         .collect();
-    Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+    Ok(super::ops::mul_by_mask(x, mask)?)
 }
 
 /// Multi-head self-attention with Hugging Face ViT names (`attention.attention.query`, …).

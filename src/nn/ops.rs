@@ -15,15 +15,15 @@
 //! depend on the number of threads. On other devices (CUDA) or dtypes the same functions fall
 //! back to candle's composite operations, which have gradients everywhere.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 type CResult<T> = candle_core::Result<T>;
 
 /// Elements per parallel task: small tensors stay on one thread.
-const GRAIN: usize = 1 << 14;
+pub(super) const GRAIN: usize = 1 << 14;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         return Err(candle_core::Error::Msg(format!(
             "{op}: only f32 is supported"
@@ -38,14 +38,14 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> 
 }
 
 /// Splits `out` (rows of `len`) into parallel tasks of whole rows and runs `f(first_row, rows)`.
-fn par_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(super) fn par_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows_per_task = (GRAIN / len.max(1)).max(1);
     out.par_chunks_mut(rows_per_task * len.max(1))
         .enumerate()
         .for_each(|(i, chunk)| f(i * rows_per_task, chunk));
 }
 
-fn on_cpu_f32(x: &Tensor) -> bool {
+pub(super) fn on_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
@@ -223,9 +223,89 @@ impl CustomOp2 for NormalizeBackward {
     }
 }
 
+/// Layer norm with its scale and shift as one graph node: x̂·w + b, rounded step by step as
+/// the composite `Normalize → broadcast_mul → broadcast_add` is, and with that composite's
+/// gradients bit for bit (the w and b gradients are column sums in row order, as candle's sum
+/// over leading dimensions, without its per-element division).
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "biodc-layer-norm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = "layer norm";
+        let (x, w, b) = (
+            f32_slice(sx, lx, name)?,
+            f32_slice(sw, lw, name)?,
+            f32_slice(sb, lb, name)?,
+        );
+        let len = lx.shape().dims().last().copied().unwrap_or(1).max(1);
+        if w.len() != len || b.len() != len {
+            return Err(candle_core::Error::Msg(format!(
+                "layer norm: scale/shift of {}/{} for rows of {len}",
+                w.len(),
+                b.len()
+            )));
+        }
+        let mut out = vec![0f32; x.len()];
+        par_rows(&mut out, len, |row0, o| {
+            for (r, o) in o.chunks_mut(len).enumerate() {
+                let xr = &x[(row0 + r) * len..][..len];
+                let (mean, inv) = row_stats(xr, self.eps);
+                for (((o, &v), &w), &b) in o.iter_mut().zip(xr).zip(w).zip(b) {
+                    let xn = (v - mean) * inv;
+                    *o = xn * w + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), lx.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, g) = (x.detach().contiguous()?, g.contiguous()?);
+        let normalize = Normalize { eps: self.eps };
+        let xn = x.apply_op1_no_bwd(&normalize)?;
+        let dw = super::linear_op::sum_to_last_dim(&(&g * &xn)?)?;
+        let db = super::linear_op::sum_to_last_dim(&g)?;
+        let gxn = g.broadcast_mul(&w.detach())?;
+        let dx = x.apply_op2_no_bwd(&gxn, &NormalizeBackward { eps: self.eps })?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
 /// Layer norm over the last dimension: (x − mean) / √(var + eps) · w + b (biased variance,
 /// as PyTorch). `w` and `b` have the size of the last dimension.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    if on_cpu_f32(x) && on_cpu_f32(w) && on_cpu_f32(b) {
+        return x
+            .contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps });
+    }
+    layer_norm_composite(x, w, b, eps)
+}
+
+/// [`layer_norm`] in candle's operations (other devices), and with the CPU normaliser, the
+/// composite the fused node reproduces (tests).
+fn layer_norm_composite(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> CResult<Tensor> {
     let xn = if on_cpu_f32(x) {
         x.contiguous()?.apply_op1(Normalize { eps })?
     } else {
@@ -235,6 +315,63 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> candle_core::
         xc.broadcast_div(&(var + eps as f64)?.sqrt()?)?
     };
     xn.broadcast_mul(w)?.broadcast_add(b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multiplication by a constant mask (dropout)
+
+/// x ⊙ mask where the mask is data, not a tensor of the graph: candle's product would also
+/// compute and accumulate the mask's gradient, two wasted passes per dropout site.
+struct MaskMul {
+    mask: std::sync::Arc<Vec<f32>>,
+}
+
+impl MaskMul {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        par_rows(&mut out, 1, |at, o| {
+            for ((o, &x), &m) in o.iter_mut().zip(&x[at..]).zip(&self.mask[at..]) {
+                *o = x * m;
+            }
+        });
+        out
+    }
+}
+
+impl CustomOp1 for MaskMul {
+    fn name(&self) -> &'static str {
+        "biodc-mask-mul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        if x.len() != self.mask.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "mask of {} for {} values",
+                self.mask.len(),
+                x.len()
+            )));
+        }
+        Ok((CpuStorage::F32(self.apply(x)), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        let mask = MaskMul {
+            mask: self.mask.clone(),
+        };
+        Ok(Some(g.apply_op1_no_bwd(&mask)?))
+    }
+}
+
+/// `x ⊙ mask` (mask in `x`'s row-major order), with the gradient g ⊙ mask for `x` only.
+pub fn mul_by_mask(x: &Tensor, mask: Vec<f32>) -> CResult<Tensor> {
+    if on_cpu_f32(x) {
+        let mask = std::sync::Arc::new(mask);
+        x.contiguous()?.apply_op1(MaskMul { mask })
+    } else {
+        x * Tensor::from_vec(mask, x.shape(), x.device())?
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,6 +617,42 @@ mod tests {
                 max_diff(&a, &b) < 1e-5 && max_diff(&ga, &gb) < 1e-4,
                 "layer norm"
             );
+        }
+    }
+
+    /// The fused layer norm node: the value and the x, w and b gradients of the composite
+    /// (normaliser, broadcast mul, broadcast add), bit for bit.
+    #[test]
+    fn layer_norm_node_is_the_composite_bit_for_bit() {
+        for shape in [vec![3usize, 7], vec![8, 50, 384]] {
+            let n = *shape.last().unwrap();
+            let x = randn(&shape, 3.0, 11);
+            let w = randn(&[n], 1.0, 12);
+            let b = randn(&[n], 1.0, 13);
+            let r = randn(&shape, 1.0, 14);
+            let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor| {
+                let vars = [&x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
+                let y = f(
+                    vars[0].as_tensor(),
+                    vars[1].as_tensor(),
+                    vars[2].as_tensor(),
+                );
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut all = vec![y];
+                all.extend(
+                    vars.iter()
+                        .map(|v| grads.get(v.as_tensor()).unwrap().clone()),
+                );
+                all.iter()
+                    .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            };
+            let fused = run(&|x, w, b| layer_norm(x, w, b, 1e-6).unwrap());
+            let reference = run(&|x, w, b| layer_norm_composite(x, w, b, 1e-6).unwrap());
+            for (i, (a, r)) in fused.iter().zip(&reference).enumerate() {
+                let same = a.iter().zip(r).all(|(a, r)| a.to_bits() == r.to_bits());
+                assert!(same && a.len() == r.len(), "{shape:?}: output {i}");
+            }
         }
     }
 

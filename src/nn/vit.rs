@@ -223,10 +223,7 @@ impl Encoder {
         let patches = patchify(x, ps)?;
         let (b, n, k) = patches.dims3()?;
         let w = self.proj_w.reshape((d, k))?;
-        let t = patches
-            .reshape((b * n, k))?
-            .matmul(&w.t()?)?
-            .broadcast_add(&self.proj_b)?
+        let t = super::linear_op::linear(&patches.reshape((b * n, k))?, &w, Some(&self.proj_b))?
             .reshape((b, n, d))?;
         Ok(t.broadcast_add(&self.pos.narrow(1, 1, n)?)?)
     }
