@@ -2,6 +2,7 @@
 //!
 //! See `docs/FORMAT.md` for the on-disk format and `docs/STAGES.md` for the verbs.
 
+pub mod allocator;
 pub mod cache;
 pub mod cli;
 pub mod demo;

@@ -67,8 +67,15 @@ pub struct PretrainReport {
     pub held_out_loss_end: f64,
     pub checkpoint: String,
     pub resumed_from: Option<u64>,
+    /// End to end: setup, held-out losses, every step and the checkpoint.
     pub patches_per_second: f64,
+    /// Optimiser steps after the first [`WARM_UP_STEPS`] (which fill the allocator and the
+    /// thread pools): the rate a long run settles at; none for shorter runs.
+    pub steady_patches_per_second: Option<f64>,
 }
+
+/// Steps left out of `steady_patches_per_second` (as `benches/pytorch_mae.py` leaves them out).
+const WARM_UP_STEPS: u64 = 3;
 
 /// What `.biodc/pending/pretrain-<name>.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,7 +198,12 @@ pub fn pretrain(
     pb.set_position(trainer.step);
     let log_every = (total / 200).max(1);
     let mut window = Vec::new();
+    let first_step = trainer.step;
+    let mut steady_since = None;
     while trainer.step < total {
+        if trainer.step == first_step + WARM_UP_STEPS {
+            steady_since = Some((trainer.step, Instant::now()));
+        }
         let step = trainer.step;
         let epoch = step / per_epoch;
         let mut perm = train_idx.clone();
@@ -226,6 +238,9 @@ pub fn pretrain(
         }
     }
     pb.finish_and_clear();
+    let steady_patches_per_second = steady_since.map(|(from, at)| {
+        ((trainer.step - from) * params.batch as u64) as f64 / at.elapsed().as_secs_f64().max(1e-9)
+    });
 
     let end_loss = held_loss(&trainer)?;
     let weights = checkpoint::weights(&trainer.mae)?;
@@ -295,6 +310,7 @@ pub fn pretrain(
         checkpoint: ckpt.to_hex(),
         resumed_from,
         patches_per_second: (trained_steps as f64 * params.batch as f64) / seconds.max(1e-9),
+        steady_patches_per_second,
     };
     Ok((Some((version, record)), report))
 }
