@@ -18,6 +18,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     biodc::allocator::keep_freed_memory();
+    // As `biodc` runs its commands: on a thread of rayon's pool (src/main.rs).
+    rayon::ThreadPoolBuilder::new()
+        .stack_size(16 << 20)
+        .build_global()
+        .expect("the global pool");
+    rayon::scope(|_| steps());
+}
+
+fn steps() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

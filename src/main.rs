@@ -4,6 +4,29 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Stack of the pool's threads, one of which runs the whole command (the main thread has 8 MiB).
+const POOL_STACK: usize = 16 << 20;
+
+/// Runs the command on one of rayon's threads rather than on the main thread. Every parallel
+/// operation (matrix products, the fused kernels) then starts on a pool thread, which shares
+/// the work with the other and carries on, instead of handing it over and waking the main
+/// thread when it is done — thousands of such hand-overs per training step. MAE pretraining
+/// ran ~20–28 % faster (docs/BENCHMARKS.md), the same bits. `reproduce` stays on the main
+/// thread: it sizes the pool to the recorded thread count first, which works only before the
+/// pool exists.
+fn run_on_a_pool_thread(cli: biodc::cli::Cli) -> anyhow::Result<i32> {
+    if matches!(cli.verb, biodc::cli::Verb::Reproduce(_)) {
+        return biodc::cli::run(cli);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(POOL_STACK)
+        .build_global();
+    if pool.is_err() {
+        return biodc::cli::run(cli);
+    }
+    rayon::scope(|_| biodc::cli::run(cli))
+}
+
 fn main() {
     biodc::allocator::keep_freed_memory();
     // `biodc log | head`: when the reader goes away, end quietly as git and cat do, instead of
@@ -15,7 +38,7 @@ fn main() {
     // Before any thread or tensor exists: candle's element-wise pool spins (see the function).
     biodc::nn::checkpoint::prefer_rayon_threads();
     let cli = biodc::cli::Cli::parse();
-    let code = match biodc::cli::run(cli) {
+    let code = match run_on_a_pool_thread(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
