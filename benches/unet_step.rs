@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     biodc::allocator::keep_freed_memory();
+    biodc::allocator::no_huge_pages();
     // As `biodc` runs its commands: on a thread of rayon's pool (src/main.rs).
     rayon::ThreadPoolBuilder::new()
         .stack_size(16 << 20)

@@ -29,6 +29,7 @@ fn run_on_a_pool_thread(cli: biodc::cli::Cli) -> anyhow::Result<i32> {
 
 fn main() {
     biodc::allocator::keep_freed_memory();
+    biodc::allocator::no_huge_pages();
     // `biodc log | head`: when the reader goes away, end quietly as git and cat do, instead of
     // panicking in println! on the broken pipe.
     // SAFETY: setting a signal's disposition to the default before any thread exists.
