@@ -17,6 +17,11 @@
 # PRESETS (default "tiny small base"), STACKS (64 stacks of 7×448×448 for the throughput
 # cohort), STEPS (40 pretraining steps of 32) and TRAIN_STEPS (100 segmenter steps of 8)
 # shrink the run.
+#
+# The MAE's gradient tests (every parameter gets a gradient; gradients match finite
+# differences) run on the GPU when built with CUDA: `cargo test --release --features cuda
+# --target-dir target/cuda-build --test nn` on the GPU machine (they print the device). Give
+# that test binary as NN_TESTS=PATH and this script runs them first.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(realpath "${1:-$here/target/cuda-build/release/biodc}")
@@ -32,6 +37,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
     echo "nvidia-smi: not found"
 ldd "$bin" | grep -Ei "cuda|cublas|curand|nvrtc" || true
 b --version
+
+if [ -n "${NN_TESTS:-}" ]; then
+    echo "== gradient tests (tests/nn.rs) on the device the test binary finds"
+    "$NN_TESTS" --test-threads 1 --nocapture every_parameter_gets_a_gradient \
+        gradient_matches_finite_differences 2>&1 | grep -E "gradient tests on|test |result" || true
+fi
 
 echo "== agreement (device $dev vs cpu)"
 b synth --out "$work/cohort" --stacks 8 --shape 3,448,448 --seed 0 --no-defects >/dev/null

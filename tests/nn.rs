@@ -85,6 +85,15 @@ fn textures(n: usize, size: usize, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The device the gradient tests run on: a GPU when this build has CUDA and one answers
+/// (`cargo test --release --features cuda --test nn` on a GPU machine), else the CPU, whose
+/// fused kernels these tests then check.
+fn gradient_device() -> Device {
+    let dev = biodc::nn::device::select(biodc::nn::device::DeviceChoice::Auto).unwrap();
+    eprintln!("gradient tests on {}", biodc::nn::device::name(&dev));
+    dev
+}
+
 fn eval_loss(mae: &Mae, x: &Tensor) -> f32 {
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     mae.loss(x, &mut rng, false)
@@ -95,7 +104,7 @@ fn eval_loss(mae: &Mae, x: &Tensor) -> f32 {
 
 #[test]
 fn every_parameter_gets_a_gradient() {
-    let dev = Device::Cpu;
+    let dev = gradient_device();
     let mae = Mae::new(&small_cfg(), 1, &dev).unwrap();
     let x = batch(&stripes(4, 32, 1), 32, &dev).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -134,7 +143,7 @@ fn every_parameter_gets_a_gradient() {
 
 #[test]
 fn gradient_matches_finite_differences() {
-    let dev = Device::Cpu;
+    let dev = gradient_device();
     let mae = Mae::new(&small_cfg(), 2, &dev).unwrap();
     let x = batch(&stripes(2, 32, 2), 32, &dev).unwrap();
     let loss = |m: &Mae| {

@@ -8,14 +8,13 @@
 //! and a modulo each, on one thread. MAE pretraining of ViT-S spent ~8 % of its time there.
 //!
 //! Here the forward pass is the same `gemm` call candle makes, then the bias added in place;
-//! the backward pass is candle's own two matrix products and [`column_sums`], which adds rows
+//! the backward pass is candle's own two matrix products and column sums (`ops::sum_to_last_dim`), which add rows
 //! in order from 0.0 as candle's sum does. Values and gradients are bit for bit those of the
 //! composite (tested below), for any number of threads. Off the CPU or for other dtypes,
 //! [`linear`] is the composite.
 
-use super::ops::{f32_slice, on_cpu_f32, par_rows, GRAIN};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
+use super::ops::{f32_slice, on_cpu_f32, par_rows, sum_to_last_dim};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -46,16 +45,6 @@ fn composite(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
         *last = w.dim(0)?;
     }
     y.reshape(out)
-}
-
-/// Sums over every dimension but the last: (…, n) → (n).
-pub fn sum_to_last_dim(x: &Tensor) -> CResult<Tensor> {
-    if on_cpu_f32(x) {
-        x.contiguous()?.apply_op1_no_bwd(&ColumnSums)
-    } else {
-        let n = x.dim(candle_core::D::Minus1)?;
-        x.reshape(((), n))?.sum(0)
-    }
 }
 
 struct Linear;
@@ -216,45 +205,6 @@ impl CustomOp3 for Linear {
     }
 }
 
-/// (…, n) → (n): each column summed over the rows in order, from 0.0.
-struct ColumnSums;
-
-impl CustomOp1 for ColumnSums {
-    fn name(&self) -> &'static str {
-        "biodc-column-sums"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
-        let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
-        Ok((CpuStorage::F32(column_sums(x, cols)), Shape::from(cols)))
-    }
-}
-
-/// Column sums of a row-major matrix with `cols` columns. Each task owns a range of columns
-/// and walks all rows in order, so every sum is 0.0 + row 0 + row 1 + …, whatever the
-/// number of threads.
-pub(super) fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
-    let rows = x.len() / cols.max(1);
-    let mut out = vec![0f32; cols];
-    let sum_into = |c0: usize, o: &mut [f32]| {
-        for r in 0..rows {
-            for (o, &v) in o.iter_mut().zip(&x[r * cols + c0..]) {
-                *o += v;
-            }
-        }
-    };
-    if x.len() < GRAIN {
-        sum_into(0, &mut out);
-    } else {
-        let width = cols.div_ceil(2 * rayon::current_num_threads()).max(16);
-        out.par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(i, o)| sum_into(i * width, o));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,7 +269,7 @@ mod tests {
     fn column_sums_add_rows_in_order() {
         let x = uniform(&[300, 70], 4, -1.0, 1.0);
         let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let sums = column_sums(&v, 70);
+        let sums = super::super::ops::column_sums(&v, 70);
         for (c, &s) in sums.iter().enumerate() {
             let mut want = 0f32;
             for r in 0..300 {

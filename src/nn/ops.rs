@@ -284,8 +284,8 @@ impl CustomOp3 for LayerNorm {
         let (x, g) = (x.detach().contiguous()?, g.contiguous()?);
         let normalize = Normalize { eps: self.eps };
         let xn = x.apply_op1_no_bwd(&normalize)?;
-        let dw = super::linear_op::sum_to_last_dim(&(&g * &xn)?)?;
-        let db = super::linear_op::sum_to_last_dim(&g)?;
+        let dw = sum_to_last_dim(&(&g * &xn)?)?;
+        let db = sum_to_last_dim(&g)?;
         let gxn = g.broadcast_mul(&w.detach())?;
         let dx = x.apply_op2_no_bwd(&gxn, &NormalizeBackward { eps: self.eps })?;
         Ok((Some(dx), Some(dw), Some(db)))
@@ -315,6 +315,58 @@ fn layer_norm_composite(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> CResult
         xc.broadcast_div(&(var + eps as f64)?.sqrt()?)?
     };
     xn.broadcast_mul(w)?.broadcast_add(b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column sums (bias and scale gradients)
+
+/// Sums over every dimension but the last: (…, n) → (n).
+pub fn sum_to_last_dim(x: &Tensor) -> CResult<Tensor> {
+    if on_cpu_f32(x) {
+        x.contiguous()?.apply_op1_no_bwd(&ColumnSums)
+    } else {
+        let n = x.dim(candle_core::D::Minus1)?;
+        x.reshape(((), n))?.sum(0)
+    }
+}
+
+/// (…, n) → (n): each column summed over the rows in order, from 0.0.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "biodc-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        Ok((CpuStorage::F32(column_sums(x, cols)), Shape::from(cols)))
+    }
+}
+
+/// Column sums of a row-major matrix with `cols` columns. Each task owns a range of columns
+/// and walks all rows in order, so every sum is 0.0 + row 0 + row 1 + …, whatever the
+/// number of threads.
+pub(super) fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
+    let rows = x.len() / cols.max(1);
+    let mut out = vec![0f32; cols];
+    let sum_into = |c0: usize, o: &mut [f32]| {
+        for r in 0..rows {
+            for (o, &v) in o.iter_mut().zip(&x[r * cols + c0..]) {
+                *o += v;
+            }
+        }
+    };
+    if x.len() < GRAIN {
+        sum_into(0, &mut out);
+    } else {
+        let width = cols.div_ceil(2 * rayon::current_num_threads()).max(16);
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, o)| sum_into(i * width, o));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
