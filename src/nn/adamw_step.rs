@@ -40,22 +40,14 @@ pub fn update_in_place(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, k: Step) 
     if !fits {
         return Ok(false);
     }
-    m.inplace_op2(
-        g,
-        &Moment {
-            keep: k.beta1 as f32,
-            take: (1.0 - k.beta1) as f32,
-            square: false,
-        },
-    )?;
-    v.inplace_op2(
-        g,
-        &Moment {
-            keep: k.beta2 as f32,
-            take: (1.0 - k.beta2) as f32,
-            square: true,
-        },
-    )?;
+    for (moment, beta, square) in [(m, k.beta1, false), (v, k.beta2, true)] {
+        let op = Moment {
+            keep: beta as f32,
+            take: (1.0 - beta) as f32,
+            square,
+        };
+        moment.inplace_op2(g, &op)?;
+    }
     w.inplace_op3(m, v, &Weights(k))?;
     Ok(true)
 }
