@@ -7,21 +7,36 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Stack of the pool's threads, one of which runs the whole command (the main thread has 8 MiB).
 const POOL_STACK: usize = 16 << 20;
 
-/// Runs the command on one of rayon's threads rather than on the main thread. Every parallel
-/// operation (matrix products, the fused kernels) then starts on a pool thread, which shares
-/// the work with the other and carries on, instead of handing it over and waking the main
-/// thread when it is done — thousands of such hand-overs per training step. MAE pretraining
-/// ran ~20–28 % faster (docs/BENCHMARKS.md), the same bits. `reproduce` stays on the main
-/// thread: it sizes the pool to the recorded thread count first, which works only before the
-/// pool exists.
+/// Runs a command that trains or applies networks on one of rayon's threads rather than on
+/// the main thread. Every parallel operation (matrix products, the fused kernels) then starts
+/// on a pool thread, which shares the work with the other and carries on, instead of handing
+/// it over and waking the main thread when it is done — thousands of such hand-overs per
+/// training step. MAE pretraining ran ~20 % faster (docs/BENCHMARKS.md), the same bits.
+///
+/// Only those verbs, and only with at least two pool threads: a command that blocks a thread
+/// while another thread waits for the pool (a fetch checks downloaded packs in parallel on a
+/// thread of its own while the command's thread waits on the downloads) would hold the pool's
+/// only thread. `reproduce` stays on the main thread too: it sizes the pool to the recorded
+/// thread count first, which works only before the pool exists.
 fn run_on_a_pool_thread(cli: biodc::cli::Cli) -> anyhow::Result<i32> {
-    if matches!(cli.verb, biodc::cli::Verb::Reproduce(_)) {
+    use biodc::cli::Verb;
+    let networks = matches!(
+        cli.verb,
+        Verb::Pretrain(_)
+            | Verb::Embed(_)
+            | Verb::Train(_)
+            | Verb::Hunt(_)
+            | Verb::Segment(_)
+            | Verb::Monitor(_)
+            | Verb::Demo(_)
+    );
+    if !networks {
         return biodc::cli::run(cli);
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .stack_size(POOL_STACK)
         .build_global();
-    if pool.is_err() {
+    if pool.is_err() || rayon::current_num_threads() < 2 {
         return biodc::cli::run(cli);
     }
     rayon::scope(|_| biodc::cli::run(cli))
