@@ -1,15 +1,14 @@
-//! A linear layer, x·Wᵀ + b over the last dimension, as one node of candle's graph, and the
-//! column sums its bias gradient needs.
+//! A linear layer, x·Wᵀ + b over the last dimension, as one node of candle's graph.
 //!
-//! Written with candle's operations, a linear layer is five graph nodes (reshape, transpose,
+//! Written with candle's operations, a linear layer is six graph nodes (reshape, transpose,
 //! matrix product, broadcast, add, reshape), and candle's backward pass accumulates every
 //! node's gradient into a fresh zero tensor: two extra passes over memory per node. The bias
 //! gradient is worse: candle sums over leading dimensions element by element with a division
 //! and a modulo each, on one thread. MAE pretraining of ViT-S spent ~8 % of its time there.
 //!
 //! Here the forward pass is the same `gemm` call candle makes, then the bias added in place;
-//! the backward pass is candle's own two matrix products and column sums (`ops::sum_to_last_dim`), which add rows
-//! in order from 0.0 as candle's sum does. Values and gradients are bit for bit those of the
+//! the backward pass is candle's own two matrix products and column sums
+//! (`ops::sum_to_last_dim`), which add rows in order from 0.0 as candle's sum does. Values and gradients are bit for bit those of the
 //! composite (tested below), for any number of threads. Off the CPU or for other dtypes,
 //! [`linear`] is the composite.
 

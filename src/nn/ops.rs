@@ -1,5 +1,6 @@
 //! Fused CPU kernels, with gradients, for the non-matmul hot spots of training: GELU, layer
-//! normalisation, the attention softmax, and the im2col of the segmenter's convolutions.
+//! normalisation (with its scale and shift), column sums (bias gradients), dropout masks, the
+//! attention softmax, and the im2col of the segmenter's convolutions.
 //!
 //! candle's own choices are poor here. Its fused `ops::layer_norm` and `ops::softmax_last_dim`
 //! cut the graph (docs/ARCHITECTURE.md: `backward` succeeds, the input silently gets no gradient), so
@@ -11,8 +12,8 @@
 //! 2 cores (224², batch 8, `CANDLE_NUM_THREADS=1`).
 //!
 //! Each kernel here is one pass forward and one pass backward, parallel over rows with rayon
-//! (the pool candle's matrix products already use). Rows are independent, so results do not
-//! depend on the number of threads. On other devices (CUDA) or dtypes the same functions fall
+//! (the pool candle's matrix products already use). Rows are independent, and column sums
+//! split columns, not rows, so results do not depend on the number of threads. On other devices (CUDA) or dtypes the same functions fall
 //! back to candle's composite operations, which have gradients everywhere.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
