@@ -41,7 +41,14 @@ fn same_seed_same_checkpoint_other_seed_differs_and_loss_falls() {
     let head0 = head(&project);
     ok(&project, &[TRAIN, &["--seed", "1", "--name", "a"]].concat());
     ok(&project, &[TRAIN, &["--seed", "1", "--name", "b"]].concat());
-    ok(&project, &[TRAIN, &["--seed", "2", "--name", "c"]].concat());
+    let report = json(
+        &project,
+        &[TRAIN, &["--seed", "2", "--name", "c", "--json"]].concat(),
+    );
+    // Both rates: end to end, and over the steps after the first three.
+    let rate = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
+    assert!(rate("patches_per_second") > 0.0, "{report}");
+    assert!(rate("steady_patches_per_second") > 0.0, "{report}");
     let (a, b, c) = (
         model(&project, "a"),
         model(&project, "b"),
@@ -62,11 +69,17 @@ fn same_seed_same_checkpoint_other_seed_differs_and_loss_falls() {
         "held-out loss fell only from {start} to {end}"
     );
     assert!(a.loss_curve.len() > 5);
-    // The versions are recorded: three pretrain commits on top of the import.
+    // Three steps leave no steady rate to report.
+    let short = json(
+        &project,
+        &[TRAIN, &["--name", "d", "--max-steps", "3", "--json"]].concat(),
+    );
+    assert!(short["steady_patches_per_second"].is_null(), "{short}");
+    // The versions are recorded: four pretrain commits on top of the import.
     let log = json(&project, &["log", "--json"]);
-    assert_eq!(log.as_array().unwrap().len(), 5);
+    assert_eq!(log.as_array().unwrap().len(), 6);
     assert_ne!(head(&project), head0);
-    let shown = ok(&project, &["show", "HEAD~2"]);
+    let shown = ok(&project, &["show", "HEAD~3"]);
     assert!(shown.contains("loss curve"), "{shown}");
     // The encoder leaves biodc as safetensors with Hugging Face ViT-MAE names + a config.
     let out = project.join("exported");
