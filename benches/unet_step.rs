@@ -17,14 +17,9 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    biodc::allocator::keep_freed_memory();
-    biodc::allocator::no_huge_pages();
-    // As `biodc` runs its commands: on a thread of rayon's pool (src/main.rs).
-    rayon::ThreadPoolBuilder::new()
-        .stack_size(16 << 20)
-        .build_global()
-        .expect("the global pool");
-    rayon::scope(|_| steps());
+    // As `biodc train` runs (src/main.rs).
+    biodc::allocator::configure();
+    biodc::nn::device::on_a_pool_thread(steps);
 }
 
 fn steps() {

@@ -1,6 +1,12 @@
 //! Settings of the process's allocator (mimalloc, installed by `src/main.rs`: the system
 //! allocator cost ~40 % of candle's training time on CPU, docs/ARCHITECTURE.md).
 
+/// Both settings below, as `biodc` runs: call first in `main`.
+pub fn configure() {
+    keep_freed_memory();
+    no_huge_pages();
+}
+
 /// mimalloc's `mi_option_purge_delay`. The option enum keeps its numbering across mimalloc
 /// versions (retired options keep their slot as `deprecated_…`), and libmimalloc-sys 0.1.49
 /// declares `mi_option_set` but not this constant.

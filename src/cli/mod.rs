@@ -76,6 +76,22 @@ pub enum Verb {
     Slurm(shards::SlurmArgs),
 }
 
+impl Verb {
+    /// Whether the verb trains or applies networks (the verbs `--device` is for).
+    pub fn runs_networks(&self) -> bool {
+        matches!(
+            self,
+            Verb::Pretrain(_)
+                | Verb::Embed(_)
+                | Verb::Train(_)
+                | Verb::Hunt(_)
+                | Verb::Segment(_)
+                | Verb::Monitor(_)
+                | Verb::Demo(_)
+        )
+    }
+}
+
 /// Runs the parsed command; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some(dir) = &cli.chdir {

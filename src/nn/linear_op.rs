@@ -123,6 +123,26 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d: &Dims, lx: &Layout) -> (C
     (CpuStorage::F32(y), Shape::from(shape))
 }
 
+type Arg<'a> = (&'a CpuStorage, &'a Layout);
+
+/// The forward pass from the ops' storages: checks the shapes, then [`forward`].
+fn cpu_linear(x: Arg, w: Arg, b: Option<Arg>) -> CResult<(CpuStorage, Shape)> {
+    let d = dims(x.1, w.1)?;
+    let b = b.map(|(s, l)| f32_slice(s, l, "linear")).transpose()?;
+    if let Some(b) = b.filter(|b| b.len() != d.out) {
+        return Err(candle_core::Error::Msg(format!(
+            "linear: bias of {} for {} outputs",
+            b.len(),
+            d.out
+        )));
+    }
+    let (xs, ws) = (
+        f32_slice(x.0, x.1, "linear")?,
+        f32_slice(w.0, w.1, "linear")?,
+    );
+    Ok(forward(xs, ws, b, &d, x.1))
+}
+
 /// Gradients of x and W from the output gradient `g`, as candle's matrix-product backward
 /// computes them for the composite.
 fn backward(x: &Tensor, w: &Tensor, g: &Tensor) -> CResult<(Tensor, Tensor)> {
@@ -147,9 +167,7 @@ impl CustomOp2 for Linear {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let d = dims(lx, lw)?;
-        let (x, w) = (f32_slice(sx, lx, "linear")?, f32_slice(sw, lw, "linear")?);
-        Ok(forward(x, w, None, &d, lx))
+        cpu_linear((sx, lx), (sw, lw), None)
     }
 
     fn bwd(
@@ -178,17 +196,7 @@ impl CustomOp3 for Linear {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let d = dims(lx, lw)?;
-        let (x, w) = (f32_slice(sx, lx, "linear")?, f32_slice(sw, lw, "linear")?);
-        let b = f32_slice(sb, lb, "linear")?;
-        if b.len() != d.out {
-            return Err(candle_core::Error::Msg(format!(
-                "linear: bias of {} for {} outputs",
-                b.len(),
-                d.out
-            )));
-        }
-        Ok(forward(x, w, Some(b), &d, lx))
+        cpu_linear((sx, lx), (sw, lw), Some((sb, lb)))
     }
 
     fn bwd(

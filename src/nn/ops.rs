@@ -409,11 +409,7 @@ impl CustomOp1 for MaskMul {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        let g = grad.contiguous()?;
-        let mask = MaskMul {
-            mask: self.mask.clone(),
-        };
-        Ok(Some(g.apply_op1_no_bwd(&mask)?))
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
 
