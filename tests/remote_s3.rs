@@ -179,3 +179,49 @@ fn a_push_to_s3_killed_midway_leaves_no_branch_and_resumes_without_resending() {
         assert_eq!(remote.list("refs").unwrap().len(), 1);
     }
 }
+
+#[test]
+fn a_server_that_ignores_conditional_writes_is_found_out_and_the_push_warns() {
+    server();
+    let (_tmp, project) = project();
+    // This server's own variables, given to each run only: the other tests share the process.
+    let odd = tempfile::tempdir().unwrap();
+    let addr = common::s3::start_ignoring_conditions(odd.path(), BUCKET, KEY, SECRET);
+    let endpoint = format!("http://{addr}");
+    ok(
+        &project,
+        &["remote", "add", "odd", &format!("s3://{BUCKET}/odd")],
+    );
+    let out = biodc(&project)
+        .args(["push", "odd", "--json"])
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["branch_move_atomic"], false);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("ignores conditional writes"), "{e}");
+    // The probe left nothing behind.
+    let probes: Vec<_> = walkdir::WalkDir::new(odd.path())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().to_string_lossy().contains("probes"))
+        .filter(|e| e.file_type().is_file())
+        .collect();
+    assert!(probes.is_empty(), "{probes:?}");
+
+    // The same push to the server that honours them moves the branch atomically, quietly.
+    ok(
+        &project,
+        &["remote", "add", "good", &format!("s3://{BUCKET}/good")],
+    );
+    let out = biodc(&project)
+        .args(["push", "good", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["branch_move_atomic"], true);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}

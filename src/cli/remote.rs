@@ -132,6 +132,12 @@ pub fn push(dir: &Path, a: PushArgs) -> Result<i32> {
             pack_bytes: a.pack_size,
         },
     )?;
+    if r.branch_move_atomic == Some(false) {
+        eprintln!(
+            "warning: {} ignores conditional writes (If-None-Match), so {} moved there without a compare-and-swap: a push racing this one could have overwritten it unseen. Push to this remote from one place at a time.",
+            r.url, r.branch
+        );
+    }
     if a.json {
         return print_json(&r);
     }

@@ -289,6 +289,32 @@ impl Backend {
         })
     }
 
+    /// Whether this storage refuses a create-if-absent put where something already is, as
+    /// [`Backend::create`] needs for a branch to move atomically. Asked of the storage itself:
+    /// some S3 servers (Garage 2.5, for one) ignore `If-None-Match` and overwrite. Writes,
+    /// then removes, one small key under `probes/`.
+    pub fn refuses_second_create(&self) -> Result<bool> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let key = format!("probes/{}-{nanos}", std::process::id());
+        let first = self.create(&key, b"1".to_vec())?;
+        let second = self.create(&key, b"2".to_vec())?;
+        self.delete(&key)?;
+        Ok(first == Created::Yes && second == Created::AlreadyThere)
+    }
+
+    /// Removes `key` (nothing there is not an error).
+    pub fn delete(&self, key: &str) -> Result<()> {
+        let store = self.store.clone();
+        self.runtime.block_on(async move {
+            match store.delete(&Key::from(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.fail(key, e)),
+            }
+        })
+    }
+
     /// Every key under `prefix` (a folder-like path without a trailing slash).
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let store = self.store.clone();

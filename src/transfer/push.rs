@@ -40,6 +40,10 @@ pub struct PushReport {
     pub git_objects_sent: usize,
     pub bytes_sent: u64,
     pub seconds: f64,
+    /// Whether the remote refused a second create of one key when asked before the push: if
+    /// not (a server that ignores `If-None-Match`), the branch moved without a compare-and-swap
+    /// and a push racing this one could have overwritten it. None when nothing was pushed.
+    pub branch_move_atomic: Option<bool>,
 }
 
 /// Pushes a branch to a remote.
@@ -68,6 +72,7 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
         git_objects_sent: 0,
         bytes_sent: 0,
         seconds: 0.0,
+        branch_move_atomic: None,
     };
     if let Some((_, old)) = before {
         if old == tip {
@@ -90,6 +95,7 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
     if let Some(marker) = backend.get(remote::MARKER)? {
         remote::check_format(&marker, &url)?;
     }
+    report.branch_move_atomic = Some(backend.refuses_second_create()?);
     backend.put(
         remote::MARKER,
         format!("{{\"format\": {}}}", remote::FORMAT).into_bytes(),

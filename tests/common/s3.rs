@@ -1,14 +1,83 @@
 //! A real S3 server for tests and benches: s3s-fs (the s3s project's S3 over a folder) serving
 //! `root` on 127.0.0.1 from a thread of this process, with one bucket and one key pair.
 
+#![allow(dead_code)]
+
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result, S3};
 use std::net::SocketAddr;
 use std::path::Path;
 
 /// Starts the server (it lives as long as the process) and returns its address.
 pub fn start(root: &Path, bucket: &str, key: &str, secret: &str) -> SocketAddr {
     std::fs::create_dir_all(root.join(bucket)).unwrap();
-    let fs = s3s_fs::FileSystem::new(root).unwrap();
-    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+    serve(s3s_fs::FileSystem::new(root).unwrap(), key, secret)
+}
+
+/// As [`start`], but the server ignores conditional writes (`If-None-Match`, `If-Match` on
+/// PUT) and overwrites, as some S3 servers do (Garage 2.5, S3 itself before 2024).
+pub fn start_ignoring_conditions(root: &Path, bucket: &str, key: &str, secret: &str) -> SocketAddr {
+    std::fs::create_dir_all(root.join(bucket)).unwrap();
+    serve(
+        IgnoresConditions(s3s_fs::FileSystem::new(root).unwrap()),
+        key,
+        secret,
+    )
+}
+
+/// s3s-fs with the conditions of PUT dropped; the calls object_store makes, passed on.
+struct IgnoresConditions(s3s_fs::FileSystem);
+
+#[async_trait::async_trait]
+impl S3 for IgnoresConditions {
+    async fn put_object(
+        &self,
+        mut req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        req.input.if_none_match = None;
+        req.input.if_match = None;
+        self.0.put_object(req).await
+    }
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.0.get_object(req).await
+    }
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.0.head_object(req).await
+    }
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.0.delete_object(req).await
+    }
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.0.delete_objects(req).await
+    }
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.0.list_objects_v2(req).await
+    }
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.0.head_bucket(req).await
+    }
+}
+
+fn serve(s3: impl S3, key: &str, secret: &str) -> SocketAddr {
+    let mut b = s3s::service::S3ServiceBuilder::new(s3);
     b.set_auth(s3s::auth::SimpleAuth::from_single(key, secret));
     let service = b.build();
     let (tx, rx) = std::sync::mpsc::channel();
