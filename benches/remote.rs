@@ -201,7 +201,13 @@ fn start_garage(bin: &str, dir: &Path) -> (std::process::Child, std::net::Socket
     (child, addr)
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    // As `biodc push` and `clone` run (src/main.rs): with the system allocator every 32 MiB
+    // pack buffer is a fresh mapping, faulted in again.
+    biodc::allocator::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |name: &str| {
         args.iter()
@@ -281,7 +287,7 @@ fn main() {
             biodc::remote::RemoteEntry { url: url.clone() },
         );
         r.save(repo.dot()).unwrap();
-        let (_, s) = timed(|| {
+        let (pushed, s) = timed(|| {
             transfer::push(
                 &repo,
                 &PushParams {
@@ -294,6 +300,10 @@ fn main() {
             .unwrap()
         });
         row("biodc", kind, "push", s);
+        eprintln!(
+            "{kind}: refuses a second create (If-None-Match): {:?}",
+            pushed.branch_move_atomic
+        );
         let dest = t.join(format!("clone-{i}"));
         let (_, s) = timed(|| transfer::clone(url, &dest, &CloneData::All, jobs).unwrap());
         row("biodc", kind, "clone", s);

@@ -8,7 +8,8 @@
 //! format 1 remotes hold them; still read), `git/<2 hex>/<38 hex>` (git objects, zstd of
 //! `<kind> <len>\0<data>`) and `refs/heads/<branch>/<n>`: the branch's n-th position (20
 //! digits), written only if absent, so the highest n is the branch and two pushes cannot both
-//! take the same n.
+//! take the same n (where the storage honours "only if absent": a push asks it first, with a
+//! key under `probes/`).
 
 mod backend;
 pub mod pack;
