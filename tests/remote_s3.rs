@@ -186,7 +186,11 @@ fn a_server_that_ignores_conditional_writes_is_found_out_and_the_push_warns() {
     let (_tmp, project) = project();
     // This server's own variables, given to each run only: the other tests share the process.
     let odd = tempfile::tempdir().unwrap();
-    let addr = common::s3::start_ignoring_conditions(odd.path(), BUCKET, KEY, SECRET);
+    let quirks = common::s3::Quirks {
+        ignores_conditions: true,
+        ..Default::default()
+    };
+    let addr = common::s3::start_with(odd.path(), BUCKET, KEY, SECRET, quirks);
     let endpoint = format!("http://{addr}");
     ok(
         &project,
@@ -224,4 +228,35 @@ fn a_server_that_ignores_conditional_writes_is_found_out_and_the_push_warns() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["branch_move_atomic"], true);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
+#[test]
+fn a_bucket_that_refuses_deletes_still_takes_a_push() {
+    server();
+    let (_tmp, project) = project();
+    let root = tempfile::tempdir().unwrap();
+    let quirks = common::s3::Quirks {
+        refuses_deletes: true,
+        ..Default::default()
+    };
+    let addr = common::s3::start_with(root.path(), BUCKET, KEY, SECRET, quirks);
+    ok(
+        &project,
+        &["remote", "add", "keep", &format!("s3://{BUCKET}/keep")],
+    );
+    let out = biodc(&project)
+        .args(["push", "keep", "--json"])
+        .env("AWS_ENDPOINT_URL", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["branch_move_atomic"], true);
+    // The probe's key could not be removed: it stays, one byte.
+    let probes = walkdir::WalkDir::new(root.path())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().to_string_lossy().contains("probes"))
+        .count();
+    assert_eq!(probes, 1);
 }

@@ -14,28 +14,40 @@ pub fn start(root: &Path, bucket: &str, key: &str, secret: &str) -> SocketAddr {
     serve(s3s_fs::FileSystem::new(root).unwrap(), key, secret)
 }
 
-/// As [`start`], but the server ignores conditional writes (`If-None-Match`, `If-Match` on
-/// PUT) and overwrites, as some S3 servers do (Garage 2.5, S3 itself before 2024).
-pub fn start_ignoring_conditions(root: &Path, bucket: &str, key: &str, secret: &str) -> SocketAddr {
+/// How a server started by [`start_with`] departs from s3s-fs, as some S3 servers do.
+#[derive(Clone, Copy, Default)]
+pub struct Quirks {
+    /// Ignores conditional writes (`If-None-Match`, `If-Match` on PUT) and overwrites, as
+    /// Garage 2.5 and S3 itself before 2024 do.
+    pub ignores_conditions: bool,
+    /// Answers every delete with AccessDenied, as a bucket whose policy allows writes but not
+    /// deletes does.
+    pub refuses_deletes: bool,
+}
+
+/// As [`start`], with the quirks given.
+pub fn start_with(root: &Path, bucket: &str, key: &str, secret: &str, q: Quirks) -> SocketAddr {
     std::fs::create_dir_all(root.join(bucket)).unwrap();
     serve(
-        IgnoresConditions(s3s_fs::FileSystem::new(root).unwrap()),
+        Quirky(s3s_fs::FileSystem::new(root).unwrap(), q),
         key,
         secret,
     )
 }
 
-/// s3s-fs with the conditions of PUT dropped; the calls object_store makes, passed on.
-struct IgnoresConditions(s3s_fs::FileSystem);
+/// s3s-fs with quirks; the calls object_store makes, passed on.
+struct Quirky(s3s_fs::FileSystem, Quirks);
 
 #[async_trait::async_trait]
-impl S3 for IgnoresConditions {
+impl S3 for Quirky {
     async fn put_object(
         &self,
         mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        req.input.if_none_match = None;
-        req.input.if_match = None;
+        if self.1.ignores_conditions {
+            req.input.if_none_match = None;
+            req.input.if_match = None;
+        }
         self.0.put_object(req).await
     }
     async fn get_object(
@@ -54,12 +66,18 @@ impl S3 for IgnoresConditions {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        if self.1.refuses_deletes {
+            return Err(s3s::s3_error!(AccessDenied));
+        }
         self.0.delete_object(req).await
     }
     async fn delete_objects(
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        if self.1.refuses_deletes {
+            return Err(s3s::s3_error!(AccessDenied));
+        }
         self.0.delete_objects(req).await
     }
     async fn list_objects_v2(
