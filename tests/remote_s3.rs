@@ -180,54 +180,59 @@ fn a_push_to_s3_killed_midway_leaves_no_branch_and_resumes_without_resending() {
     }
 }
 
+/// Pushes `project` to a new remote `name` on `endpoint` (None: the shared server), given to
+/// this run only since the other tests share the process's variables: the `--json` report and
+/// what the push printed on stderr.
+fn push_to(
+    project: &std::path::Path,
+    name: &str,
+    endpoint: Option<SocketAddr>,
+) -> (serde_json::Value, String) {
+    ok(
+        project,
+        &["remote", "add", name, &format!("s3://{BUCKET}/{name}")],
+    );
+    let mut cmd = biodc(project);
+    cmd.args(["push", name, "--json"]);
+    if let Some(addr) = endpoint {
+        cmd.env("AWS_ENDPOINT_URL", format!("http://{addr}"));
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        serde_json::from_slice(&out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Files under `root` (a server's folder) whose path names `probes`.
+fn probe_files(root: &std::path::Path) -> usize {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().to_string_lossy().contains("probes"))
+        .count()
+}
+
 #[test]
 fn a_server_that_ignores_conditional_writes_is_found_out_and_the_push_warns() {
     server();
     let (_tmp, project) = project();
-    // This server's own variables, given to each run only: the other tests share the process.
     let odd = tempfile::tempdir().unwrap();
     let quirks = common::s3::Quirks {
         ignores_conditions: true,
         ..Default::default()
     };
     let addr = common::s3::start_with(odd.path(), BUCKET, KEY, SECRET, quirks);
-    let endpoint = format!("http://{addr}");
-    ok(
-        &project,
-        &["remote", "add", "odd", &format!("s3://{BUCKET}/odd")],
-    );
-    let out = biodc(&project)
-        .args(["push", "odd", "--json"])
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (report, e) = push_to(&project, "odd", Some(addr));
     assert_eq!(report["branch_move_atomic"], false);
-    let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("ignores conditional writes"), "{e}");
-    // The probe left nothing behind.
-    let probes: Vec<_> = walkdir::WalkDir::new(odd.path())
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().to_string_lossy().contains("probes"))
-        .filter(|e| e.file_type().is_file())
-        .collect();
-    assert!(probes.is_empty(), "{probes:?}");
+    assert_eq!(probe_files(odd.path()), 0, "the probe left nothing behind");
 
     // The same push to the server that honours them moves the branch atomically, quietly.
-    ok(
-        &project,
-        &["remote", "add", "good", &format!("s3://{BUCKET}/good")],
-    );
-    let out = biodc(&project)
-        .args(["push", "good", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (report, e) = push_to(&project, "good", None);
     assert_eq!(report["branch_move_atomic"], true);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    assert!(!e.contains("warning"), "{e}");
 }
 
 #[test]
@@ -240,23 +245,11 @@ fn a_bucket_that_refuses_deletes_still_takes_a_push() {
         ..Default::default()
     };
     let addr = common::s3::start_with(root.path(), BUCKET, KEY, SECRET, quirks);
-    ok(
-        &project,
-        &["remote", "add", "keep", &format!("s3://{BUCKET}/keep")],
-    );
-    let out = biodc(&project)
-        .args(["push", "keep", "--json"])
-        .env("AWS_ENDPOINT_URL", format!("http://{addr}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (report, _) = push_to(&project, "keep", Some(addr));
     assert_eq!(report["branch_move_atomic"], true);
-    // The probe's key could not be removed: it stays, one byte.
-    let probes = walkdir::WalkDir::new(root.path())
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.path().to_string_lossy().contains("probes"))
-        .count();
-    assert_eq!(probes, 1);
+    assert_eq!(
+        probe_files(root.path()),
+        1,
+        "the probe's key stays, one byte"
+    );
 }
