@@ -238,7 +238,7 @@ fn a_server_that_ignores_conditional_writes_is_found_out_and_the_push_warns() {
 #[test]
 fn a_bucket_that_refuses_deletes_still_takes_a_push() {
     server();
-    let (_tmp, project) = project();
+    let (tmp, project) = project();
     let root = tempfile::tempdir().unwrap();
     let quirks = common::s3::Quirks {
         refuses_deletes: true,
@@ -251,5 +251,16 @@ fn a_bucket_that_refuses_deletes_still_takes_a_push() {
         probe_files(root.path()),
         1,
         "the probe's key stays, one byte"
+    );
+    // A clone is not disturbed by it.
+    let out = biodc(tmp.path())
+        .args(["clone", &format!("s3://{BUCKET}/keep"), "copy"])
+        .env("AWS_ENDPOINT_URL", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        object_names(&tmp.path().join("copy/.biodc/objects")),
+        object_names(&project.join(".biodc/objects"))
     );
 }
