@@ -416,6 +416,7 @@ fn main() {
         "rows": rows});
     for mut c in children {
         let _ = c.kill();
+        let _ = c.wait();
     }
     if let Some(out) = arg("--out") {
         std::fs::write(
