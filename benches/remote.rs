@@ -74,21 +74,43 @@ fn project(root: &Path, images: &Path, patch: usize) -> Repo {
     repo
 }
 
-fn dvc(bin: &str, dir: &Path, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(bin)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `cmd`: its standard output, or the command and the first line it printed on stderr.
+fn output_of(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().unwrap();
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         let e = String::from_utf8_lossy(&out.stderr);
-        Err(format!(
-            "dvc {args:?}: {}",
-            e.lines().next().unwrap_or_default()
-        ))
+        Err(format!("{cmd:?}: {}", e.lines().next().unwrap_or_default()))
     }
+}
+
+fn dvc(bin: &str, dir: &Path, args: &[&str]) -> Result<(), String> {
+    output_of(Command::new(bin).current_dir(dir).args(args)).map(drop)
+}
+
+/// Runs the garage CLI against the server of `config`; its standard output.
+fn garage(bin: &str, config: &Path, args: &[&str]) -> String {
+    output_of(Command::new(bin).arg("-c").arg(config).args(args)).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to 10 s for `server` to listen on `addr`.
+fn wait_for(addr: std::net::SocketAddr, server: &str) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{server} did not start on {addr}");
 }
 
 /// A moto S3 server (PyPI `moto[server]`) on 127.0.0.1 with the bucket made.
@@ -101,47 +123,19 @@ fn start_moto(bin: &str) -> (std::process::Child, std::net::SocketAddr) {
         .spawn()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if let Ok(mut c) = std::net::TcpStream::connect(addr) {
-            // moto checks no signature: a bare PUT makes the bucket.
-            use std::io::{Read, Write};
-            write!(
-                c,
-                "PUT /{BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut reply = String::new();
-            let _ = c.read_to_string(&mut reply);
-            assert!(reply.starts_with("HTTP/1.1 200"), "moto: {reply}");
-            return (child, addr);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("moto_server did not start on {addr}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Runs the garage CLI against the server of `config`; its standard output.
-fn garage(bin: &str, config: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin)
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "garage {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    wait_for(addr, "moto_server");
+    // moto checks no signature: a bare PUT makes the bucket.
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "PUT /{BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "moto: {reply}");
+    (child, addr)
 }
 
 /// A one-node Garage server (crates.io `garage`, its defaults but one replica) serving `dir` on
@@ -171,12 +165,7 @@ fn start_garage(bin: &str, dir: &Path) -> (std::process::Child, std::net::Socket
         .spawn()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{s3}").parse().unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for(addr, "garage");
     let node = garage(bin, &config, &["node", "id", "-q"]);
     let node = node.trim().split('@').next().unwrap().to_string();
     garage(
