@@ -10,10 +10,11 @@
 //! cargo install garage --version 2.5.0 --locked --root /tmp/garage   # optional
 //! cargo bench --bench remote -- [--stacks 70] [--dvc /tmp/dvcenv/bin/dvc] \
 //!     [--moto /tmp/motoenv/bin/moto_server] [--garage /tmp/garage/bin/garage] [-j 8] \
-//!     [--out r.json]
+//!     [--out r.json] [--images DIR --patch 96]
 //! ```
 //!
-//! The cohort is `--stacks` synthetic stacks of 7×1024×1024 u16 (70 ≈ 1 GiB of TIFFs). Rates
+//! The cohort is `--stacks` synthetic stacks of 7×1024×1024 u16 (70 ≈ 1 GiB of TIFFs), or the
+//! TIFFs in `--images DIR` (benches/nellie_cohort.py writes >= 1 GiB of real ones). Rates
 //! are cohort megabytes (the TIFFs' size) per second, for both tools, so they compare work done
 //! for the user whatever each stores.
 
@@ -41,6 +42,48 @@ fn dir_bytes(dir: &Path) -> u64 {
         .filter(|e| e.file_type().is_file())
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum()
+}
+
+/// Copies the TIFFs directly in `from` to `to`.
+fn copy_tiffs(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "tif" || x == "tiff") {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// The least number of bits per pixel any lossless coding of the synthetic cohort in `images`
+/// can average: the entropy of the noise the generator adds, Gaussian of variance (level +
+/// read noise²) (src/synth/render.rs), which no coder can predict even knowing the noiseless
+/// image. The level is taken as the pixel's value (the noise is small beside it).
+fn noise_entropy_bits(images: &Path) -> f64 {
+    let (mut bits, mut pixels) = (0.0, 0u64);
+    for condition in std::fs::read_dir(images).unwrap() {
+        let dir = condition.unwrap().path();
+        let c: usize = dir.file_name().unwrap().to_str().unwrap()[1..]
+            .parse()
+            .unwrap();
+        let read2 = f64::from(biodc::synth::STYLES[c].read_noise).powi(2);
+        let per_level: Vec<f64> = (0..=u16::MAX)
+            .map(|v| {
+                0.5 * (std::f64::consts::TAU * std::f64::consts::E * (f64::from(v) + read2)).log2()
+            })
+            .collect();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let stack = biodc::io::tiff::read_stack(&f.unwrap().path()).unwrap();
+            for plane in &stack.planes {
+                let biodc::io::Plane::U16(p) = plane else {
+                    panic!("the synthetic cohort is u16")
+                };
+                bits += p.iter().map(|&v| per_level[usize::from(v)]).sum::<f64>();
+                pixels += p.len() as u64;
+            }
+        }
+    }
+    bits / pixels as f64
 }
 
 /// Times `f`, after writing out what earlier steps left in the page cache: otherwise a step pays
@@ -215,23 +258,40 @@ fn main() {
     std::env::set_var("AWS_REGION", "us-east-1");
     std::env::set_var("AWS_ALLOW_HTTP", "true");
 
-    eprintln!("writing {stacks} stacks of 7×1024×1024 …");
     let cohort = t.join("cohort");
-    write_cohort(
-        &cohort,
-        &SynthParams {
-            stacks,
-            shape: [7, 1024, 1024],
-            seed: 0,
-            defects: false,
-        },
-    )
-    .unwrap();
     let images = cohort.join("images");
+    let patch: usize = arg("--patch").map_or(224, |s| s.parse().unwrap());
+    let mut noise_bits = None;
+    match arg("--images") {
+        // Copied: DVC's steps move the folder into its workspace.
+        Some(dir) => copy_tiffs(Path::new(&dir), &images),
+        None => {
+            eprintln!("writing {stacks} stacks of 7×1024×1024 …");
+            write_cohort(
+                &cohort,
+                &SynthParams {
+                    stacks,
+                    shape: [7, 1024, 1024],
+                    seed: 0,
+                    defects: false,
+                },
+            )
+            .unwrap();
+            let bits = noise_entropy_bits(&images);
+            eprintln!(
+                "noise entropy: {bits:.2} bits per pixel: no lossless store holds these 16-bit \
+                 stacks in fewer than {:.0} % of their bytes",
+                100.0 * bits / 16.0
+            );
+            noise_bits = Some(bits);
+        }
+    }
     let mb = dir_bytes(&images) as f64 / 1e6;
-    eprintln!("cohort: {mb:.0} MB; importing …");
-    let repo = project(&t.join("project"), &images, 224);
+    let files = std::fs::read_dir(&images).unwrap().count();
+    eprintln!("cohort: {files} files, {mb:.0} MB; importing …");
+    let repo = project(&t.join("project"), &images, patch);
     let store_mb = dir_bytes(&t.join("project/.biodc/objects")) as f64 / 1e6;
+    eprintln!("biodc's store: {store_mb:.0} MB");
     let mut rows = Vec::new();
     let mut row = |tool: &str, target: &str, op: &str, seconds: f64| {
         let r = json!({"tool": tool, "remote": target, "op": op, "seconds": seconds,
@@ -401,7 +461,9 @@ fn main() {
         "seconds": s, "git_bytes": c.fetch.bytes_received});
     println!("{r}");
     rows.push(r);
-    let summary = json!({"cohort_mb": mb, "store_mb": store_mb, "stacks": stacks, "jobs": jobs,
+    let summary = json!({"cohort_mb": mb, "store_mb": store_mb, "images": arg("--images"),
+        "noise_entropy_bits_per_pixel": noise_bits,
+        "stacks": files, "patch": patch, "jobs": jobs,
         "rows": rows});
     for mut c in children {
         let _ = c.kill();
