@@ -56,6 +56,24 @@ fn a_push_clones_elsewhere_identically_and_a_second_push_sends_nothing() {
     assert_eq!(object_names(&copy.join(".biodc/objects")), local);
     assert_eq!(log(&copy), log(&project));
     fsck_clean(&copy);
+    // The clone keeps what it received in packs, not a file per object; `gc` keeps them, and a
+    // push from the clone reads them.
+    assert!(loose_object_names(&copy.join(".biodc/objects")).is_empty());
+    ok(&copy, &["gc"]);
+    assert_eq!(object_names(&copy.join(".biodc/objects")), local);
+    fsck_clean(&copy);
+    let onward = tmp.path().join("onward");
+    ok(
+        &copy,
+        &["remote", "add", "onward", onward.to_str().unwrap()],
+    );
+    ok(&copy, &["push", "onward"]);
+    ok(tmp.path(), &["clone", onward.to_str().unwrap(), "copy2"]);
+    assert_eq!(
+        object_names(&tmp.path().join("copy2/.biodc/objects")),
+        local
+    );
+    fsck_clean(&tmp.path().join("copy2"));
 
     let again = json(&project, &["push", "--json"]);
     assert_eq!(again["up_to_date"], true);

@@ -2,14 +2,14 @@
 //! per pack instead of one per object (a 1 GB cohort is ~12,000 tiles; at a few milliseconds a
 //! request, per-object keys made S3 remotes request-bound).
 //!
-//! `packs/<name>.pack` is the stored forms of its objects, back to back; `packs/<name>.idx`
-//! says where each is (`INDEX_MAGIC`, then per object its 32-byte id and its offset and length
-//! as little-endian u64). `<name>` is the blake3 of the pack's bytes. The index is written after
-//! its pack, so a pack whose index is missing (a push killed between the two) is ignored: its
-//! objects count as absent and the next push sends them again. A single object, or a range of
-//! a pack, is read with a ranged GET, which is how partial clones and read-through work.
+//! `packs/<name>.pack` and `packs/<name>.idx`, in the format local packs have too
+//! (src/store/pack.rs). The index is written after its pack, so a pack whose index is missing
+//! (a push killed between the two) is ignored: its objects count as absent and the next push
+//! sends them again. A single object, or a range of a pack, is read with a ranged GET, which is
+//! how partial clones and read-through work.
 
 use super::Backend;
+pub use crate::store::pack::{build, decode_index, encode_index, Entry, Pack, INDEX_MAGIC};
 use crate::store::ObjectId;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -17,10 +17,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// First bytes of an index.
-pub const INDEX_MAGIC: &[u8] = b"biodc-pack-index 1\n";
-/// Bytes per index entry: id, offset, length.
-const ENTRY: usize = 32 + 8 + 8;
 /// Packs a push aims for when not told otherwise.
 pub const DEFAULT_PACK_BYTES: u64 = 32 << 20;
 
@@ -30,81 +26,6 @@ pub fn pack_key(name: &str) -> String {
 
 pub fn index_key(name: &str) -> String {
     format!("packs/{name}.idx")
-}
-
-/// Where one object sits in a pack.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub id: ObjectId,
-    pub offset: u64,
-    pub len: u64,
-}
-
-impl Entry {
-    pub fn range(&self) -> Range<u64> {
-        self.offset..self.offset + self.len
-    }
-}
-
-/// One pack ready to upload: its name, bytes and index.
-pub struct Pack {
-    pub name: String,
-    pub bytes: Vec<u8>,
-    pub index: Vec<u8>,
-    pub objects: usize,
-}
-
-/// Builds a pack of `objects` (id and stored form, in order).
-pub fn build(objects: Vec<(ObjectId, Vec<u8>)>) -> Pack {
-    let total: usize = objects.iter().map(|(_, b)| b.len()).sum();
-    let mut bytes = Vec::with_capacity(total);
-    let mut entries = Vec::with_capacity(objects.len());
-    for (id, b) in &objects {
-        entries.push(Entry {
-            id: *id,
-            offset: bytes.len() as u64,
-            len: b.len() as u64,
-        });
-        bytes.extend_from_slice(b);
-    }
-    Pack {
-        name: blake3::hash(&bytes).to_hex().to_string(),
-        index: encode_index(&entries),
-        objects: objects.len(),
-        bytes,
-    }
-}
-
-pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(INDEX_MAGIC.len() + entries.len() * ENTRY);
-    out.extend_from_slice(INDEX_MAGIC);
-    for e in entries {
-        out.extend_from_slice(&e.id.0);
-        out.extend_from_slice(&e.offset.to_le_bytes());
-        out.extend_from_slice(&e.len.to_le_bytes());
-    }
-    out
-}
-
-/// The entries of index `bytes`; `name` is shown in errors.
-pub fn decode_index(bytes: &[u8], name: &str) -> Result<Vec<Entry>> {
-    let Some(body) = bytes.strip_prefix(INDEX_MAGIC) else {
-        bail!("pack index {name} is not a biodc pack index (or of a newer format)");
-    };
-    if body.len() % ENTRY != 0 {
-        bail!(
-            "pack index {name} is truncated ({} bytes of entries, not a multiple of {ENTRY})",
-            body.len()
-        );
-    }
-    Ok(body
-        .chunks_exact(ENTRY)
-        .map(|c| Entry {
-            id: ObjectId(c[..32].try_into().expect("32 bytes")),
-            offset: u64::from_le_bytes(c[32..40].try_into().expect("8 bytes")),
-            len: u64::from_le_bytes(c[40..48].try_into().expect("8 bytes")),
-        })
-        .collect())
 }
 
 /// Splits objects of these sizes, in order, into consecutive groups of about `target` bytes
@@ -271,7 +192,7 @@ mod tests {
     fn an_index_reads_back_and_a_damaged_one_is_refused() {
         let a = (ObjectId::of(b"a"), b"stored a".to_vec());
         let b = (ObjectId::of(b"b"), b"stored bb".to_vec());
-        let p = build(vec![a.clone(), b.clone()]);
+        let p = build(&[a.clone(), b.clone()]);
         let es = decode_index(&p.index, &p.name).unwrap();
         assert_eq!(es.len(), 2);
         assert_eq!(

@@ -128,6 +128,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
     let (ids, stray) = repo.store.list()?;
     report.objects = ids.len();
     report.stray = stray.iter().map(|p| p.display().to_string()).collect();
+    report.corrupt.extend(repo.store.damaged_packs());
     let pb = crate::progress::bar(ids.len() as u64, "fsck", false);
     let store = &repo.store;
     let damaged: Vec<Damage> = ids
@@ -156,7 +157,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
             Damage::Corrupt { id, reason } => {
                 report.corrupt.push(format!(
                     "object {id} ({}) is {reason}",
-                    repo.store.path_of(&id).display()
+                    repo.store.location(&id)
                 ));
                 bad.insert(id);
             }

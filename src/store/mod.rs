@@ -5,6 +5,9 @@
 //! numbers are ([`Filter`]); it hashes, compresses, writes atomically, reads and verifies.
 
 mod object;
+pub mod pack;
+#[cfg(test)]
+mod tests;
 
 pub use object::{decode, encode, Filter, Header, Kind, HEADER_LEN};
 
@@ -92,6 +95,8 @@ pub struct Store {
     /// Read-through for objects not here (a partial clone), and how many it brought.
     source: std::sync::OnceLock<Box<dyn ObjectSource>>,
     fetched: std::sync::atomic::AtomicUsize,
+    /// What `clone` and `fetch` brought, in packs as received (src/store/pack.rs).
+    packs: pack::LocalPacks,
 }
 
 impl Store {
@@ -104,6 +109,7 @@ impl Store {
             created: Mutex::new(Vec::new()),
             source: std::sync::OnceLock::new(),
             fetched: std::sync::atomic::AtomicUsize::new(0),
+            packs: pack::LocalPacks::new(root.join("packs")),
         })
     }
 
@@ -125,14 +131,33 @@ impl Store {
     /// Stores the stored form `bytes` of object `id` as read from elsewhere, after checking that
     /// it decodes to content that hashes to `id`; returns the content.
     pub fn put_stored(&self, id: &ObjectId, bytes: &[u8]) -> Result<Vec<u8>> {
-        let (_, raw) = decode(bytes).with_context(|| format!("object {id} is corrupt"))?;
-        if ObjectId::of(&raw) != *id {
-            bail!("object {id} is corrupt: its content does not hash to its name");
-        }
-        if !self.path_of(id).exists() {
+        let raw = check(id, bytes)?;
+        if !self.contains(id) {
             self.write_file(id, bytes)?;
         }
         Ok(raw)
+    }
+
+    /// Stores objects read from elsewhere (id and stored form) as one pack, after checking
+    /// each as [`Store::put_stored`] does; objects already here are left out.
+    pub fn put_stored_pack(&self, objects: &[(ObjectId, &[u8])]) -> Result<()> {
+        use rayon::prelude::*;
+        objects
+            .par_iter()
+            .try_for_each(|(id, bytes)| check(id, bytes).map(drop))?;
+        let absent: std::collections::HashSet<ObjectId> = self
+            .missing(objects.iter().map(|(id, _)| *id))
+            .into_iter()
+            .collect();
+        let new: Vec<(ObjectId, &[u8])> = objects
+            .iter()
+            .filter(|(id, _)| absent.contains(id))
+            .copied()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.packs.write(&new).map(drop)
     }
 
     /// Writes the stored form of `id` atomically (temp file in the same folder, then a
@@ -168,7 +193,65 @@ impl Store {
     }
 
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.path_of(id).exists()
+        self.packs.lookup(id).is_some()
+            || self.path_of(id).exists()
+            || self.packs.find(id, false).is_some()
+    }
+
+    /// Those of `ids` that are not here (the packs folder is looked at once for all of them).
+    pub fn missing(&self, ids: impl IntoIterator<Item = ObjectId>) -> Vec<ObjectId> {
+        self.packs.refresh(false);
+        ids.into_iter()
+            .filter(|id| self.packs.lookup(id).is_none() && !self.path_of(id).exists())
+            .collect()
+    }
+
+    /// The stored form (header and compressed bytes) of `id` here: its file, or its place in a
+    /// pack.
+    pub fn stored(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        if let Some(slot) = self.packs.lookup(id) {
+            return self.packs.read(&slot);
+        }
+        let path = self.path_of(id);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(id, true) {
+                Some(slot) => self.packs.read(&slot),
+                None => Err(e).with_context(|| format!("object {id} is missing")),
+            },
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// The size of the stored form of `id`, when it is here.
+    pub fn stored_len(&self, id: &ObjectId) -> Option<u64> {
+        match self.packs.lookup(id) {
+            Some(slot) => Some(slot.len),
+            None => match fs::metadata(self.path_of(id)) {
+                Ok(m) => Some(m.len()),
+                Err(_) => self.packs.find(id, true).map(|s| s.len),
+            },
+        }
+    }
+
+    /// Where `id` is kept here, for messages: its file, or its pack and offset.
+    pub fn location(&self, id: &ObjectId) -> String {
+        match self.packs.find(id, false) {
+            Some(slot) => format!(
+                "{} at byte {}",
+                self.packs
+                    .dir()
+                    .join(format!("{}.pack", slot.pack))
+                    .display(),
+                slot.offset
+            ),
+            None => self.path_of(id).display().to_string(),
+        }
+    }
+
+    /// Pack indexes here that cannot be read, each with why.
+    pub fn damaged_packs(&self) -> Vec<String> {
+        self.packs.strays().1
     }
 
     /// Stores `raw` unless an object with its key exists; returns the key and whether it was new.
@@ -203,7 +286,7 @@ impl Store {
     /// from the source, if there is one, and stays here.
     pub fn get(&self, id: &ObjectId) -> Result<Vec<u8>> {
         if let Some(source) = self.source.get() {
-            if !self.path_of(id).exists() {
+            if !self.contains(id) {
                 let bytes = source
                     .fetch(id)?
                     .with_context(|| format!("object {id} is missing here and on the remote"))?;
@@ -218,13 +301,7 @@ impl Store {
 
     /// Reads object `id` from this store only.
     fn get_here(&self, id: &ObjectId) -> Result<Vec<u8>> {
-        let path = self.path_of(id);
-        let bytes = fs::read(&path).with_context(|| format!("object {id} is missing"))?;
-        let (_, raw) = decode(&bytes).with_context(|| format!("object {id} is corrupt"))?;
-        if ObjectId::of(&raw) != *id {
-            bail!("object {id} is corrupt: its content does not hash to its name");
-        }
-        Ok(raw)
+        check(id, &self.stored(id)?)
     }
 
     /// Reads object `id` as a rows × dim little-endian f32 matrix (embeddings, uncertainty maps).
@@ -244,8 +321,7 @@ impl Store {
     /// Reads object `id` and its header.
     pub fn get_with_header(&self, id: &ObjectId) -> Result<(Header, Vec<u8>)> {
         let raw = self.get(id)?;
-        let bytes = fs::read(self.path_of(id))?;
-        Ok((Header::parse(&bytes)?, raw))
+        Ok((Header::parse(&self.stored(id)?)?, raw))
     }
 
     /// Objects created by this process so far.
@@ -280,9 +356,23 @@ impl Store {
 
     /// Every object id present, with stray files (temp files, odd names) listed separately.
     pub fn list(&self) -> Result<(Vec<ObjectId>, Vec<PathBuf>)> {
+        let (mut ids, mut stray) = self.list_loose()?;
+        let mut seen: std::collections::HashSet<ObjectId> = ids.iter().copied().collect();
+        for (_, entries) in self.packs.packs() {
+            ids.extend(entries.iter().map(|e| e.id).filter(|id| seen.insert(*id)));
+        }
+        stray.extend(self.packs.strays().0);
+        Ok((ids, stray))
+    }
+
+    /// The objects in files of their own, and stray files beside them.
+    fn list_loose(&self) -> Result<(Vec<ObjectId>, Vec<PathBuf>)> {
         let mut ids = Vec::new();
         let mut stray = Vec::new();
         for fan in read_dir_sorted(&self.root)? {
+            if fan == self.packs.dir() {
+                continue;
+            }
             let fan_name = file_name(&fan);
             if !fan.is_dir() || fan_name.len() != 2 {
                 stray.push(fan);
@@ -320,7 +410,7 @@ impl Store {
 
     /// Removes every object not in `keep` and every stray file; returns (objects, bytes) freed.
     pub fn sweep(&self, keep: &BTreeSet<ObjectId>) -> Result<(usize, u64)> {
-        let (ids, stray) = self.list()?;
+        let (ids, stray) = self.list_loose()?;
         let mut count = 0;
         let mut bytes = 0;
         for path in ids
@@ -328,13 +418,43 @@ impl Store {
             .filter(|id| !keep.contains(id))
             .map(|id| self.path_of(id))
             .chain(stray.into_iter().filter(|p| p.is_file()))
+            .chain(self.packs.strays().0)
         {
             bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             count += 1;
         }
+        // A pack holding objects no longer kept is written again with the kept ones only.
+        for (name, entries) in self.packs.packs() {
+            let dead = entries.iter().filter(|e| !keep.contains(&e.id)).count();
+            if dead == 0 {
+                continue;
+            }
+            let live = entries
+                .iter()
+                .filter(|e| keep.contains(&e.id))
+                .map(|e| Ok((e.id, self.stored(&e.id)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let written = if live.is_empty() {
+                0
+            } else {
+                self.packs.write(&live)?
+            };
+            bytes += self.packs.remove(&name)?.saturating_sub(written);
+            count += dead;
+        }
         Ok((count, bytes))
     }
+}
+
+/// The content of `bytes`, the stored form of `id`, after checking that it decodes and hashes
+/// to `id`.
+fn check(id: &ObjectId, bytes: &[u8]) -> Result<Vec<u8>> {
+    let (_, raw) = decode(bytes).with_context(|| format!("object {id} is corrupt"))?;
+    if ObjectId::of(&raw) != *id {
+        bail!("object {id} is corrupt: its content does not hash to its name");
+    }
+    Ok(raw)
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -366,53 +486,4 @@ fn sync_filesystem(dir: &fs::File) -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn sync_filesystem(dir: &fs::File) -> std::io::Result<()> {
     dir.sync_all()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn put_get_dedup_and_rollback() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let raw: Vec<u8> = (0..5000u32)
-            .flat_map(|i| (i as u16).to_le_bytes())
-            .collect();
-        let (id, new) = store.put(Kind::Tile, Filter::Shuffle(2), &raw).unwrap();
-        assert!(new);
-        let (id2, new2) = store.put(Kind::Tile, Filter::Shuffle(2), &raw).unwrap();
-        assert_eq!((id, false), (id2, new2));
-        assert_eq!(store.get(&id).unwrap(), raw);
-        assert_eq!(store.list().unwrap().0, vec![id]);
-        let lock = crate::lock::RepoLock::acquire(&dir.path().join("lock")).unwrap();
-        assert_eq!(store.roll_back(&lock), 1);
-        assert!(!store.contains(&id));
-    }
-
-    #[test]
-    fn flipped_byte_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (id, _) = store
-            .put(Kind::Blob, Filter::None, b"hello hello hello")
-            .unwrap();
-        let path = store.path_of(&id);
-        let mut bytes = fs::read(&path).unwrap();
-        for i in 0..bytes.len() {
-            bytes[i] ^= 0x40;
-            fs::write(&path, &bytes).unwrap();
-            assert!(store.verify(&id).is_some(), "flip at byte {i} not detected");
-            bytes[i] ^= 0x40;
-        }
-        fs::write(&path, &bytes).unwrap();
-        assert!(store.verify(&id).is_none());
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        let id = ObjectId::of(b"x");
-        assert_eq!(ObjectId::from_hex(&id.to_hex()).unwrap(), id);
-        assert!(ObjectId::from_hex("zz").is_err());
-    }
 }

@@ -146,9 +146,21 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
     let mut data = Vec::new();
     data.try_reserve_exact(header.raw_len as usize)
         .map_err(|_| anyhow::anyhow!("cannot allocate {} bytes", header.raw_len))?;
-    zstd::bulk::Decompressor::new()?
-        .decompress_to_buffer(frame, &mut data)
-        .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
+    // One decompression context per thread: making one per object was 4–7 % of a clone.
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DECOMPRESSOR.with(|d| -> Result<()> {
+        let mut d = d.borrow_mut();
+        let d = match &mut *d {
+            Some(d) => d,
+            None => d.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress_to_buffer(frame, &mut data)
+            .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
+        Ok(())
+    })?;
     ensure!(
         data.len() as u64 == header.raw_len,
         "decompressed to {} bytes, header says {}",
@@ -165,6 +177,14 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
 fn shuffle(raw: &[u8], n: usize) -> Vec<u8> {
     let count = raw.len() / n;
     let mut out = vec![0u8; raw.len()];
+    if n == 2 {
+        // 16-bit pixels, nearly every tile: a loop the compiler vectorises.
+        let (lo, hi) = out.split_at_mut(count);
+        for ((pair, l), h) in raw.chunks_exact(2).zip(lo).zip(hi) {
+            (*l, *h) = (pair[0], pair[1]);
+        }
+        return out;
+    }
     for (i, elem) in raw.chunks_exact(n).enumerate() {
         for (b, &byte) in elem.iter().enumerate() {
             out[b * count + i] = byte;
@@ -176,6 +196,13 @@ fn shuffle(raw: &[u8], n: usize) -> Vec<u8> {
 fn unshuffle(data: &[u8], n: usize) -> Vec<u8> {
     let count = data.len() / n;
     let mut out = vec![0u8; data.len()];
+    if n == 2 {
+        let (lo, hi) = data.split_at(count);
+        for ((pair, l), h) in out.chunks_exact_mut(2).zip(lo).zip(hi) {
+            pair.copy_from_slice(&[*l, *h]);
+        }
+        return out;
+    }
     for (i, elem) in out.chunks_exact_mut(n).enumerate() {
         for (b, byte) in elem.iter_mut().enumerate() {
             *byte = data[b * count + i];
@@ -192,7 +219,16 @@ mod tests {
     fn shuffle_round_trips() {
         let raw: Vec<u8> = (0..=255u8).cycle().take(4 * 99).collect();
         for n in [2, 4] {
-            assert_eq!(unshuffle(&shuffle(&raw, n), n), raw);
+            // Byte b of element i goes to b × count + i (the stored layout; the 2-byte case has
+            // its own loop).
+            let count = raw.len() / n;
+            let shuffled = shuffle(&raw, n);
+            for (i, elem) in raw.chunks_exact(n).enumerate() {
+                for (b, &byte) in elem.iter().enumerate() {
+                    assert_eq!(shuffled[b * count + i], byte);
+                }
+            }
+            assert_eq!(unshuffle(&shuffled, n), raw);
             let enc = encode(Kind::Tile, Filter::Shuffle(n as u8), &raw, 1).unwrap();
             assert_eq!(decode(&enc).unwrap().1, raw);
         }

@@ -133,9 +133,9 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
     let store = &repo.store;
     let mut sizes = Vec::with_capacity(wanted.len());
     for id in &wanted {
-        match std::fs::metadata(store.path_of(id)) {
-            Ok(m) => sizes.push(m.len()),
-            Err(_) => bail!(
+        match store.stored_len(id) {
+            Some(n) => sizes.push(n),
+            None => bail!(
                 "object {id} is named by a version being pushed but is neither here nor on {}: nothing was moved (run `biodc fsck`)",
                 p.remote
             ),
@@ -150,14 +150,9 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
         &|g| {
             let objects = wanted[groups[g].clone()]
                 .iter()
-                .map(|id| {
-                    let path = store.path_of(id);
-                    let bytes = std::fs::read(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    Ok((*id, bytes))
-                })
+                .map(|id| Ok((*id, store.stored(id)?)))
                 .collect::<Result<Vec<_>>>()?;
-            let pack = pack::build(objects);
+            let pack = pack::build(&objects);
             // The pack first, its index last: an index names only a pack that has arrived.
             Ok(vec![
                 (pack::pack_key(&pack.name), pack.bytes),

@@ -153,8 +153,23 @@ pub fn patch_ids(project: &Path, scratch: &Path) -> Vec<String> {
 }
 
 /// Names (fan-out folder + file) of the object files under `dir`: a project's
-/// `.biodc/objects` or a remote's `objects/` (not temp or staging files a killed writer left).
+/// `.biodc/objects` or a remote's `objects/` (not temp or staging files a killed writer left);
+/// with the objects in the packs of `dir/packs` (what clone and fetch bring).
 pub fn object_names(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut names = loose_object_names(dir);
+    for e in std::fs::read_dir(dir.join("packs")).into_iter().flatten() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "idx") {
+            let index = std::fs::read(&p).unwrap();
+            let entries = biodc::store::pack::decode_index(&index, "test").unwrap();
+            names.extend(entries.iter().map(|e| e.id.to_hex()));
+        }
+    }
+    names
+}
+
+/// Names of the objects under `dir` in files of their own.
+pub fn loose_object_names(dir: &Path) -> std::collections::BTreeSet<String> {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(Result::ok)
