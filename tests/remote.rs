@@ -50,6 +50,14 @@ fn a_push_clones_elsewhere_identically_and_a_second_push_sends_nothing() {
         local
     );
     assert!(!remote.join("objects").exists(), "objects travel in packs");
+    // So do git trees and blobs; the versions (commits) are a key each.
+    let commits = walkdir::WalkDir::new(remote.join("git"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count();
+    assert_eq!(commits, first["versions_sent"].as_u64().unwrap() as usize);
+    assert!(remote.join("git-packs").is_dir());
 
     ok(tmp.path(), &["clone", remote.to_str().unwrap(), "copy"]);
     let copy = tmp.path().join("copy");
@@ -261,7 +269,22 @@ fn a_corrupt_or_incomplete_remote_fails_the_clone_and_leaves_nothing() {
     assert!(e.contains("rejected") || e.contains("corrupt"), "{e}");
     assert!(!tmp.path().join("bad").exists());
     std::fs::write(&pack, saved).unwrap();
-    // A git object gone: the clone fails before anything is checked out.
+    // A byte of the history pack changed: a tree or blob no longer matches its id.
+    let history: PathBuf = walkdir::WalkDir::new(remote.join("git-packs"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.into_path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let saved = std::fs::read(&history).unwrap();
+    let mut bad = saved.clone();
+    bad[20] ^= 0xff;
+    std::fs::write(&history, &bad).unwrap();
+    let e = fails(tmp.path(), &["clone", remote.to_str().unwrap(), "bad"]);
+    assert!(e.contains("remote git object"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+    std::fs::write(&history, saved).unwrap();
+    // A version (git commit) gone: the clone fails before anything is checked out.
     let git: Vec<PathBuf> = walkdir::WalkDir::new(remote.join("git"))
         .into_iter()
         .filter_map(Result::ok)
@@ -288,22 +311,30 @@ fn a_remote_of_one_key_per_object_still_clones_and_a_newer_format_is_refused() {
         &["remote", "add", "origin", remote.to_str().unwrap()],
     );
     ok(&project, &["push"]);
-    // Rewrite the remote as format 1 had it: objects/<2 hex>/<62 hex>, no packs.
+    // Rewrite the remote as format 1 had it: objects/<2 hex>/<62 hex> and git/<2 hex>/<38 hex>,
+    // no packs.
+    use biodc::remote::pack::{Inventory, Shelf};
     let backend = biodc::remote::open(remote.to_str().unwrap(), tmp.path(), false).unwrap();
-    let inventory = biodc::remote::pack::Inventory::read(&backend, None, 2).unwrap();
-    for id in inventory.ids() {
-        let (name, entry) = inventory.find(id).unwrap();
-        let pack = std::fs::read(remote.join(format!("packs/{name}.pack"))).unwrap();
-        let hex = id.to_hex();
-        let path = remote.join("objects").join(&hex[..2]).join(&hex[2..]);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(
-            path,
-            &pack[entry.range().start as usize..entry.range().end as usize],
-        )
-        .unwrap();
+    for (shelf, packs, keys, hex_len) in [
+        (Shelf::Data, "packs", "objects", 64),
+        (Shelf::History, "git-packs", "git", 40),
+    ] {
+        let inventory = Inventory::read(&backend, shelf, None, 2).unwrap();
+        assert!(!inventory.is_empty(), "{packs}");
+        for id in inventory.ids() {
+            let (name, entry) = inventory.find(id).unwrap();
+            let pack = std::fs::read(remote.join(format!("{packs}/{name}.pack"))).unwrap();
+            let hex = &id.to_hex()[..hex_len];
+            let path = remote.join(keys).join(&hex[..2]).join(&hex[2..]);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(
+                path,
+                &pack[entry.range().start as usize..entry.range().end as usize],
+            )
+            .unwrap();
+        }
+        std::fs::remove_dir_all(remote.join(packs)).unwrap();
     }
-    std::fs::remove_dir_all(remote.join("packs")).unwrap();
     std::fs::write(remote.join("biodc-remote.json"), r#"{"format": 1}"#).unwrap();
     ok(tmp.path(), &["clone", remote.to_str().unwrap(), "old"]);
     let old = tmp.path().join("old");

@@ -6,7 +6,8 @@
 //! `biodc-remote.json`, `config.toml`, `packs/<name>.pack` and `.idx` (the store's files, as
 //! stored, many to a pack: see [`pack`]), `objects/<2 hex>/<62 hex>` (one store file a key, as
 //! format 1 remotes hold them; still read), `git/<2 hex>/<38 hex>` (git objects, zstd of
-//! `<kind> <len>\0<data>`) and `refs/heads/<branch>/<n>`: the branch's n-th position (20
+//! `<kind> <len>\0<data>`: commits, and trees and blobs of format 1 and 2 remotes),
+//! `git-packs/<name>.pack` and `.idx` (trees and blobs, many to a pack) and `refs/heads/<branch>/<n>`: the branch's n-th position (20
 //! digits), written only if absent, so the highest n is the branch and two pushes cannot both
 //! take the same n (where the storage honours "only if absent": a push asks it first, with a
 //! key under `probes/`).
@@ -27,8 +28,9 @@ use std::sync::{Mutex, OnceLock};
 pub const MARKER: &str = "biodc-remote.json";
 /// The pushing repository's `config.toml`, for clones.
 pub const CONFIG: &str = "config.toml";
-/// The layout version a push writes into the marker (1: one key per object; 2: packs).
-pub const FORMAT: u64 = 2;
+/// The layout version a push writes into the marker (1: one key per object; 2: packs of
+/// store objects; 3: git trees and blobs in packs too).
+pub const FORMAT: u64 = 3;
 
 /// Fails unless `marker` (the bytes of [`MARKER`]) names a layout this biodc reads.
 pub fn check_format(marker: &[u8], url: &str) -> Result<()> {
@@ -156,7 +158,7 @@ impl ObjectSource for LazySource {
             Some(r) => r,
             None => {
                 let b = open(&self.url, &self.base, false)?;
-                let inv = pack::Inventory::read(&b, Some(&self.cache), 8)?;
+                let inv = pack::Inventory::read(&b, pack::Shelf::Data, Some(&self.cache), 8)?;
                 self.remote.get_or_init(|| (b, inv))
             }
         };

@@ -20,12 +20,43 @@ use std::sync::{Arc, Mutex};
 /// Packs a push aims for when not told otherwise.
 pub const DEFAULT_PACK_BYTES: u64 = 32 << 20;
 
+/// What a pack holds: store objects (`packs/`) or git trees and blobs (`git-packs/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shelf {
+    Data,
+    History,
+}
+
+impl Shelf {
+    fn prefix(self) -> &'static str {
+        match self {
+            Shelf::Data => "packs",
+            Shelf::History => "git-packs",
+        }
+    }
+
+    pub fn pack_key(self, name: &str) -> String {
+        format!("{}/{name}.pack", self.prefix())
+    }
+
+    pub fn index_key(self, name: &str) -> String {
+        format!("{}/{name}.idx", self.prefix())
+    }
+}
+
 pub fn pack_key(name: &str) -> String {
-    format!("packs/{name}.pack")
+    Shelf::Data.pack_key(name)
 }
 
 pub fn index_key(name: &str) -> String {
-    format!("packs/{name}.idx")
+    Shelf::Data.index_key(name)
+}
+
+/// A git object's id as a pack index holds it: its 20 bytes, then 12 zero bytes.
+pub fn history_slot(id: crate::history::CommitId) -> ObjectId {
+    let mut slot = [0u8; 32];
+    slot[..20].copy_from_slice(id.as_bytes());
+    ObjectId(slot)
 }
 
 /// Splits objects of these sizes, in order, into consecutive groups of about `target` bytes
@@ -58,11 +89,17 @@ pub struct Inventory {
 impl Inventory {
     /// Lists the remote's packs and reads every index not yet in `cache` (a folder; None: read
     /// them all).
-    pub fn read(backend: &Backend, cache: Option<&Path>, jobs: usize) -> Result<Inventory> {
+    pub fn read(
+        backend: &Backend,
+        shelf: Shelf,
+        cache: Option<&Path>,
+        jobs: usize,
+    ) -> Result<Inventory> {
         let mut has_pack = std::collections::HashSet::new();
         let mut indexed = Vec::new();
-        for key in backend.list("packs")? {
-            let Some(file) = key.strip_prefix("packs/") else {
+        let prefix = format!("{}/", shelf.prefix());
+        for key in backend.list(shelf.prefix())? {
+            let Some(file) = key.strip_prefix(&prefix) else {
                 continue;
             };
             if let Some(name) = file.strip_suffix(".pack") {
@@ -95,7 +132,7 @@ impl Inventory {
             }
         }
         let got = Mutex::new(Vec::new());
-        let keys: Vec<String> = to_get.iter().map(|n| index_key(n)).collect();
+        let keys: Vec<String> = to_get.iter().map(|n| shelf.index_key(n)).collect();
         backend.get_many(&keys, jobs, &|i, b| {
             let b = b.with_context(|| format!("pack index {} vanished while read", to_get[i]))?;
             got.lock().unwrap().push((to_get[i].clone(), b));

@@ -4,7 +4,7 @@
 
 use super::{current_branch, remote_branches, tracking_ref};
 use crate::history::{parse_loose, CommitId, GitKind};
-use crate::remote::pack::{self, Inventory};
+use crate::remote::pack::{self, Inventory, Shelf};
 use crate::remote::{self, git_key, object_key, Backend, Remotes};
 use crate::repo::Repo;
 use crate::store::ObjectId;
@@ -41,23 +41,17 @@ pub enum CloneData {
     },
 }
 
-/// Git objects `ids` from the remote, each checked against its id: (kind, bytes) in the order
-/// of `ids`, and the bytes transferred.
+/// Git objects `ids` from the remote (from its history packs, `packs`, or one key each), each
+/// checked against its id: (kind, bytes) in the order of `ids`, and the bytes transferred.
 fn download_git(
     backend: &Backend,
+    packs: &Inventory,
     ids: &[CommitId],
     jobs: usize,
 ) -> Result<(Vec<(GitKind, Vec<u8>)>, u64)> {
-    let keys: Vec<String> = ids.iter().map(git_key).collect();
     let got: Mutex<Vec<Option<(GitKind, Vec<u8>)>>> = Mutex::new(vec![None; ids.len()]);
     let total = Mutex::new(0u64);
-    backend.get_many(&keys, jobs, &|i, b| {
-        let b = b.with_context(|| {
-            format!(
-                "the remote names git object {} but does not hold it: the remote is incomplete; nothing was changed here",
-                ids[i]
-            )
-        })?;
+    let check = |i: usize, b: &[u8]| -> Result<()> {
         *total.lock().unwrap() += b.len() as u64;
         let raw = zstd::decode_all(&b[..])
             .with_context(|| format!("remote git object {} is not readable", ids[i]))?;
@@ -73,6 +67,34 @@ fn download_git(
         }
         got.lock().unwrap()[i] = Some((kind, data.to_vec()));
         Ok(())
+    };
+    let slots: Vec<ObjectId> = ids.iter().map(|&id| pack::history_slot(id)).collect();
+    let place: HashMap<ObjectId, usize> = slots.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+    let (groups, loose) = packs.group(&slots);
+    let requests: Vec<(String, Vec<std::ops::Range<u64>>)> = groups
+        .iter()
+        .map(|(name, entries)| {
+            let ranges = entries.iter().map(|e| e.range()).collect();
+            (Shelf::History.pack_key(name), ranges)
+        })
+        .collect();
+    backend.get_ranges_many(&requests, jobs, &|g, parts| {
+        for (e, b) in groups[g].1.iter().zip(&parts) {
+            check(place[&e.id], b)?;
+        }
+        Ok(())
+    })?;
+    let loose: Vec<usize> = loose.iter().map(|s| place[s]).collect();
+    let keys: Vec<String> = loose.iter().map(|&i| git_key(&ids[i])).collect();
+    backend.get_many(&keys, jobs, &|k, b| {
+        let i = loose[k];
+        let b = b.with_context(|| {
+            format!(
+                "the remote names git object {} but does not hold it: the remote is incomplete; nothing was changed here",
+                ids[i]
+            )
+        })?;
+        check(i, &b)
     })?;
     let got = got
         .into_inner()
@@ -92,6 +114,8 @@ fn fetch_history(
     jobs: usize,
 ) -> Result<(Vec<CommitId>, usize, u64)> {
     let h = &repo.history;
+    let cache = remote::index_cache(repo.dot());
+    let packs = Inventory::read(backend, Shelf::History, Some(&cache), jobs)?;
     let mut objects: HashMap<CommitId, (GitKind, Vec<u8>)> = HashMap::new();
     let mut bytes = 0u64;
     let mut seen: BTreeSet<CommitId> = BTreeSet::new();
@@ -106,7 +130,7 @@ fn fetch_history(
         .collect();
     while !frontier.is_empty() {
         let ids = std::mem::take(&mut frontier);
-        let (got, n) = download_git(backend, &ids, jobs)?;
+        let (got, n) = download_git(backend, &packs, &ids, jobs)?;
         bytes += n;
         for (id, (kind, data)) in ids.into_iter().zip(got) {
             if kind != GitKind::Commit {
@@ -136,7 +160,7 @@ fn fetch_history(
         .collect();
     while !frontier.is_empty() {
         let ids = std::mem::take(&mut frontier);
-        let (got, n) = download_git(backend, &ids, jobs)?;
+        let (got, n) = download_git(backend, &packs, &ids, jobs)?;
         bytes += n;
         for (id, (kind, data)) in ids.into_iter().zip(got) {
             if kind == GitKind::Tree {
@@ -196,7 +220,12 @@ fn fetch_objects(
     if missing.is_empty() {
         return Ok((0, 0));
     }
-    let inventory = Inventory::read(backend, Some(&remote::index_cache(repo.dot())), jobs)?;
+    let inventory = Inventory::read(
+        backend,
+        Shelf::Data,
+        Some(&remote::index_cache(repo.dot())),
+        jobs,
+    )?;
     let (packs, loose) = inventory.group(&missing);
     let pb = crate::progress::bar(missing.len() as u64, "fetch objects", false);
     let bytes = Mutex::new(0u64);

@@ -195,7 +195,7 @@ pub fn loose_object_names(dir: &Path) -> std::collections::BTreeSet<String> {
 /// whose index has arrived.
 pub fn remote_object_names(url: &str, base: &Path) -> std::collections::BTreeSet<String> {
     let backend = biodc::remote::open(url, base, false).unwrap();
-    biodc::remote::pack::Inventory::read(&backend, None, 2)
+    biodc::remote::pack::Inventory::read(&backend, biodc::remote::pack::Shelf::Data, None, 2)
         .unwrap()
         .ids()
         .map(|id| id.to_hex())
