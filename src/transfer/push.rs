@@ -9,6 +9,7 @@ use crate::repo::Repo;
 use crate::store::ObjectId;
 use crate::version::DatasetVersion;
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,16 +135,16 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
         }
     }
     let store = &repo.store;
-    let mut sizes = Vec::with_capacity(wanted.len());
-    for id in &wanted {
-        match store.stored_len(id) {
-            Some(n) => sizes.push(n),
-            None => bail!(
-                "object {id} is named by a version being pushed but is neither here nor on {}: nothing was moved (run `biodc fsck`)",
-                p.remote
-            ),
-        }
+    // Both cores: a cohort of real tiles is tens of thousands of small files to look at.
+    let sizes: Vec<Option<u64>> = wanted.par_iter().map(|id| store.stored_len(id)).collect();
+    if let Some(i) = sizes.iter().position(Option::is_none) {
+        bail!(
+            "object {} is named by a version being pushed but is neither here nor on {}: nothing was moved (run `biodc fsck`)",
+            wanted[i],
+            p.remote
+        );
     }
+    let sizes: Vec<u64> = sizes.into_iter().flatten().collect();
     let groups = pack::plan(&sizes, p.pack_bytes.max(1));
     let sent = AtomicU64::new(0);
     let pb = crate::progress::bar(wanted.len() as u64, "push objects", false);
@@ -152,7 +153,7 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
         p.jobs,
         &|g| {
             let objects = wanted[groups[g].clone()]
-                .iter()
+                .par_iter()
                 .map(|id| Ok((*id, store.stored(id)?)))
                 .collect::<Result<Vec<_>>>()?;
             let pack = pack::build(&objects);
