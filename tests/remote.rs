@@ -27,6 +27,15 @@ fn fsck_clean(dir: &Path) {
     }
 }
 
+/// A pack file in `dir`.
+fn first_pack(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap()
+}
+
 fn log(dir: &Path) -> serde_json::Value {
     json(dir, &["log", "--json"])
 }
@@ -255,12 +264,7 @@ fn a_corrupt_or_incomplete_remote_fails_the_clone_and_leaves_nothing() {
     );
     ok(&project, &["push"]);
     // A byte of the pack changed: its first object no longer matches its name.
-    let pack: PathBuf = walkdir::WalkDir::new(remote.join("packs"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|e| e.into_path())
-        .find(|p| p.extension().is_some_and(|x| x == "pack"))
-        .unwrap();
+    let pack = first_pack(&remote.join("packs"));
     let saved = std::fs::read(&pack).unwrap();
     let mut bad = saved.clone();
     bad[40] ^= 0xff;
@@ -270,12 +274,7 @@ fn a_corrupt_or_incomplete_remote_fails_the_clone_and_leaves_nothing() {
     assert!(!tmp.path().join("bad").exists());
     std::fs::write(&pack, saved).unwrap();
     // A byte of the history pack changed: a tree or blob no longer matches its id.
-    let history: PathBuf = walkdir::WalkDir::new(remote.join("git-packs"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|e| e.into_path())
-        .find(|p| p.extension().is_some_and(|x| x == "pack"))
-        .unwrap();
+    let history = first_pack(&remote.join("git-packs"));
     let saved = std::fs::read(&history).unwrap();
     let mut bad = saved.clone();
     bad[20] ^= 0xff;

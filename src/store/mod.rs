@@ -4,11 +4,13 @@
 //! The store knows nothing of images: callers say what an object is ([`Kind`]) and how wide its
 //! numbers are ([`Filter`]); it hashes, compresses, writes atomically, reads and verifies.
 
+mod id;
 mod object;
 pub mod pack;
 #[cfg(test)]
 mod tests;
 
+pub use id::ObjectId;
 pub use object::{decode, encode, Filter, Header, Kind, HEADER_LEN};
 
 use anyhow::{bail, Context, Result};
@@ -17,57 +19,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-/// A 32-byte blake3 object key, shown as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectId(pub [u8; 32]);
-
-impl ObjectId {
-    /// The key of `raw`.
-    pub fn of(raw: &[u8]) -> ObjectId {
-        ObjectId(*blake3::hash(raw).as_bytes())
-    }
-
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-
-    pub fn from_hex(hex: &str) -> Result<ObjectId> {
-        let h = blake3::Hash::from_hex(hex)
-            .map_err(|_| anyhow::anyhow!("{hex:?} is not a 64-digit hex object id"))?;
-        Ok(ObjectId(*h.as_bytes()))
-    }
-
-    /// First 12 hex digits, for humans.
-    pub fn short(&self) -> String {
-        self.to_hex()[..12].to_string()
-    }
-}
-
-impl std::fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl std::fmt::Debug for ObjectId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectId({})", self.short())
-    }
-}
-
-impl serde::Serialize for ObjectId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ObjectId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        ObjectId::from_hex(&s).map_err(serde::de::Error::custom)
-    }
-}
 
 /// What went wrong with one object file, as `fsck` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,6 +59,15 @@ fn stored_objects() -> Vec<(ObjectId, Vec<u8>)> {
         .collect()
 }
 
+/// The file of the one pack in store `dir` with extension `ext`.
+fn packed_file(dir: &Path, ext: &str) -> PathBuf {
+    fs::read_dir(dir.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == ext))
+        .unwrap()
+}
+
 fn borrowed(objects: &[(ObjectId, Vec<u8>)]) -> Vec<(ObjectId, &[u8])> {
     objects.iter().map(|(id, b)| (*id, &b[..])).collect()
 }
@@ -113,11 +122,7 @@ fn a_flipped_byte_in_a_pack_is_found() {
         .unwrap()
         .put_stored_pack(&borrowed(&objects))
         .unwrap();
-    let pack = fs::read_dir(dir.path().join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "pack"))
-        .unwrap();
+    let pack = packed_file(dir.path(), "pack");
     let mut bytes = fs::read(&pack).unwrap();
     let middle = objects[0].1.len() + objects[1].1.len() / 2;
     bytes[middle] ^= 0x10;
@@ -169,11 +174,7 @@ fn an_unreadable_pack_index_is_reported() {
     let objects = stored_objects();
     let store = Store::open(dir.path()).unwrap();
     store.put_stored_pack(&borrowed(&objects)).unwrap();
-    let idx = fs::read_dir(dir.path().join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "idx"))
-        .unwrap();
+    let idx = packed_file(dir.path(), "idx");
     let mut bytes = fs::read(&idx).unwrap();
     bytes.truncate(bytes.len() - 5);
     fs::write(&idx, &bytes).unwrap();
