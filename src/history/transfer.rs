@@ -111,12 +111,16 @@ impl History {
     }
 
     /// Trees and blobs of `commits` (each tree's entries, recursively) that `known` lacks.
+    /// A known tree is still walked: a push killed midway can leave a tree on the remote
+    /// without all of its entries (they go in packs, concurrently), so having a tree says
+    /// nothing of what is below it.
     pub fn contents(
         &self,
         commits: &[CommitId],
         known: &dyn Fn(CommitId) -> bool,
     ) -> Result<Vec<CommitId>> {
         let mut out = BTreeSet::new();
+        let mut walked = BTreeSet::new();
         let mut stack: Vec<CommitId> = Vec::new();
         for &c in commits {
             stack.push(
@@ -129,8 +133,11 @@ impl History {
             );
         }
         while let Some(tree) = stack.pop() {
-            if known(tree) || !out.insert(tree) {
+            if !walked.insert(tree) {
                 continue;
+            }
+            if !known(tree) {
+                out.insert(tree);
             }
             let t = self.repo.find_tree(tree).map_err(err)?;
             for entry in t.decode().map_err(err)?.entries.iter() {

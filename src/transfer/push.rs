@@ -202,8 +202,11 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
                 (Shelf::History.index_key(&pack.name), pack.index),
             ])
         },
-        &|_, _, n| {
+        &|_, k, n| {
             sent.fetch_add(n as u64, Ordering::Relaxed);
+            if k == 0 {
+                crate::failpoint::hit("push:history-before-index");
+            }
         },
     )?;
     crate::failpoint::hit("push:after-trees");
