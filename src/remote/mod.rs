@@ -7,8 +7,8 @@
 //! stored, many to a pack: see [`pack`]), `objects/<2 hex>/<62 hex>` (one store file a key, as
 //! format 1 remotes hold them; still read), `git/<2 hex>/<38 hex>` (git objects, zstd of
 //! `<kind> <len>\0<data>`: commits, and trees and blobs of format 1 and 2 remotes),
-//! `git-packs/<name>.pack` and `.idx` (trees and blobs, many to a pack) and `refs/heads/<branch>/<n>`: the branch's n-th position (20
-//! digits), written only if absent, so the highest n is the branch and two pushes cannot both
+//! `git-packs/<name>.pack` and `.idx` (trees and blobs, many to a pack) and
+//! `refs/heads/<branch>/<n>`: the branch's n-th position (20 digits), written only if absent, so the highest n is the branch and two pushes cannot both
 //! take the same n (where the storage honours "only if absent": a push asks it first, with a
 //! key under `probes/`).
 
@@ -166,7 +166,7 @@ impl ObjectSource for LazySource {
             Some((name, entry)) => {
                 let got = Mutex::new(None);
                 backend.get_ranges_many(
-                    &[(pack::pack_key(name), vec![entry.range()])],
+                    &[(pack::Shelf::Data.pack_key(name), vec![entry.range()])],
                     1,
                     &|_, mut parts| {
                         *got.lock().unwrap() = parts.pop();

@@ -9,6 +9,7 @@
 //! how partial clones and read-through work.
 
 use super::Backend;
+use crate::store::pack::write_atomically;
 pub use crate::store::pack::{build, decode_index, encode_index, Entry, Pack, INDEX_MAGIC};
 use crate::store::ObjectId;
 use anyhow::{bail, Context, Result};
@@ -42,14 +43,6 @@ impl Shelf {
     pub fn index_key(self, name: &str) -> String {
         format!("{}/{name}.idx", self.prefix())
     }
-}
-
-pub fn pack_key(name: &str) -> String {
-    Shelf::Data.pack_key(name)
-}
-
-pub fn index_key(name: &str) -> String {
-    Shelf::Data.index_key(name)
 }
 
 /// A git object's id as a pack index holds it: its 20 bytes, then 12 zero bytes.
@@ -202,14 +195,6 @@ impl Inventory {
             .collect();
         (groups, loose)
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("cache path has a folder")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path)?;
-    Ok(())
 }
 
 #[cfg(test)]

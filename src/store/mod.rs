@@ -202,7 +202,7 @@ impl Store {
 
     /// Pack indexes here that cannot be read, each with why.
     pub fn damaged_packs(&self) -> Vec<String> {
-        self.packs.strays().1
+        self.packs.damaged()
     }
 
     /// Stores `raw` unless an object with its key exists; returns the key and whether it was new.
@@ -312,7 +312,7 @@ impl Store {
         for (_, entries) in self.packs.packs() {
             ids.extend(entries.iter().map(|e| e.id).filter(|id| seen.insert(*id)));
         }
-        stray.extend(self.packs.strays().0);
+        stray.extend(self.packs.strays());
         Ok((ids, stray))
     }
 
@@ -369,7 +369,7 @@ impl Store {
             .filter(|id| !keep.contains(id))
             .map(|id| self.path_of(id))
             .chain(stray.into_iter().filter(|p| p.is_file()))
-            .chain(self.packs.strays().0)
+            .chain(self.packs.strays())
         {
             bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -209,8 +209,8 @@ impl LocalPacks {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let path = self.dir.join(format!("{}.pack", pack.name));
-        self.write_file(&path, &pack.bytes)?;
-        self.write_file(&self.dir.join(format!("{}.idx", pack.name)), &pack.index)?;
+        write_atomically(&path, &pack.bytes)?;
+        write_atomically(&self.dir.join(format!("{}.idx", pack.name)), &pack.index)?;
         let file = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let written = (pack.bytes.len() + pack.index.len()) as u64;
         self.state
@@ -218,18 +218,6 @@ impl LocalPacks {
             .unwrap()
             .add(&pack.name, Arc::new(file), pack.entries);
         Ok(written)
-    }
-
-    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&self.dir)
-            .with_context(|| format!("creating a temp file in {}", self.dir.display()))?;
-        tmp.write_all(bytes)
-            .with_context(|| format!("writing {}", path.display()))?;
-        tmp.persist(path)
-            .with_context(|| format!("storing {}", path.display()))?;
-        Ok(())
     }
 
     /// Every pack here with its entries (after a fresh scan).
@@ -263,69 +251,91 @@ impl LocalPacks {
             }
             // Objects that another pack holds too (gc writes the live ones of a pack into a
             // new pack before removing it) are now found there.
-            let others: Vec<_> = state
-                .packs
-                .iter()
-                .map(|(n, (f, e))| (n.clone(), f.clone(), e.clone()))
-                .collect();
-            for (pack, file, others) in others {
-                state.link(&pack, &file, &others);
+            let State { packs, slots, .. } = &mut *state;
+            for (pack, (file, others)) in packs.iter() {
+                link(slots, pack, file, others);
             }
         }
         Ok(freed)
     }
 
     /// Files in the packs folder that are not a pack with its index (temp files of a writer
-    /// that was killed, a pack whose index never came); damaged indexes are listed in `bad`.
-    pub fn strays(&self) -> (Vec<PathBuf>, Vec<String>) {
-        let Ok(listing) = fs::read_dir(&self.dir) else {
-            return (Vec::new(), Vec::new());
-        };
-        let files: HashSet<PathBuf> = listing.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        let mut stray = Vec::new();
-        let mut bad = Vec::new();
-        for path in &files {
-            let partner = match (pack_name(path, "pack"), pack_name(path, "idx")) {
-                (Some(n), _) => self.dir.join(format!("{n}.idx")),
-                (_, Some(n)) => {
-                    if let Err(e) = self.open(&n) {
-                        bad.push(format!("pack {n}: {e:#}"));
-                    }
-                    self.dir.join(format!("{n}.pack"))
-                }
-                _ => {
-                    stray.push(path.clone());
-                    continue;
-                }
-            };
-            if !files.contains(&partner) {
-                stray.push(path.clone());
-            }
-        }
+    /// that was killed, a pack whose index never came).
+    pub fn strays(&self) -> Vec<PathBuf> {
+        let files = self.files();
+        let mut stray: Vec<PathBuf> = files
+            .iter()
+            .filter(|path| {
+                let partner = match (pack_name(path, "pack"), pack_name(path, "idx")) {
+                    (Some(n), _) => format!("{n}.idx"),
+                    (_, Some(n)) => format!("{n}.pack"),
+                    _ => return true,
+                };
+                !files.contains(&self.dir.join(partner))
+            })
+            .cloned()
+            .collect();
         stray.sort();
+        stray
+    }
+
+    /// Pack indexes that cannot be read (or whose pack cannot be opened), each with why.
+    pub fn damaged(&self) -> Vec<String> {
+        let mut bad: Vec<String> = self
+            .files()
+            .iter()
+            .filter_map(|path| pack_name(path, "idx"))
+            .filter_map(|n| self.open(&n).err().map(|e| format!("pack {n}: {e:#}")))
+            .collect();
         bad.sort();
-        (stray, bad)
+        bad
+    }
+
+    fn files(&self) -> HashSet<PathBuf> {
+        fs::read_dir(&self.dir)
+            .map(|l| l.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
     }
 }
 
 impl State {
     fn add(&mut self, name: &str, file: Arc<fs::File>, entries: Vec<Entry>) {
         let pack: Arc<str> = name.into();
-        self.link(&pack, &file, &entries);
+        link(&mut self.slots, &pack, &file, &entries);
         self.packs.insert(pack, (file, entries));
     }
+}
 
-    /// Finds in `pack` each of `entries` not found elsewhere yet.
-    fn link(&mut self, pack: &Arc<str>, file: &Arc<fs::File>, entries: &[Entry]) {
-        for e in entries {
-            self.slots.entry(e.id).or_insert_with(|| Slot {
-                pack: pack.clone(),
-                file: file.clone(),
-                offset: e.offset,
-                len: e.len,
-            });
-        }
+/// Finds in `pack` each of `entries` not found elsewhere yet.
+fn link(
+    slots: &mut HashMap<ObjectId, Slot>,
+    pack: &Arc<str>,
+    file: &Arc<fs::File>,
+    entries: &[Entry],
+) {
+    for e in entries {
+        slots.entry(e.id).or_insert_with(|| Slot {
+            pack: pack.clone(),
+            file: file.clone(),
+            offset: e.offset,
+            len: e.len,
+        });
     }
+}
+
+/// Writes `bytes` to `path` through a temp file beside it and a rename: a reader finds the
+/// whole file or none.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("a file's path has a folder")?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("storing {}", path.display()))?;
+    Ok(())
 }
 
 /// The pack name in `path` when it is `<64 hex digits>.<ext>`.

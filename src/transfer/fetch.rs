@@ -234,7 +234,7 @@ fn fetch_objects(
         .iter()
         .map(|(name, entries)| {
             (
-                pack::pack_key(name),
+                Shelf::Data.pack_key(name),
                 entries.iter().map(|e| e.range()).collect(),
             )
         })

@@ -159,8 +159,8 @@ pub fn push(repo: &Repo, p: &PushParams) -> Result<PushReport> {
             let pack = pack::build(&objects);
             // The pack first, its index last: an index names only a pack that has arrived.
             Ok(vec![
-                (pack::pack_key(&pack.name), pack.bytes),
-                (pack::index_key(&pack.name), pack.index),
+                (Shelf::Data.pack_key(&pack.name), pack.bytes),
+                (Shelf::Data.index_key(&pack.name), pack.index),
             ])
         },
         &|g, k, n| {
